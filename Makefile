@@ -1,0 +1,66 @@
+# The README's two commands: `make run` and `make test`. Every target sets up .venv first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+# tf.Transform and TFMA build tf_keras (Keras 2) objects: TensorFlow must see this before it is imported.
+export TF_USE_LEGACY_KERAS := 1
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-lock
+
+# Python 3.10: a working `python3.10` on PATH, else the newest pyenv 3.10.x.
+PYTHON310 := $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| ls -d $$HOME/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)
+
+.PHONY: setup test lint unit e2e synth lock clean
+
+setup: $(STAMP)
+
+# Reinstalls only when the lock or the project metadata changed since the last install.
+$(STAMP): requirements.lock pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if [ -z "$(PYTHON310)" ]; then \
+	    echo "error: Python 3.10 is required (the TFX 1.16 stack has no wheels for other versions)." >&2; \
+	    echo "       Install it, e.g. 'pyenv install 3.10' or 'apt install python3.10 python3.10-venv', then rerun 'make setup'." >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "creating $(VENV) with $(PYTHON310)"; \
+	  $(PYTHON310) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+unit: setup
+	$(VENV)/bin/pytest -m "not e2e"
+
+e2e: setup
+	$(VENV)/bin/pytest -m e2e
+
+# The demo data set (what `ich run` generates when given no data).
+synth: setup
+	$(VENV)/bin/ich synth --out data/demo --patients 40 --slices-per-study 32 --seed 0
+
+# Recompiles requirements.lock from requirements.in in a throw-away venv.
+lock:
+	@test -n "$(PYTHON310)" || { echo "error: Python 3.10 is required" >&2; exit 1; }
+	rm -rf build/lock-venv
+	$(PYTHON310) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet -r requirements.in
+	build/lock-venv/bin/python -m pip check
+	{ echo "# Exact versions of every installed distribution; compiled from requirements.in by 'make lock'."; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+	rm -rf build/lock-venv
+
+clean:
+	rm -rf $(VENV) build *.egg-info

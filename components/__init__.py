@@ -1,0 +1,1 @@
+"""Custom TFX components, one package each (component.py, executor.py)."""

@@ -1,0 +1,275 @@
+"""Synthetic head-CT studies written exactly as the RSNA 2019 download is laid out.
+
+    DIR/stage_2_train/ID_<hex>.dcm      one axial slice per file
+    DIR/stage_2_train.csv               ID,Label with six rows per image (ID_<hex>_<subtype>), RSNA order
+
+Every study is planned up front from the seed (identifiers, storage profile, image size, whether it bleeds), then
+rendered on its own random stream, so the output is byte-for-byte the same for the same seed whatever the
+number of worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ich_model.constants import LABELS, SUBTYPES
+from ich_model.synth.anatomy import HeadShape, SliceGeometry, render_anatomy
+from ich_model.synth.lesions import draw_lesions, lesion_mask_visible, render_lesion
+from ich_model.synth.scanner import (
+    ODD_SHAPE_SHARE,
+    ODD_SHAPES_AT_512,
+    STORAGE_PROFILES,
+    SeriesHeader,
+    add_scanner_effects,
+    apportion,
+    rsna_id,
+    write_slice,
+)
+from ich_model.synth.tissue import Tissue
+
+IMAGES_DIR = "stage_2_train"
+LABELS_CSV = "stage_2_train.csv"
+# RSNA has 21,744 studies for 18,938 patients: some patients were scanned twice.
+SECOND_STUDY_SHARE = 0.12
+# RSNA: 40.8% of training studies show a haemorrhage.
+DEFAULT_POSITIVE_FRACTION = 0.4
+WINDOW_PRESETS = ((36.0, 80.0), (40.0, 80.0), (35.0, 100.0), (30.0, 80.0), (47.0, 120.0))
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything that identifies a study, decided before any pixel is drawn."""
+
+    index: int
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    image_ids: tuple[str, ...]
+    patient_seed: int  # head anatomy: shared by a patient's studies
+    study_seed: int  # pose, lesions, noise
+    profile_index: int
+    shape: tuple[int, int]
+    bleeding: bool
+
+
+@dataclass
+class RenderedSlice:
+    image_id: str
+    position: tuple[float, float, float]
+    hu: np.ndarray  # what the scanner measured (with noise and artefacts), float32
+    stored: np.ndarray  # the pixel values written to the file
+    tissue: np.ndarray  # ground-truth dominant tissue (Tissue codes)
+    pure: np.ndarray  # True away from partial-volume edges
+    blood: dict[str, np.ndarray]  # per subtype, fraction of each pixel that is its blood
+    labels: frozenset[str]
+
+    @property
+    def label_vector(self) -> list[int]:
+        any_blood = bool(self.labels)
+        return [int(name in self.labels) for name in SUBTYPES] + [int(any_blood)]
+
+
+@dataclass
+class RenderedStudy:
+    plan: StudyPlan
+    pixel_mm: float
+    orientation: tuple[float, ...]  # ImageOrientationPatient: row and column direction cosines
+    slices: list[RenderedSlice]
+
+
+@dataclass
+class SynthSummary:
+    out_dir: Path
+    patients: int
+    studies: int
+    slices: int
+    positive_slices: Counter = field(default_factory=Counter)
+    profiles: Counter = field(default_factory=Counter)
+    shapes: Counter = field(default_factory=Counter)
+
+
+def validate_arguments(patients: int, slices_per_study: int, size: int, positive_fraction: float) -> None:
+    if patients < 1:
+        raise ValueError(f"--patients must be at least 1, got {patients}")
+    if slices_per_study < 1:
+        raise ValueError(f"--slices-per-study must be at least 1, got {slices_per_study}")
+    if not 64 <= size <= 1024:
+        raise ValueError(f"--size must be between 64 and 1024 pixels, got {size}")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"--positive-fraction must be between 0 and 1, got {positive_fraction}")
+
+
+def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 512,
+                 positive_fraction: float = DEFAULT_POSITIVE_FRACTION) -> list[StudyPlan]:
+    validate_arguments(patients, slices_per_study, size, positive_fraction)
+    rng = np.random.default_rng(seed)
+    patient_of_study = [p for p in range(patients) for _ in range(1 + int(rng.random() < SECOND_STUDY_SHARE))]
+    n = len(patient_of_study)
+    profiles = apportion([p.share for p in STORAGE_PROFILES], n, rng)
+    odd = apportion([1.0 - ODD_SHAPE_SHARE, ODD_SHAPE_SHARE], n, rng)
+    bleeding = apportion([1.0 - positive_fraction, positive_fraction], n, rng)
+    taken: set[str] = set()
+    patient_ids = [rsna_id(rng, 9, taken) for _ in range(patients)]
+    patient_seeds = rng.integers(0, 2**63, size=patients)
+    plans = []
+    for i, patient in enumerate(patient_of_study):
+        if odd[i]:
+            rows, cols = ODD_SHAPES_AT_512[int(rng.integers(len(ODD_SHAPES_AT_512)))]
+            shape = (max(round(rows * size / 512), 32), max(round(cols * size / 512), 32))
+        else:
+            shape = (size, size)
+        plans.append(StudyPlan(
+            index=i,
+            patient_id=patient_ids[patient],
+            study_uid=rsna_id(rng, 10, taken),
+            series_uid=rsna_id(rng, 10, taken),
+            image_ids=tuple(rsna_id(rng, 9, taken) for _ in range(slices_per_study)),
+            patient_seed=int(patient_seeds[patient]),
+            study_seed=int(rng.integers(0, 2**63)),
+            profile_index=int(profiles[i]),
+            shape=shape,
+            bleeding=bool(bleeding[i]),
+        ))
+    return plans
+
+
+def render_study(plan: StudyPlan) -> RenderedStudy:
+    """Render every slice of a planned study, from skull base to vertex."""
+    head = HeadShape.draw(np.random.default_rng(plan.patient_seed))
+    rng = np.random.default_rng(plan.study_seed)
+    rows, cols = plan.shape
+    pixel_mm = rng.uniform(215.0, 245.0) / min(rows, cols)
+    centre = (rng.normal(0.0, 5.0), rng.normal(0.0, 5.0))
+    geom = SliceGeometry.for_grid(rows, cols, pixel_mm, centre, rng.uniform(-0.2, 0.2))
+    n = len(plan.image_ids)
+    head_height = rng.uniform(115.0, 135.0)
+    z_fraction = np.linspace(0.03, 0.97, n) if n > 1 else np.array([0.5])
+    slice_mm = 0.94 * head_height / (n - 1) if n > 1 else 5.0
+    lesions = draw_lesions(rng, z_fraction, slice_mm) if plan.bleeding else []
+    noise_hu = rng.uniform(3.0, 10.0)
+    profile = STORAGE_PROFILES[plan.profile_index]
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    outside_fov = np.hypot(yy - (rows - 1) / 2, xx - (cols - 1) / 2) > min(rows, cols) / 2
+    tilt = np.deg2rad(rng.uniform(5.0, 20.0)) if rng.random() < 0.15 else 0.0
+    row_dir = np.array([1.0, 0.0, 0.0])
+    col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
+    normal = np.cross(row_dir, col_dir)
+    origin = np.array([-(cols / 2) * pixel_mm + centre[0], -(rows / 2) * pixel_mm + centre[1], 0.0])
+    table_mm = rng.uniform(-200.0, 50.0)
+    slices = []
+    for k, image_id in enumerate(plan.image_ids):
+        u = float(z_fraction[k])
+        anatomy = render_anatomy(head, geom, u, rng)
+        layers = anatomy.layers
+        blood = {name: np.zeros((rows, cols), np.float32) for name in SUBTYPES}
+        for lesion in lesions:
+            fraction, oedema = render_lesion(lesion, k, u, head, geom, anatomy)
+            if not lesion_mask_visible(fraction):
+                continue
+            if oedema is not None:
+                layers.paint(oedema, layers.hu - lesion.params["oedema_drop_hu"], Tissue.OEDEMA)
+            layers.paint(fraction, lesion.blood_hu, Tissue.BLOOD)
+            blood[lesion.subtype] = np.maximum(blood[lesion.subtype], fraction)
+        labels = frozenset(name for name, mask in blood.items() if lesion_mask_visible(mask))
+        hu = add_scanner_effects(layers.hu, layers.tissue == Tissue.BONE, rng, noise_hu, pixel_mm,
+                                 skull_base=u < 0.24)
+        position = origin + (table_mm + u * head_height) * normal
+        slices.append(RenderedSlice(
+            image_id=image_id,
+            position=tuple(float(v) for v in position),
+            hu=hu,
+            stored=profile.encode(hu, outside_fov),
+            tissue=layers.tissue,
+            pure=layers.pure,
+            blood=blood,
+            labels=labels,
+        ))
+    return RenderedStudy(plan, pixel_mm, (*row_dir, *col_dir), slices)
+
+
+def series_header(study: RenderedStudy) -> SeriesHeader:
+    plan = study.plan
+    rng = np.random.default_rng(plan.study_seed ^ 0x5EED)
+    centre, width = WINDOW_PRESETS[int(rng.integers(len(WINDOW_PRESETS)))]
+    copies = 2 if rng.random() < 0.5 else 1  # RSNA: about half the files repeat the window values
+    return SeriesHeader(
+        patient_id=plan.patient_id,
+        study_uid=plan.study_uid,
+        series_uid=plan.series_uid,
+        rows=plan.shape[0],
+        cols=plan.shape[1],
+        pixel_mm=study.pixel_mm,
+        profile=STORAGE_PROFILES[plan.profile_index],
+        orientation=study.orientation,
+        window_center=[centre] * copies,
+        window_width=[width] * copies,
+    )
+
+
+def write_study(plan: StudyPlan, images_dir: Path) -> list[tuple[str, list[int]]]:
+    """Render and write one study; returns (image_id, label vector) per slice."""
+    study = render_study(plan)
+    header = series_header(study)
+    for s in study.slices:
+        write_slice(images_dir / f"{s.image_id}.dcm", header, s.image_id, s.position, s.stored)
+    return [(s.image_id, s.label_vector) for s in study.slices]
+
+
+def _write_study_task(args: tuple[StudyPlan, Path]) -> tuple[StudyPlan, list[tuple[str, list[int]]]]:
+    plan, images_dir = args
+    return plan, write_study(plan, images_dir)
+
+
+def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: int, seed: int,
+                     size: int = 512, positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
+                     workers: int | None = None, progress: bool = True) -> SynthSummary:
+    """Write a synthetic RSNA-format training set to `out_dir` and return what it holds."""
+    from tqdm import tqdm
+
+    plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction)
+    out = Path(out_dir)
+    images_dir = out / IMAGES_DIR
+    if (out / LABELS_CSV).exists() or (images_dir.exists() and any(images_dir.iterdir())):
+        raise FileExistsError(f"{out} already holds an RSNA-format set; choose an empty folder")
+    images_dir.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
+    labels: dict[int, list[tuple[str, list[int]]]] = {}
+    tasks = [(plan, images_dir) for plan in plans]
+    with tqdm(total=len(plans) * slices_per_study, unit="slice", desc="ich synth", disable=not progress) as bar:
+        if workers == 1:
+            results = map(_write_study_task, tasks)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            results = pool.imap_unordered(_write_study_task, tasks)
+        try:
+            for plan, rows in results:
+                labels[plan.index] = rows
+                bar.update(len(rows))
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+
+    summary = SynthSummary(out_dir=out, patients=patients, studies=len(plans), slices=0)
+    image_rows = [row for plan in plans for row in labels[plan.index]]
+    np.random.default_rng(seed).shuffle(image_rows)  # RSNA's CSV is not grouped by study
+    with open(out / LABELS_CSV, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["ID", "Label"])
+        for image_id, vector in image_rows:
+            for name, value in zip(LABELS, vector, strict=False):
+                writer.writerow([f"{image_id}_{name}", value])
+            summary.positive_slices.update(name for name, value in zip(LABELS, vector, strict=False) if value)
+    summary.slices = len(image_rows)
+    for plan in plans:
+        summary.profiles[STORAGE_PROFILES[plan.profile_index].name] += 1
+        summary.shapes[f"{plan.shape[0]}x{plan.shape[1]}"] += 1
+    return summary

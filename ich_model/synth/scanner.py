@@ -1,0 +1,170 @@
+"""What the scanner adds: noise and artefacts, the stored-pixel encodings RSNA's files use, and DICOM headers.
+
+Storage profiles follow the RSNA training set: about half the files are 16-bit signed, half 12-bit unsigned,
+RescaleIntercept -1024 for most, and a few 12-bit files whose pixels wrapped round with an intercept of 0 or 1
+(the fix: add 1000, subtract 4096 from values >= 4096, use intercept -1000). Oddities are over-represented
+compared with RSNA (a few percent instead of under one) so that small sets still contain every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
+
+# Readers see these as the RSNA anonymisation left them: `ID_<hex>` in place of UIDs.
+IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1472"
+
+
+@dataclass(frozen=True)
+class StorageProfile:
+    name: str
+    share: float  # of studies
+    bits_stored: int
+    pixel_representation: int  # 0 unsigned, 1 signed
+    rescale_intercept: float
+    wrapped: bool = False  # stored = HU mod 4096, written with a wrong intercept (RSNA quirk)
+    padding_stored: int | None = None  # value outside the reconstruction circle, if the scanner pads
+
+    def encode(self, hu: np.ndarray, outside_fov: np.ndarray) -> np.ndarray:
+        """Stored pixel values for an HU image, as the scanner would write them."""
+        hu = np.rint(hu)
+        stored = np.mod(np.clip(hu, -1000, 3095), 4096) if self.wrapped else hu - self.rescale_intercept
+        if self.pixel_representation == 0:
+            stored = np.clip(stored, 0, 2**self.bits_stored - 1)
+            dtype = np.uint16
+        else:
+            half = 2 ** (self.bits_stored - 1)
+            stored = np.clip(stored, -half, half - 1)
+            dtype = np.int16
+        if self.padding_stored is not None:
+            stored = np.where(outside_fov, self.padding_stored, stored)
+        return stored.astype(dtype)
+
+
+STORAGE_PROFILES: tuple[StorageProfile, ...] = (
+    StorageProfile("int16, intercept -1024, padded", 0.30, 16, 1, -1024.0, padding_stored=-2000),
+    StorageProfile("int16, intercept -1024", 0.17, 16, 1, -1024.0),
+    StorageProfile("uint12, intercept -1024", 0.43, 12, 0, -1024.0),
+    StorageProfile("uint12, intercept -1000", 0.05, 12, 0, -1000.0),
+    StorageProfile("uint12 wrapped, intercept 0 (RSNA quirk)", 0.03, 12, 0, 0.0, wrapped=True),
+    StorageProfile("uint12 wrapped, intercept 1 (RSNA quirk)", 0.02, 12, 0, 1.0, wrapped=True),
+)
+
+# (rows, columns) of RSNA's non-512 images, scaled with --size; a few percent of studies get one.
+ODD_SHAPES_AT_512 = ((638, 490), (436, 436), (408, 404), (464, 464), (462, 462), (430, 374), (666, 666),
+                     (768, 768))
+ODD_SHAPE_SHARE = 0.06
+
+
+def apportion(shares: list[float], count: int, rng: np.random.Generator) -> np.ndarray:
+    """Assign `count` items to categories in proportion to `shares` (largest remainder), in random order.
+
+    Unlike independent draws this guarantees every category with share * count >= 0.5 shows up.
+    """
+    shares_arr = np.asarray(shares, dtype=float) / sum(shares)
+    exact = shares_arr * count
+    counts = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: count - counts.sum()]] += 1
+    assignment = np.repeat(np.arange(len(shares)), counts)
+    rng.shuffle(assignment)
+    return assignment
+
+
+def add_scanner_effects(hu: np.ndarray, bone: np.ndarray, rng: np.random.Generator, noise_hu: float,
+                        pixel_mm: float, skull_base: bool) -> np.ndarray:
+    """Quantum noise (slightly correlated), mild cupping and, near dense skull base, streaks."""
+    rows, cols = hu.shape
+    noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 0.6)
+    noise *= noise_hu / (noise.std() + 1e-6)
+    out = hu + noise
+    head = ndimage.binary_fill_holes(bone)
+    if head.any():
+        yy, xx = np.nonzero(head)
+        cy, cx = yy.mean(), xx.mean()
+        radius = np.sqrt(head.sum() / np.pi)
+        r2 = ((np.arange(rows)[:, None] - cy) ** 2 + (np.arange(cols)[None, :] - cx) ** 2) / radius**2
+        out -= rng.uniform(0.0, 4.0) * np.clip(1.0 - r2, 0.0, 1.0) * head  # beam-hardening cupping
+        if skull_base:
+            yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
+            for _ in range(int(rng.integers(3, 7))):
+                angle = rng.uniform(0, np.pi)
+                offset = rng.normal(0.0, radius * 0.25)
+                distance = (xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle) - offset
+                amplitude = rng.choice([-1.0, 1.0]) * rng.uniform(4.0, 9.0)
+                out += amplitude * np.exp(-((distance * pixel_mm / 0.7) ** 2)) * head
+    return out
+
+
+def rsna_id(rng: np.random.Generator, hex_digits: int, taken: set[str]) -> str:
+    """A fresh `ID_<hex>` identifier, as RSNA's anonymisation writes them."""
+    while True:
+        value = "ID_" + "".join(rng.choice(list("0123456789abcdef"), size=hex_digits))
+        if value not in taken:
+            taken.add(value)
+            return value
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """Tags shared by all slices of a series."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    rows: int
+    cols: int
+    pixel_mm: float
+    profile: StorageProfile
+    orientation: tuple[float, ...]
+    window_center: list[float]
+    window_width: list[float]
+
+
+def write_slice(path: Path, header: SeriesHeader, image_id: str, position: tuple[float, float, float],
+                stored: np.ndarray) -> None:
+    """Write one CT slice with the tags RSNA's files carry (and nothing identifying)."""
+    # RSNA writes `ID_<hex>` where DICOM wants numeric UIDs: no warning on every file.
+    with pydicom.config.disable_value_validation():
+        _write_slice(path, header, image_id, position, stored)
+
+
+def _write_slice(path: Path, header: SeriesHeader, image_id: str, position: tuple[float, float, float],
+                 stored: np.ndarray) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = image_id
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = generate_uid(IMPLEMENTATION_UID + ".", entropy_srcs=["ich synth"])
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = image_id
+    ds.Modality = "CT"
+    ds.PatientID = header.patient_id
+    ds.StudyInstanceUID = header.study_uid
+    ds.SeriesInstanceUID = header.series_uid
+    ds.StudyID = ""
+    ds.ImagePositionPatient = [f"{v:.6g}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.6g}" for v in header.orientation]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelSpacing = [f"{header.pixel_mm:.6g}", f"{header.pixel_mm:.6g}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = header.profile.bits_stored
+    ds.HighBit = header.profile.bits_stored - 1
+    ds.PixelRepresentation = header.profile.pixel_representation
+    ds.WindowCenter = header.window_center if len(header.window_center) > 1 else header.window_center[0]
+    ds.WindowWidth = header.window_width if len(header.window_width) > 1 else header.window_width[0]
+    ds.RescaleIntercept = f"{header.profile.rescale_intercept:g}"
+    ds.RescaleSlope = "1"
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
