@@ -230,7 +230,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 ])
 def test_bad_arguments_give_a_clear_error(tmp_path, args, message):
     base = {"--out": str(tmp_path / "out"), "--patients": "1", "--slices-per-study": "1", "--seed": "0"}
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     result = run_cli("synth", *[x for pair in base.items() for x in pair])
     assert result.returncode == 2
