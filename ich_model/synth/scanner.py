@@ -79,11 +79,9 @@ def apportion(shares: list[float], count: int, rng: np.random.Generator) -> np.n
 
 def add_scanner_effects(hu: np.ndarray, bone: np.ndarray, rng: np.random.Generator, noise_hu: float,
                         pixel_mm: float, skull_base: bool) -> np.ndarray:
-    """Quantum noise (slightly correlated), mild cupping and, near dense skull base, streaks."""
+    """Quantum noise, mild cupping and, near dense skull base, streaks."""
     rows, cols = hu.shape
-    noise = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), 0.6)
-    noise *= noise_hu / (noise.std() + 1e-6)
-    out = hu + noise
+    out = hu + noise_hu * rng.standard_normal(hu.shape, dtype=np.float32)
     head = ndimage.binary_fill_holes(bone)
     if head.any():
         yy, xx = np.nonzero(head)
