@@ -1,0 +1,246 @@
+"""Reading one CT slice from DICOM: stored pixels, corrected rescale tags and the metadata the pipeline uses.
+
+Only the tags listed in `CtSlice` are read out; nothing identifying (names, dates, accession numbers,
+institutions, physicians) ever leaves this module.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+PREAMBLE_LENGTH = 128
+DICM = b"DICM"
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+# The stored values travel as little-endian int16: every CT scale (12- or 16-bit, signed or unsigned with
+# values below 32768) fits. Unsigned data above 32767 is shifted by this offset, intercept adjusted.
+PIXEL_DTYPE = np.dtype("<i2")
+UNSIGNED_SHIFT = 32768
+# Header-only reads leave values larger than this (the pixel data) on disk.
+DEFER_BYTES = 4096
+
+
+class DicomRejected(Exception):
+    """A file that is not a usable CT slice. `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CtSlice:
+    """One axial CT slice: stored pixels and everything needed to turn them into Hounsfield units."""
+
+    image_id: str  # SOPInstanceUID; RSNA's file names are this value
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    pixels: np.ndarray  # stored values (after the RSNA wrapped-pixel fix), int16, shape (rows, columns)
+    rescale_slope: float
+    rescale_intercept: float
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, ...] | None
+    pixel_spacing_mm: float  # row spacing; 0 when the file has none
+    bits_stored: int
+    intercept_group: str  # the intercept as written, or "wrapped" for the RSNA 12-bit quirk
+    window_center: float | None  # first value where the tag is multi-valued
+    window_width: float | None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def image_size(self) -> str:
+        return f"{self.height}x{self.width}"
+
+    @property
+    def z_position(self) -> float:
+        """Position along the patient's feet-head axis (ImagePositionPatient[2]); NaN when unknown."""
+        return self.image_position[2] if self.image_position else math.nan
+
+    def hounsfield_units(self) -> np.ndarray:
+        return self.pixels.astype(np.float64) * self.rescale_slope + self.rescale_intercept
+
+
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """True when the file carries the Part 10 marker `DICM` after its 128-byte preamble."""
+    with open(path, "rb") as f:
+        head = f.read(PREAMBLE_LENGTH + len(DICM))
+    return head[PREAMBLE_LENGTH:] == DICM
+
+
+def _open(source: str | os.PathLike | bytes, defer_pixels: bool = False) -> pydicom.Dataset:
+    """Parse a Part 10 file; with `defer_pixels` the pixel data (of a path) is not read, only noted."""
+    if isinstance(source, bytes | bytearray):
+        raw_head = bytes(source[: PREAMBLE_LENGTH + len(DICM)])
+        if len(source) == 0:
+            raise DicomRejected("not_dicom", "empty file")
+        stream = io.BytesIO(source)
+    else:
+        with open(source, "rb") as f:
+            raw_head = f.read(PREAMBLE_LENGTH + len(DICM))
+        if not raw_head:
+            raise DicomRejected("not_dicom", "empty file")
+        stream = source
+    if raw_head[PREAMBLE_LENGTH:] != DICM:
+        raise DicomRejected("not_dicom", "no 'DICM' marker after the 128-byte preamble: not a DICOM file")
+    try:
+        return pydicom.dcmread(stream, defer_size=DEFER_BYTES if defer_pixels else None)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise DicomRejected("truncated", f"the DICOM data set ends or breaks before it is complete ({error})") \
+            from error
+
+
+def stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """The stored pixel values, decoded from whatever transfer syntax the file uses (RLE, JPEG lossless and
+    baseline, JPEG-LS, JPEG 2000 or uncompressed)."""
+    if "PixelData" not in ds:
+        raise DicomRejected("no_pixel_data", f"no pixel data ({ds.get('Modality', 'unknown modality')} object)")
+    try:
+        return ds.pixel_array
+    except ValueError as error:
+        if "less than expected" in str(error) or "truncat" in str(error).lower():
+            raise DicomRejected("truncated", f"pixel data shorter than the image it describes ({error})") from error
+        raise DicomRejected("undecodable", f"pixel data cannot be decoded ({error})") from error
+    except (NotImplementedError, RuntimeError, TypeError, AttributeError) as error:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(ds, "file_meta") else "unknown"
+        raise DicomRejected("undecodable", f"no decoder for transfer syntax {syntax} ({error})") from error
+
+
+def _check_single_ct_image(ds: pydicom.Dataset) -> None:
+    """Reject anything but one grayscale CT image, from its header alone."""
+    if "PixelData" not in ds:
+        raise DicomRejected("no_pixel_data", f"no pixel data ({ds.get('Modality', 'unknown modality')} object)")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DicomRejected("multi_frame", f"{ds.NumberOfFrames} frames in one file; expected one axial slice")
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or ds.get("PhotometricInterpretation", "") not in GRAYSCALE:
+        raise DicomRejected("not_grayscale", f"{ds.get('PhotometricInterpretation', 'unknown')} image with "
+                                             f"{ds.get('SamplesPerPixel', '?')} samples per pixel")
+    modality = str(ds.get("Modality", ""))
+    if modality != "CT":
+        raise DicomRejected("not_ct", f"modality {modality or 'missing'}, expected CT")
+
+
+def _first(value) -> float | None:
+    """First value of a possibly multi-valued numeric tag (RSNA: about half the window tags hold two)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _floats(value, count: int) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == count else None
+
+
+def read_slice(source: str | os.PathLike | bytes) -> CtSlice:
+    """Read one CT slice from a path or bytes, or raise `DicomRejected` saying why it is unusable."""
+    # RSNA writes `ID_<hex>` in UID tags: take values as they are, without a warning per file.
+    with pydicom.config.disable_value_validation():
+        return _read_slice(source)
+
+
+def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
+    ds = _open(source)
+    _check_single_ct_image(ds)
+    pixels = stored_pixels(ds)
+    if pixels.ndim != 2:
+        raise DicomRejected("not_grayscale", f"pixel array of shape {pixels.shape}, expected rows x columns")
+    warnings = []
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is None or intercept is None or slope == "" or intercept == "":
+        warnings.append("missing_rescale")  # CT without a modality LUT: stored values are HU
+        slope, intercept = 1.0, 0.0
+    slope, intercept = float(slope), float(intercept)
+    bits_stored = int(ds.get("BitsStored", 16))
+    pixel_representation = int(ds.get("PixelRepresentation", 0))
+    intercept_group = f"{intercept:g}"
+    pixels = pixels.astype(np.int32)
+    if bits_stored == 12 and pixel_representation == 0 and intercept > -100:
+        # RSNA quirk: 12-bit values wrapped round with a wrong intercept (0 or 1). HU = fixed - 1000.
+        pixels = pixels + 1000
+        pixels[pixels >= 4096] -= 4096
+        intercept = -1000.0
+        intercept_group = "wrapped"
+        warnings.append("wrapped_pixels_fixed")
+    if pixels.size and pixels.max() > np.iinfo(PIXEL_DTYPE).max:
+        pixels = pixels - UNSIGNED_SHIFT
+        intercept += UNSIGNED_SHIFT * slope
+    if pixels.size and pixels.min() < np.iinfo(PIXEL_DTYPE).min:
+        raise DicomRejected("undecodable", f"stored values down to {pixels.min()} do not fit 16 bits")
+
+    spacing = _floats(ds.get("PixelSpacing", ()), 2)
+    position = _floats(ds.get("ImagePositionPatient", ()), 3)
+    return CtSlice(
+        image_id=str(ds.get("SOPInstanceUID", "")) or _stem(source),
+        patient_id=str(ds.get("PatientID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        pixels=pixels.astype(PIXEL_DTYPE),
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        image_position=position,
+        image_orientation=_floats(ds.get("ImageOrientationPatient", ()), 6),
+        pixel_spacing_mm=spacing[0] if spacing else 0.0,
+        bits_stored=bits_stored,
+        intercept_group=intercept_group,
+        window_center=_first(ds.get("WindowCenter")),
+        window_width=_first(ds.get("WindowWidth")),
+        warnings=tuple(warnings),
+    )
+
+
+def _stem(source) -> str:
+    return "" if isinstance(source, bytes | bytearray) else Path(source).name.removesuffix(".dcm")
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """The identifying and positional tags of a slice, read without its pixels (for grouping by study)."""
+
+    image_id: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    z_position: float
+
+
+def read_header(source: str | os.PathLike | bytes) -> SliceHeader:
+    """Read only what is needed to place a slice in its study, without decoding its pixels; rejects what
+    `read_slice` would reject from the header alone (the pixel data itself is checked by `read_slice`)."""
+    with pydicom.config.disable_value_validation():
+        return _read_header(source)
+
+
+def _read_header(source: str | os.PathLike | bytes) -> SliceHeader:
+    ds = _open(source, defer_pixels=not isinstance(source, bytes | bytearray))
+    _check_single_ct_image(ds)
+    position = _floats(ds.get("ImagePositionPatient", ()), 3)
+    return SliceHeader(
+        image_id=str(ds.get("SOPInstanceUID", "")) or _stem(source),
+        patient_id=str(ds.get("PatientID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        z_position=position[2] if position else math.nan,
+    )

@@ -1,0 +1,109 @@
+"""The raw tf.Example of one CT slice: what the ExampleGen writes and what serving parses.
+
+One builder serves both, so training and serving cannot drift. Pixels travel as the stored values (lossless,
+little-endian int16 bytes) with the rescale tags; the Hounsfield conversion belongs to tf.Transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from ich_model.dicom import PIXEL_DTYPE, CtSlice, SliceHeader
+
+IMAGE_ID = "image_id"
+PATIENT_ID = "patient_id"
+STUDY_UID = "study_uid"
+SERIES_UID = "series_uid"
+PIXELS = "pixels"
+HEIGHT = "height"
+WIDTH = "width"
+RESCALE_SLOPE = "rescale_slope"
+RESCALE_INTERCEPT = "rescale_intercept"
+LABEL = "label"
+Z_POSITION = "z_position"
+SLICE_INDEX = "slice_index"
+SLICE_COUNT = "slice_count"
+RELATIVE_POSITION = "relative_position"
+PIXEL_SPACING_MM = "pixel_spacing_mm"
+INTERCEPT_GROUP = "intercept_group"
+IMAGE_SIZE = "image_size"
+SPAN = "span"
+
+
+@dataclass(frozen=True)
+class SlicePlacement:
+    """Where a slice sits in its study, ordered by ImagePositionPatient z (feet to head)."""
+
+    slice_index: int
+    slice_count: int
+
+    @property
+    def relative_position(self) -> float:
+        return self.slice_index / (self.slice_count - 1) if self.slice_count > 1 else 0.5
+
+
+def place_slices(headers: Iterable[SliceHeader]) -> dict[str, SlicePlacement]:
+    """Order a study's slices by z position (slices without one go last, by image ID)."""
+    ordered = sorted(headers, key=lambda h: (math.isnan(h.z_position), 0.0 if math.isnan(h.z_position)
+                                             else h.z_position, h.image_id))
+    return {h.image_id: SlicePlacement(i, len(ordered)) for i, h in enumerate(ordered)}
+
+
+def pseudonym(identifier: str, salt: str | None) -> str:
+    """The identifier itself, or with a salt its salted SHA-256 (first 16 hex digits) for privacy."""
+    if not salt:
+        return identifier
+    return hashlib.sha256(f"{salt}\x00{identifier}".encode()).hexdigest()[:16]
+
+
+def _bytes(value: str | bytes) -> tf.train.Feature:
+    data = value.encode() if isinstance(value, str) else value
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+
+
+def _ints(*values: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _float(value: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def slice_to_example(ct: CtSlice, placement: SlicePlacement, label: np.ndarray | None = None, span: int = 0,
+                     id_salt: str | None = None) -> tf.train.Example:
+    """The raw tf.Example of a slice; `label` (six 0/1 values, project order) is omitted for serving."""
+    features = {
+        IMAGE_ID: _bytes(ct.image_id),
+        PATIENT_ID: _bytes(pseudonym(ct.patient_id, id_salt)),
+        STUDY_UID: _bytes(pseudonym(ct.study_uid, id_salt)),
+        SERIES_UID: _bytes(pseudonym(ct.series_uid, id_salt)),
+        PIXELS: _bytes(np.ascontiguousarray(ct.pixels, dtype=PIXEL_DTYPE).tobytes()),
+        HEIGHT: _ints(ct.height),
+        WIDTH: _ints(ct.width),
+        RESCALE_SLOPE: _float(ct.rescale_slope),
+        RESCALE_INTERCEPT: _float(ct.rescale_intercept),
+        Z_POSITION: _float(ct.z_position),
+        SLICE_INDEX: _ints(placement.slice_index),
+        SLICE_COUNT: _ints(placement.slice_count),
+        RELATIVE_POSITION: _float(placement.relative_position),
+        PIXEL_SPACING_MM: _float(ct.pixel_spacing_mm),
+        INTERCEPT_GROUP: _bytes(ct.intercept_group),
+        IMAGE_SIZE: _bytes(ct.image_size),
+        SPAN: _ints(span),
+    }
+    if label is not None:
+        features[LABEL] = _ints(*label)
+    return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+def example_pixels(example: tf.train.Example) -> np.ndarray:
+    """The stored pixel values of an Example, as the int16 array they were written from."""
+    feature = example.features.feature
+    height, width = feature[HEIGHT].int64_list.value[0], feature[WIDTH].int64_list.value[0]
+    return np.frombuffer(feature[PIXELS].bytes_list.value[0], dtype=PIXEL_DTYPE).reshape(height, width)
