@@ -1,0 +1,73 @@
+"""DicomExampleGen: a FileBasedExampleGen whose executor reads DICOM slices and RSNA label CSVs."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from google.protobuf import struct_pb2
+from tfx.components import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2, range_config_pb2
+
+from components.dicom_example_gen.executor import (
+    DEFAULT_MAX_REJECT_SHARE,
+    ID_SALT,
+    MAX_REJECT_SHARE,
+    Executor,
+)
+from ich_model.examples import PATIENT_ID
+
+SPAN_PATTERN = "span-{SPAN}/*"
+# The RSNA download: `stage_2_train/` and `stage_2_train.csv` (the test folder and the sample submission,
+# which has no labels, stay out).
+RSNA_PATTERN = "stage_2_train*"
+HASH_BUCKETS = 100
+
+
+def default_input_pattern(input_base: str) -> str:
+    """`span-{SPAN}/*` when the input base holds span folders, else the RSNA layout when present, else all."""
+    if tf.io.gfile.glob(f"{input_base.rstrip('/')}/span-*"):
+        return SPAN_PATTERN
+    if tf.io.gfile.glob(f"{input_base.rstrip('/')}/{RSNA_PATTERN}"):
+        return RSNA_PATTERN
+    return "*"
+
+
+def patient_split_config(train_share: float) -> example_gen_pb2.Output:
+    """Train/eval by a deterministic hash of patient_id, so that no patient is in both splits."""
+    if not 0.0 < train_share < 1.0:
+        raise ValueError(f"train_share must be between 0 and 1 (exclusive), got {train_share}")
+    train = min(max(round(train_share * HASH_BUCKETS), 1), HASH_BUCKETS - 1)
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+        splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=train),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=HASH_BUCKETS - train)],
+        partition_feature_name=PATIENT_ID))
+
+
+class DicomExampleGen(FileBasedExampleGen):
+    """Ingests CT DICOM (any depth, with or without `.dcm`) and RSNA label CSVs into tf.Examples.
+
+    Input base: the RSNA layout itself (`stage_2_train/` + `stage_2_train.csv`) or span folders
+    (`span-{SPAN}/...`, each with its DICOM files and CSV). Output: `train` and `eval` split by patient; an
+    ingestion report (`ingestion_report.json`) beside the splits, with its counts as artifact properties.
+    """
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, input_pattern: str | None = None, train_share: float = 0.8,
+                 max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, id_salt: str | None = None,
+                 range_config: range_config_pb2.RangeConfig | None = None):
+        if not 0.0 <= max_reject_share <= 1.0:
+            raise ValueError(f"max_reject_share must be between 0 and 1, got {max_reject_share}")
+        values = struct_pb2.Struct()
+        values.update({MAX_REJECT_SHARE: max_reject_share, **({ID_SALT: id_salt} if id_salt else {})})
+        custom_config = example_gen_pb2.CustomConfig()
+        custom_config.custom_config.Pack(values)
+        pattern = input_pattern or default_input_pattern(input_base)
+        super().__init__(
+            input_base=input_base,
+            input_config=example_gen_pb2.Input(splits=[
+                example_gen_pb2.Input.Split(name="single_split", pattern=pattern)]),
+            output_config=patient_split_config(train_share),
+            custom_config=custom_config,
+            range_config=range_config,
+        )

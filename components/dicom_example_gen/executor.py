@@ -1,0 +1,297 @@
+"""DicomExampleGen's Beam executor: folders of DICOM slices plus RSNA label CSVs -> one tf.Example per slice.
+
+The Beam graph, for one input split pattern:
+
+    list files (any depth) --+-- *.csv --> label rows --GroupByKey(image)--> one label vector per image
+                             +-- others --> headers (no pixels) --GroupByKey(study)--> slice order per study
+    CoGroupByKey(image) --> read pixels and build the Example (or a counted reject)
+
+Only headers and label vectors are shuffled; pixels are read after the joins and stream to the writer, so memory
+does not grow with the input. Every reject, warning and label problem becomes an event written beside the
+Examples; `Do` sums them into `ingestion_report.json` and artifact properties, and fails the run when the
+rejected share of the input files exceeds `max_reject_share`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from google.protobuf import json_format, struct_pb2
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+
+from ich_model.dicom import DicomRejected, read_header, read_slice
+from ich_model.examples import place_slices, slice_to_example
+from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
+
+REPORT_FILE = "ingestion_report.json"
+EVENTS_DIR = "ingestion_events"
+DEFAULT_MAX_REJECT_SHARE = 0.05
+# Files that are neither slices nor labels and are never counted as rejects.
+IGNORED_NAMES = ("_READY", "_SUCCESS", "Thumbs.db", "DICOMDIR")
+# Keys of the component's custom config (a protobuf Struct in example_gen_pb2.CustomConfig).
+MAX_REJECT_SHARE = "max_reject_share"
+ID_SALT = "id_salt"
+_EVENTS_KEY = "_ingestion_events_dir"
+
+# Event kinds written by the Beam graph.
+REJECTED = "rejected"  # an input file that gave no Example
+WARNING = "warning"  # an Example was written, with a fix or assumption worth knowing
+MISSING_FILE = "missing_file"  # a labelled image whose file is not in the input
+LABEL_PROBLEM = "label_problem"  # a malformed CSV row, or an image whose labels conflict or are incomplete
+INPUT_FILES = "input_files"
+INGESTED = "ingested"
+
+
+def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """The Struct packed in the component's CustomConfig, as a dict (empty when none was given)."""
+    raw = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY)
+    if not raw:
+        return {}
+    config = example_gen_pb2.CustomConfig()
+    json_format.Parse(raw, config) if isinstance(raw, str) else config.CopyFrom(raw)
+    if not config.HasField("custom_config"):
+        return {}
+    values = struct_pb2.Struct()
+    config.custom_config.Unpack(values)
+    return json_format.MessageToDict(values)
+
+
+def _event(kind: str, reason: str, subject: str, message: str = "") -> str:
+    return json.dumps({"kind": kind, "reason": reason, "subject": subject, "message": message}, sort_keys=True)
+
+
+def _is_ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def list_input_files(pattern: str):
+    """Every file under what `pattern` matches, at any depth, in a stable order (local or remote paths)."""
+    for match in sorted(tf.io.gfile.glob(pattern)):
+        if tf.io.gfile.isdir(match):
+            for folder, subfolders, files in tf.io.gfile.walk(match):
+                subfolders.sort()
+                for name in sorted(files):
+                    if not _is_ignored(name):
+                        yield os.path.join(folder, name)
+        elif not _is_ignored(os.path.basename(match)):
+            yield match
+
+
+def _source(path: str) -> str | bytes:
+    """Local files are read by path; remote ones (gs://, s3://, ...) are fetched as bytes."""
+    if "://" not in path:
+        return path
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+class _ReadHeader(beam.DoFn):
+    """A candidate file -> (study, header) or a reject event."""
+
+    def process(self, path: str):
+        try:
+            header = read_header(_source(path))
+        except DicomRejected as rejected:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, rejected.reason, path, rejected.message))
+            return
+        except OSError as error:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, "unreadable", path, str(error)))
+            return
+        yield header.study_uid, (path, header)
+
+
+def _label_rows(csv_path: str):
+    """(image_id, LabelRow) for each row of a label CSV; problems as events."""
+    try:
+        with tf.io.gfile.GFile(csv_path, "r") as f:
+            for item in parse_label_rows(f, source=csv_path):
+                if isinstance(item, LabelProblem):
+                    yield beam.pvalue.TaggedOutput(LABEL_PROBLEM, _event(LABEL_PROBLEM, item.kind, csv_path,
+                                                                         item.message))
+                else:
+                    yield item.image_id, item
+    except (LabelFileError, UnicodeDecodeError) as error:
+        yield beam.pvalue.TaggedOutput(LABEL_PROBLEM, _event(LABEL_PROBLEM, "not_a_label_file", csv_path,
+                                                             str(error)))
+
+
+def _merge_labels(item):
+    image_id, rows = item
+    vector, problems = merge_image_rows(image_id, rows)
+    for problem in problems:
+        yield beam.pvalue.TaggedOutput(LABEL_PROBLEM, _event(LABEL_PROBLEM, problem.kind, image_id,
+                                                             problem.message))
+    yield image_id, (vector, [p.kind for p in problems])
+
+
+def _place_study(item):
+    """Order one study's slices; key each by image ID for the label join."""
+    _, entries = item
+    entries = list(entries)
+    placements = place_slices(header for _, header in entries)
+    for path, header in entries:
+        yield header.image_id, (path, placements[header.image_id])
+
+
+class _BuildExample(beam.DoFn):
+    """Join of one image ID: its file(s) and label vector -> an Example, or the events that explain why not."""
+
+    def __init__(self, span: int, id_salt: str | None):
+        self._span = span
+        self._id_salt = id_salt
+
+    def process(self, item):
+        image_id, joined = item
+        files = sorted(joined["slice"], key=lambda entry: entry[0])
+        labels = list(joined["label"])
+        if not files:
+            if labels:
+                yield beam.pvalue.TaggedOutput(MISSING_FILE, _event(MISSING_FILE, MISSING_FILE, image_id,
+                                                                    "labelled image with no file in the input"))
+            return
+        for path, _ in files[1:]:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(
+                REJECTED, "duplicate_image", path, f"{image_id} is also in {files[0][0]}"))
+        path, placement = files[0]
+        try:
+            ct = read_slice(_source(path))
+        except DicomRejected as rejected:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, rejected.reason, path, rejected.message))
+            return
+        if not labels:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, "unlabelled", path,
+                                                            f"{image_id} has no row in any label CSV"))
+            return
+        vector, problems = labels[0]
+        if vector is None:
+            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, f"label_{problems[0]}", path,
+                                                            f"labels of {image_id} cannot be used"))
+            return
+        for warning in ct.warnings:
+            yield beam.pvalue.TaggedOutput(WARNING, _event(WARNING, warning, path))
+        yield slice_to_example(ct, placement, vector, self._span, self._id_salt)
+
+
+@beam.ptransform_fn
+def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
+    """PTransform: the files under `input_base/split_pattern` -> tf.Examples (see the module docstring)."""
+    config = custom_config_values(exec_properties)
+    events_dir = exec_properties.get(_EVENTS_KEY)
+    pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
+    span = int(exec_properties.get("span") or 0)
+
+    files = (pipeline
+             | "Pattern" >> beam.Create([pattern])
+             | "ListFiles" >> beam.FlatMap(list_input_files)
+             | "Distribute" >> beam.Reshuffle())
+    csv_files = files | "LabelFiles" >> beam.Filter(lambda p: p.lower().endswith(".csv"))
+    candidates = files | "SliceFiles" >> beam.Filter(lambda p: not p.lower().endswith(".csv"))
+
+    headers = candidates | "ReadHeaders" >> beam.ParDo(_ReadHeader()).with_outputs(REJECTED, main="headers")
+    placed = (headers.headers
+              | "GroupByStudy" >> beam.GroupByKey()
+              | "PlaceInStudy" >> beam.FlatMap(_place_study))
+
+    rows = csv_files | "ReadLabelRows" >> beam.FlatMap(_label_rows).with_outputs(LABEL_PROBLEM, main="rows")
+    labels = (rows.rows
+              | "GroupRowsByImage" >> beam.GroupByKey()
+              | "MergeLabels" >> beam.FlatMap(_merge_labels).with_outputs(LABEL_PROBLEM, main="labels"))
+
+    built = ({"slice": placed, "label": labels.labels}
+             | "JoinByImage" >> beam.CoGroupByKey()
+             | "BuildExamples" >> beam.ParDo(_BuildExample(span, config.get(ID_SALT)))
+             .with_outputs(REJECTED, WARNING, MISSING_FILE, main="examples"))
+
+    if events_dir:
+        counts = (
+            (candidates | "CountFiles" >> beam.combiners.Count.Globally()
+             | "FilesEvent" >> beam.Map(lambda n: _event(INPUT_FILES, INPUT_FILES, "", str(n))),
+             built.examples | "CountExamples" >> beam.combiners.Count.Globally()
+             | "IngestedEvent" >> beam.Map(lambda n: _event(INGESTED, INGESTED, "", str(n))))
+            | "FlattenCounts" >> beam.Flatten())
+        ((headers[REJECTED], rows[LABEL_PROBLEM], labels[LABEL_PROBLEM], built[REJECTED], built[WARNING],
+          built[MISSING_FILE], counts)
+         | "FlattenEvents" >> beam.Flatten()
+         | "WriteEvents" >> beam.io.WriteToText(os.path.join(events_dir, "events"), file_name_suffix=".jsonl"))
+    return built.examples
+
+
+def summarize_events(events_dir: str) -> dict[str, Any]:
+    """The ingestion report: counts by reason and every rejected file, missing file and label problem."""
+    report: dict[str, Any] = {"input_files": 0, "ingested": 0, "rejected": {}, "warnings": {},
+                              "missing_files": 0, "label_problems": {}, "rejected_files": [],
+                              "missing_file_ids": [], "label_problem_details": []}
+    rejected, warnings, problems = Counter(), Counter(), Counter()
+    for path in sorted(tf.io.gfile.glob(os.path.join(events_dir, "events*.jsonl"))):
+        with tf.io.gfile.GFile(path) as f:
+            for line in f:
+                event = json.loads(line)
+                kind = event["kind"]
+                if kind in (INPUT_FILES, INGESTED):
+                    report[kind] += int(event["message"])
+                elif kind == REJECTED:
+                    rejected[event["reason"]] += 1
+                    report["rejected_files"].append(
+                        {"path": event["subject"], "reason": event["reason"], "message": event["message"]})
+                elif kind == WARNING:
+                    warnings[event["reason"]] += 1
+                elif kind == MISSING_FILE:
+                    report["missing_file_ids"].append(event["subject"])
+                elif kind == LABEL_PROBLEM:
+                    problems[event["reason"]] += 1
+                    report["label_problem_details"].append(event["message"])
+    report["rejected"] = dict(sorted(rejected.items()))
+    report["warnings"] = dict(sorted(warnings.items()))
+    report["label_problems"] = dict(sorted(problems.items()))
+    report["missing_files"] = len(report["missing_file_ids"])
+    for key in ("rejected_files", "missing_file_ids", "label_problem_details"):
+        report[key].sort(key=str)
+    total_rejected = sum(rejected.values())
+    report["rejected_share"] = total_rejected / report["input_files"] if report["input_files"] else 0.0
+    return report
+
+
+class Executor(base_example_gen_executor.BaseExampleGenExecutor):
+    """Custom ExampleGen executor: TFX handles spans, versions, splitting and writing."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802 (TFX's name)
+        return dicom_to_example
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802 (TFX's name)
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        events_dir = os.path.join(examples.uri, EVENTS_DIR)
+        super().Do(input_dict, output_dict, {**exec_properties, _EVENTS_KEY: events_dir})
+
+        report = summarize_events(events_dir)
+        report["span"] = int(exec_properties.get("span") or 0)
+        report_path = os.path.join(examples.uri, REPORT_FILE)
+        with tf.io.gfile.GFile(report_path, "w") as f:
+            json.dump(report, f, indent=2)
+        examples.set_int_custom_property("ingested", report["ingested"])
+        examples.set_int_custom_property("input_files", report["input_files"])
+        examples.set_int_custom_property("rejected", sum(report["rejected"].values()))
+        for reason, count in report["rejected"].items():
+            examples.set_int_custom_property(f"rejected_{reason}", count)
+        examples.set_int_custom_property("missing_files", report["missing_files"])
+        examples.set_int_custom_property("label_problems", sum(report["label_problems"].values()))
+        logging.info("DicomExampleGen: %d of %d files ingested; rejected %s; report in %s", report["ingested"],
+                     report["input_files"], report["rejected"] or "none", report_path)
+
+        max_share = float(custom_config_values(exec_properties).get(MAX_REJECT_SHARE, DEFAULT_MAX_REJECT_SHARE))
+        if report["input_files"] == 0:
+            raise ValueError(f"no input files under {exec_properties[standard_component_specs.INPUT_BASE_KEY]} "
+                             f"match the input pattern")
+        if report["rejected_share"] > max_share:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(report["rejected"]).most_common(5))
+            raise ValueError(
+                f"{sum(report['rejected'].values())} of {report['input_files']} input files "
+                f"({report['rejected_share']:.1%}) were rejected, more than the allowed {max_share:.1%} "
+                f"({reasons}); every file and its reason is listed in {report_path}")
