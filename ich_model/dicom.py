@@ -110,8 +110,6 @@ def _open(source: str | os.PathLike | bytes, defer_pixels: bool = False) -> pydi
 def stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
     """The stored pixel values, decoded from whatever transfer syntax the file uses (RLE, JPEG lossless and
     baseline, JPEG-LS, JPEG 2000 or uncompressed)."""
-    if "PixelData" not in ds:
-        raise DicomRejected("no_pixel_data", f"no pixel data ({ds.get('Modality', 'unknown modality')} object)")
     try:
         return ds.pixel_array
     except ValueError as error:
@@ -126,6 +124,8 @@ def stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
 def _check_single_ct_image(ds: pydicom.Dataset) -> None:
     """Reject anything but one grayscale CT image, from its header alone."""
     if "PixelData" not in ds:
+        if "Rows" in ds and "Columns" in ds:  # an image header whose pixel data never comes: a cut file
+            raise DicomRejected("truncated", "image header present but the file ends before its pixel data")
         raise DicomRejected("no_pixel_data", f"no pixel data ({ds.get('Modality', 'unknown modality')} object)")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomRejected("multi_frame", f"{ds.NumberOfFrames} frames in one file; expected one axial slice")

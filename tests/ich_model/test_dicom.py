@@ -1,0 +1,181 @@
+"""read_slice against pydicom's own decoding and modality LUT, on pydicom's real test files and on files the
+tests write themselves (compressed, quirky, broken)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from ich_model.dicom import DicomRejected, read_header, read_slice, stored_pixels
+
+
+def dataset_bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def ct_small() -> pydicom.Dataset:
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+
+
+def test_ct_small_stored_pixels_and_hounsfield_units_match_pydicom():
+    ds = ct_small()
+    ct = read_slice(get_testdata_file("CT_small.dcm"))
+    assert np.array_equal(ct.pixels, ds.pixel_array)
+    assert np.array_equal(ct.hounsfield_units(), apply_modality_lut(ds.pixel_array, ds))
+    assert (ct.rescale_slope, ct.rescale_intercept) == (float(ds.RescaleSlope), float(ds.RescaleIntercept))
+    assert ct.image_id == ds.SOPInstanceUID and ct.study_uid == ds.StudyInstanceUID
+    assert ct.z_position == pytest.approx(float(ds.ImagePositionPatient[2]))
+    assert ct.pixel_spacing_mm == pytest.approx(float(ds.PixelSpacing[0]))
+    assert ct.image_size == f"{ds.Rows}x{ds.Columns}"
+    assert ct.intercept_group == "-1024" and ct.warnings == ()
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_compressed_files_decode_to_the_uncompressed_pixels(name):
+    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    decoded = stored_pixels(pydicom.dcmread(get_testdata_file(name)))
+    assert np.array_equal(decoded, reference)
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(get_testdata_file(name))
+    assert rejected.value.reason == "not_ct"
+
+
+@pytest.mark.parametrize("name", ["JPGExtended.dcm", "SC_rgb_jpeg.dcm"])
+def test_jpeg_baseline_and_extended_decode(name):
+    ds = pydicom.dcmread(get_testdata_file(name))
+    assert stored_pixels(ds).shape[:2] == (ds.Rows, ds.Columns)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name)
+def test_compressed_ct_comes_back_unchanged(syntax):
+    ds = ct_small()
+    reference = ds.pixel_array.copy()
+    ds.compress(syntax)
+    ct = read_slice(dataset_bytes(ds))
+    assert np.array_equal(ct.pixels, reference)
+    assert np.array_equal(ct.hounsfield_units(), apply_modality_lut(reference, ct_small()))
+
+
+def cut_before_pixel_data(data: bytes) -> bytes:
+    return data[: data.index(b"\xe0\x7f\x10\x00") - 6]
+
+
+def multi_frame_ct() -> bytes:
+    ds = ct_small()
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    return dataset_bytes(ds)
+
+
+def rgb_ct() -> bytes:
+    ds = ct_small()
+    rgb = np.repeat((ds.pixel_array // 16).astype(np.uint8)[..., None], 3, axis=2)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = rgb.tobytes()
+    return dataset_bytes(ds)
+
+
+BAD_INPUTS = {
+    "MR_truncated.dcm": ("file", "MR_truncated.dcm", "not_ct"),
+    "no_meta.dcm": ("file", "no_meta.dcm", "not_dicom"),
+    "rtplan.dcm": ("file", "rtplan.dcm", "no_pixel_data"),
+    "rtdose.dcm": ("file", "rtdose.dcm", "multi_frame"),
+    "SC_rgb_small_odd.dcm": ("file", "SC_rgb_small_odd.dcm", "not_grayscale"),
+    "truncated CT": ("bytes", lambda: dataset_bytes(ct_small())[:-4000], "truncated"),
+    "cut before the pixel data": ("bytes", lambda: cut_before_pixel_data(dataset_bytes(ct_small())), "truncated"),
+    "multi-frame CT": ("bytes", multi_frame_ct, "multi_frame"),
+    "RGB CT": ("bytes", rgb_ct, "not_grayscale"),
+    "empty": ("bytes", lambda: b"", "not_dicom"),
+    "random bytes": ("bytes", lambda: np.random.default_rng(0).bytes(4096), "not_dicom"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_unusable_input_is_rejected_with_its_reason(name):
+    kind, source, reason = BAD_INPUTS[name]
+    data = get_testdata_file(source) if kind == "file" else source()
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(data)
+    assert rejected.value.reason == reason
+    assert rejected.value.message
+
+
+def test_header_reader_rejects_what_the_header_shows():
+    assert read_header(get_testdata_file("CT_small.dcm")).image_id == ct_small().SOPInstanceUID
+    for name, reason in [("rtplan.dcm", "no_pixel_data"), ("MR_small.dcm", "not_ct"),
+                         ("rtdose.dcm", "multi_frame")]:
+        with pytest.raises(DicomRejected) as rejected:
+            read_header(get_testdata_file(name))
+        assert rejected.value.reason == reason
+
+
+def ct_with_pixels(hu_pixels: np.ndarray, *, bits_stored: int, signed: bool, intercept, slope="1") -> pydicom.Dataset:
+    ds = ct_small()
+    ds.Rows, ds.Columns = hu_pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = hu_pixels.astype(np.int16 if signed else np.uint16).tobytes()
+    if intercept is None:
+        del ds.RescaleIntercept
+        del ds.RescaleSlope
+    else:
+        ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+    return ds
+
+
+# Known tissue densities, HU: air, fat, CSF, brain, blood, bone.
+TRUE_HU = np.array([[-1000, -100, 5, 30, 40, 70], [1200, 1800, 60, 35, -1000, 3000]], dtype=np.int32)
+
+
+def test_rsna_wrapped_12bit_pixels_give_true_hounsfield_units():
+    """The RSNA quirk: a scanner wrote HU mod 4096 as 12-bit unsigned with intercept 1. By the DICOM standard
+    (HU = stored * slope + intercept) those values are wrong; after the fix they are the true densities."""
+    stored = np.mod(TRUE_HU, 4096)
+    ds = ct_with_pixels(stored, bits_stored=12, signed=False, intercept="1")
+    naive = stored * 1.0 + 1.0
+    assert not np.array_equal(naive, TRUE_HU)
+    ct = read_slice(dataset_bytes(ds))
+    assert np.array_equal(ct.hounsfield_units(), TRUE_HU)
+    assert ct.intercept_group == "wrapped" and "wrapped_pixels_fixed" in ct.warnings
+
+
+@pytest.mark.parametrize("bits, signed, intercept", [(12, False, -1024), (16, True, -1024), (12, False, -1000),
+                                                      (16, True, 0)])
+def test_ordinary_rescale_tags_give_true_hounsfield_units(bits, signed, intercept):
+    stored = TRUE_HU - intercept
+    ds = ct_with_pixels(stored, bits_stored=bits, signed=signed, intercept=str(intercept))
+    ct = read_slice(dataset_bytes(ds))
+    assert np.array_equal(ct.hounsfield_units(), TRUE_HU)
+    assert ct.intercept_group == f"{intercept}"
+
+
+def test_unsigned_values_above_int16_keep_their_hounsfield_units():
+    stored = TRUE_HU + 32768  # 16-bit unsigned with intercept -32768
+    ds = ct_with_pixels(stored, bits_stored=16, signed=False, intercept="-32768")
+    ct = read_slice(dataset_bytes(ds))
+    assert np.array_equal(ct.hounsfield_units(), TRUE_HU)
+
+
+def test_missing_rescale_tags_mean_identity_with_a_warning():
+    ds = ct_with_pixels(TRUE_HU, bits_stored=16, signed=True, intercept=None)
+    ct = read_slice(dataset_bytes(ds))
+    assert (ct.rescale_slope, ct.rescale_intercept) == (1.0, 0.0)
+    assert "missing_rescale" in ct.warnings
+    assert np.array_equal(ct.hounsfield_units(), TRUE_HU)
+
+
+def test_multi_valued_window_tags_take_the_first_value_and_any_size_is_kept():
+    ds = ct_with_pixels(np.zeros((436, 374), np.int32) + 24, bits_stored=16, signed=True, intercept="-1024")
+    ds.WindowCenter, ds.WindowWidth = ["36", "40"], ["80", "120"]
+    ct = read_slice(dataset_bytes(ds))
+    assert (ct.window_center, ct.window_width) == (36.0, 80.0)
+    assert ct.pixels.shape == (436, 374) and ct.image_size == "436x374"
