@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
 from scipy import ndimage
 
 from ich_model.constants import LABELS, SUBTYPES
@@ -21,6 +20,7 @@ from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset, plan_studi
 from ich_model.synth.dataset import write_study
 from ich_model.synth.scanner import ODD_SHAPES_AT_512, STORAGE_PROFILES
 from ich_model.synth.tissue import Tissue
+from tests.references import rsna_hounsfield
 
 SET = dict(patients=8, slices_per_study=12, seed=3, size=256, positive_fraction=0.75)
 
@@ -39,16 +39,6 @@ def synth_set(tmp_path_factory):
 def read_csv_rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as f:
         return list(csv.reader(f))
-
-
-def hounsfield(ds: pydicom.Dataset) -> np.ndarray:
-    """HU by pydicom's modality LUT, after the RSNA wrapped-pixel fix where it applies."""
-    pixels = ds.pixel_array
-    if ds.BitsStored == 12 and ds.PixelRepresentation == 0 and float(ds.RescaleIntercept) > -100:
-        fixed = pixels.astype(np.int32) + 1000
-        fixed[fixed >= 4096] -= 4096
-        return fixed.astype(np.float64) - 1000.0
-    return apply_modality_lut(pixels, ds)
 
 
 def lowest_storable_hu(ds: pydicom.Dataset) -> float:
@@ -89,7 +79,7 @@ def test_pixels_round_trip_and_tissues_have_their_densities(synth_set):
     by_tissue: dict[Tissue, list[np.ndarray]] = {t: [] for t in Tissue}
     for image_id, s in truth.items():
         ds = pydicom.dcmread(out / IMAGES_DIR / f"{image_id}.dcm")
-        hu = hounsfield(ds)
+        hu = rsna_hounsfield(ds)
         rows, cols = hu.shape
         yy, xx = np.mgrid[0:rows, 0:cols]
         in_fov = np.hypot(yy - (rows - 1) / 2, xx - (cols - 1) / 2) < 0.45 * min(rows, cols)
@@ -111,7 +101,7 @@ def test_labelled_blood_is_visible_inside_the_skull(synth_set):
     out, _, truth = synth_set
     positives = 0
     for image_id, s in truth.items():
-        hu = hounsfield(pydicom.dcmread(out / IMAGES_DIR / f"{image_id}.dcm"))
+        hu = rsna_hounsfield(pydicom.dcmread(out / IMAGES_DIR / f"{image_id}.dcm"))
         cranium = ndimage.binary_fill_holes(hu > 300)
         for subtype in s.labels:
             positives += 1
@@ -134,7 +124,7 @@ def test_negative_slices_have_no_blood_density_inside_the_skull(synth_set):
         if s.labels:
             continue
         negatives += 1
-        hu = hounsfield(pydicom.dcmread(out / IMAGES_DIR / f"{image_id}.dcm"))
+        hu = rsna_hounsfield(pydicom.dcmread(out / IMAGES_DIR / f"{image_id}.dcm"))
         bone = hu > 300
         brain = ndimage.binary_fill_holes(bone) & ~ndimage.binary_dilation(bone, iterations=4)
         denoised = ndimage.median_filter(hu, size=5)

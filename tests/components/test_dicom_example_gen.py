@@ -1,0 +1,236 @@
+"""DicomExampleGen's executor under Beam on real files: synthetic RSNA-format slices, pydicom's own test files
+and broken files, checked against what pydicom reads from the same files."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import json
+import math
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+from pydicom.data import get_testdata_file
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.dicom_example_gen.component import DicomExampleGen
+from components.dicom_example_gen.executor import REPORT_FILE, Executor, dicom_to_example
+from ich_model.constants import LABELS
+from ich_model.examples import example_pixels
+from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+from tests.references import is_rsna_wrapped, rsna_hounsfield
+
+BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+BROKEN = {  # file name in the input -> expected reject reason
+    "MR_truncated.dcm": "not_ct",
+    "no_meta.dcm": "not_dicom",
+    "rtplan.dcm": "no_pixel_data",
+    "rtdose.dcm": "multi_frame",
+    "SC_rgb_small_odd.dcm": "not_grayscale",
+    "empty.dcm": "not_dicom",
+    "random_bytes": "not_dicom",
+}
+CT_SMALL_LABEL = [0, 1, 0, 0, 0, 1]
+MISSING_ID = "ID_0000dead0"
+
+
+@pytest.fixture(scope="module")
+def input_base(tmp_path_factory) -> Path:
+    """An RSNA-layout folder: synthetic slices plus pydicom's CT_small (nested, no suffix, labelled), broken
+    files, and one labelled image whose file is missing."""
+    base = tmp_path_factory.mktemp("rsna")
+    generate_dataset(base, patients=16, slices_per_study=4, seed=4, size=96, positive_fraction=0.5,
+                     progress=False)
+    images = base / IMAGES_DIR
+    nested = images / "extra" / "deeper"
+    nested.mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), nested / "ct_small_without_suffix")
+    for name in ("MR_truncated.dcm", "no_meta.dcm", "rtplan.dcm", "rtdose.dcm", "SC_rgb_small_odd.dcm"):
+        shutil.copy(get_testdata_file(name), images / name)
+    (images / "empty.dcm").write_bytes(b"")
+    (images / "random_bytes").write_bytes(np.random.default_rng(1).bytes(2048))
+    (images / ".DS_Store").write_bytes(b"ignored")
+    ct_small_id = pydicom.dcmread(get_testdata_file("CT_small.dcm")).SOPInstanceUID
+    with open(base / LABELS_CSV, "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        for name, value in zip(LABELS, CT_SMALL_LABEL, strict=True):
+            writer.writerow([f"{ct_small_id}_{name}", value])
+        for name in LABELS:
+            writer.writerow([f"{MISSING_ID}_{name}", 0])
+    return base
+
+
+def dicom_files(base: Path) -> dict[str, pydicom.Dataset]:
+    """Every valid slice under `base`, as pydicom reads it, keyed by SOPInstanceUID."""
+    found = {}
+    for path in sorted(base.rglob("*")):
+        if path.is_file() and path.name not in BROKEN and path.suffix != ".csv" and not path.name.startswith("."):
+            ds = pydicom.dcmread(path)
+            found[str(ds.SOPInstanceUID)] = ds
+    return found
+
+
+def csv_labels(path: Path) -> dict[str, list[int]]:
+    labels: dict[str, list[int]] = defaultdict(lambda: [0] * len(LABELS))
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            image_id, label = row["ID"].rsplit("_", 1)
+            labels[image_id][LABELS.index(label)] = int(row["Label"])
+    return dict(labels)
+
+
+def feature(example: tf.train.Example, name: str):
+    f = example.features.feature[name]
+    kind = f.WhichOneof("kind")
+    values = list(getattr(f, kind).value)
+    return values[0] if len(values) == 1 and name != "label" else values
+
+
+def check_examples(base: Path):
+    """A Beam matcher: the Examples against pydicom's reading of the same files and the CSV."""
+    reference = dicom_files(base)
+    labels = csv_labels(base / LABELS_CSV)
+
+    def check(examples):
+        by_id = {feature(e, "image_id").decode(): e for e in examples}
+        assert set(by_id) == set(reference)
+        studies = defaultdict(list)
+        for image_id, ds in reference.items():
+            e = by_id[image_id]
+            pixels = example_pixels(e)
+            if not is_rsna_wrapped(ds):
+                assert np.array_equal(pixels, ds.pixel_array), image_id  # stored values, lossless
+            hu = pixels * feature(e, "rescale_slope") + feature(e, "rescale_intercept")
+            assert np.array_equal(hu, rsna_hounsfield(ds)), image_id
+            assert feature(e, "label") == labels[image_id]
+            assert feature(e, "patient_id").decode() == ds.PatientID
+            assert feature(e, "image_size").decode() == f"{ds.Rows}x{ds.Columns}"
+            expected_group = "wrapped" if is_rsna_wrapped(ds) else f"{float(ds.RescaleIntercept):g}"
+            assert feature(e, "intercept_group").decode() == expected_group
+            assert feature(e, "pixel_spacing_mm") == pytest.approx(float(ds.PixelSpacing[0]))
+            studies[ds.StudyInstanceUID].append((float(ds.ImagePositionPatient[2]), image_id))
+        for slices in studies.values():
+            for index, (z, image_id) in enumerate(sorted(slices)):
+                e = by_id[image_id]
+                assert feature(e, "slice_index") == index
+                assert feature(e, "slice_count") == len(slices)
+                assert feature(e, "z_position") == pytest.approx(z, abs=1e-3)
+                expected = index / (len(slices) - 1) if len(slices) > 1 else 0.5
+                assert feature(e, "relative_position") == pytest.approx(expected)
+
+    return check
+
+
+def test_executor_ptransform_builds_examples_that_match_pydicom(input_base):
+    exec_properties = {standard_component_specs.INPUT_BASE_KEY: str(input_base)}
+    with TestPipeline(argv=BEAM_ARGS) as pipeline:
+        examples = pipeline | dicom_to_example(exec_properties, "stage_2_train*")
+        check = check_examples(input_base)
+        assert_that(examples | beam.combiners.ToList(), lambda batches: check(batches[0]))
+
+
+def run_executor(component: DicomExampleGen, out: Path) -> standard_artifacts.Examples:
+    exec_properties = dict(component.exec_properties)
+    for key in (standard_component_specs.INPUT_CONFIG_KEY, standard_component_specs.OUTPUT_CONFIG_KEY,
+                standard_component_specs.CUSTOM_CONFIG_KEY):
+        if exec_properties.get(key) is not None and not isinstance(exec_properties[key], str):
+            exec_properties[key] = proto_utils.proto_to_json(exec_properties[key])
+    examples = standard_artifacts.Examples()
+    examples.uri = str(out)
+    Executor(Executor.Context(beam_pipeline_args=BEAM_ARGS)).Do(
+        {}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
+    return examples
+
+
+def read_split(out: Path, split: str) -> list[tf.train.Example]:
+    files = sorted(glob.glob(str(out / f"Split-{split}" / "*.gz")))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+@pytest.fixture(scope="module")
+def ingested(input_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("examples")
+    artifact = run_executor(DicomExampleGen(str(input_base), max_reject_share=0.25), out)
+    return out, artifact
+
+
+def test_every_reject_is_counted_by_reason_and_listed(ingested, input_base):
+    out, artifact = ingested
+    report = json.loads((out / REPORT_FILE).read_text())
+    valid = len(dicom_files(input_base))
+    assert report["ingested"] == valid
+    assert report["input_files"] == valid + len(BROKEN)
+    expected = defaultdict(int)
+    for reason in BROKEN.values():
+        expected[reason] += 1
+    assert report["rejected"] == dict(expected)
+    listed = {Path(r["path"]).name: r["reason"] for r in report["rejected_files"]}
+    assert listed == BROKEN
+    assert report["missing_file_ids"] == [MISSING_ID]
+    assert report["rejected_share"] == pytest.approx(len(BROKEN) / (valid + len(BROKEN)))
+    assert report["warnings"].get("wrapped_pixels_fixed", 0) == sum(
+        is_rsna_wrapped(ds) for ds in dicom_files(input_base).values())
+    properties = artifact.mlmd_artifact.custom_properties
+    assert properties["ingested"].int_value == valid
+    assert properties["rejected"].int_value == len(BROKEN)
+    assert properties["rejected_not_dicom"].int_value == 3
+    assert properties["missing_files"].int_value == 1
+
+
+def test_splits_are_by_patient(ingested, input_base):
+    out, _ = ingested
+    patients = {split: {feature(e, "patient_id") for e in read_split(out, split)} for split in ("train", "eval")}
+    assert patients["train"] and patients["eval"]
+    assert not patients["train"] & patients["eval"]
+    total = sum(len(read_split(out, split)) for split in ("train", "eval"))
+    assert total == len(dicom_files(input_base))
+
+
+def test_no_identifying_tag_reaches_the_outputs(ingested):
+    out, _ = ingested
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    identifying = [str(ds.PatientName), str(ds.get("InstitutionName", "")), str(ds.get("PatientBirthDate", ""))]
+    identifying = [value.encode() for value in identifying if value]
+    assert identifying
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            for value in identifying:
+                assert value not in data, (path, value)
+
+
+def test_salted_ids_hide_patient_and_study_ids(input_base, tmp_path):
+    out = tmp_path / "salted"
+    run_executor(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret"), out)
+    reference = dicom_files(input_base)
+    raw_ids = {ds.PatientID for ds in reference.values()} | {ds.StudyInstanceUID for ds in reference.values()}
+    examples = read_split(out, "train") + read_split(out, "eval")
+    seen = {feature(e, "patient_id").decode() for e in examples} | {feature(e, "study_uid").decode()
+                                                                     for e in examples}
+    assert seen and not seen & raw_ids
+    assert all(len(value) == 16 and int(value, 16) >= 0 for value in seen)
+
+
+def test_a_folder_of_garbage_fails_with_a_clear_message(tmp_path):
+    base = tmp_path / "garbage"
+    images = base / IMAGES_DIR
+    images.mkdir(parents=True)
+    for i in range(5):
+        (images / f"junk{i}.dcm").write_bytes(np.random.default_rng(i).bytes(500))
+    shutil.copy(get_testdata_file("CT_small.dcm"), images / "ct.dcm")
+    ct_small_id = pydicom.dcmread(get_testdata_file("CT_small.dcm")).SOPInstanceUID
+    (base / LABELS_CSV).write_text("ID,Label\n" + "".join(f"{ct_small_id}_{name},0\n" for name in LABELS))
+    with pytest.raises(ValueError, match=r"5 of 6 input files \(83\.3%\) were rejected, more than the allowed "
+                                         r"5\.0% \(not_dicom 5\)"):
+        run_executor(DicomExampleGen(str(base)), tmp_path / "out")
+    assert math.isclose(json.loads((tmp_path / "out" / REPORT_FILE).read_text())["rejected_share"], 5 / 6)
