@@ -225,7 +225,8 @@ def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], s
         counts = (
             (candidates | "CountFiles" >> beam.combiners.Count.Globally()
              | "FilesEvent" >> beam.Map(lambda n: _event(INPUT_FILES, INPUT_FILES, "", str(n))),
-             built.examples | "CountExamples" >> beam.combiners.Count.Globally()
+             # Count ones, not Examples, so that no grouping step can ever hold the pixels.
+             built.examples | "One" >> beam.Map(lambda _: 1) | "CountExamples" >> beam.CombineGlobally(sum)
              | "IngestedEvent" >> beam.Map(lambda n: _event(INGESTED, INGESTED, "", str(n))))
             | "FlattenCounts" >> beam.Flatten())
         ((headers[REJECTED], rows[LABEL_PROBLEM], labels[LABEL_PROBLEM], built[REJECTED], built[WARNING],
