@@ -38,14 +38,14 @@ def read_loop(base: Path) -> float:
     import pydicom
 
     start = time.perf_counter()
-    arrays = []
+    checksum = 0
     for path in dicom_paths(base):
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array.astype(np.int32)
         if ds.BitsStored == 12 and ds.PixelRepresentation == 0 and float(ds.RescaleIntercept) > -100:
             pixels += 1000
             pixels[pixels >= 4096] -= 4096
-        arrays.append(pixels.astype(np.int16))
+        checksum += int(pixels.astype(np.int16)[0, 0])  # use the array; do not keep it
     return time.perf_counter() - start
 
 
@@ -78,17 +78,27 @@ def same_work_loop(base: Path, out: Path) -> float:
 def run_executor(base: Path, out: Path, beam_args: list[str]) -> dict:
     """Run the executor in a fresh process; returns its seconds and peak RSS."""
     code = (
-        "import json, resource, sys, time\n"
+        "import json, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from bench.ingest import executor_once\n"
         "seconds = executor_once(sys.argv[2], sys.argv[3], sys.argv[4:])\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "print(json.dumps({'seconds': seconds, 'peak_rss_mb': peak}))\n")
+        "from bench.ingest import peak_rss_mb\n"
+        "print(json.dumps({'seconds': seconds, 'peak_rss_mb': peak_rss_mb()}))\n")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), str(base), str(out), *beam_args],
                             capture_output=True, text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss, which a child started by fork+exec
+    inherits from its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def executor_once(base: str, out: str, beam_args: list[str]) -> float:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from ich_model.constants import NUM_LABELS
 from ich_model.dicom import PIXEL_DTYPE, CtSlice, SliceHeader
 
 IMAGE_ID = "image_id"
@@ -34,6 +35,18 @@ PIXEL_SPACING_MM = "pixel_spacing_mm"
 INTERCEPT_GROUP = "intercept_group"
 IMAGE_SIZE = "image_size"
 SPAN = "span"
+
+
+# How the raw Examples parse (training, TFMA and serving); serving Examples carry no label.
+RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
+    **{name: tf.io.FixedLenFeature([], tf.string) for name in
+       (IMAGE_ID, PATIENT_ID, STUDY_UID, SERIES_UID, PIXELS, INTERCEPT_GROUP, IMAGE_SIZE)},
+    **{name: tf.io.FixedLenFeature([], tf.int64) for name in (HEIGHT, WIDTH, SLICE_INDEX, SLICE_COUNT, SPAN)},
+    **{name: tf.io.FixedLenFeature([], tf.float32) for name in
+       (RESCALE_SLOPE, RESCALE_INTERCEPT, Z_POSITION, RELATIVE_POSITION, PIXEL_SPACING_MM)},
+    LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
+}
+SERVING_FEATURE_SPEC = {name: spec for name, spec in RAW_FEATURE_SPEC.items() if name != LABEL}
 
 
 @dataclass(frozen=True)

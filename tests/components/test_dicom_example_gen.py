@@ -4,7 +4,6 @@ and broken files, checked against what pydicom reads from the same files."""
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import json
 import math
@@ -20,17 +19,16 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from pydicom.data import get_testdata_file
-from tfx.types import standard_artifacts, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.types import standard_component_specs
 
 from components.dicom_example_gen.component import DicomExampleGen
-from components.dicom_example_gen.executor import REPORT_FILE, Executor, dicom_to_example
+from components.dicom_example_gen.executor import REPORT_FILE, dicom_to_example
 from ich_model.constants import LABELS
 from ich_model.examples import example_pixels
+from ich_model.reference import is_rsna_wrapped, rsna_hounsfield
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
-from tests.references import is_rsna_wrapped, rsna_hounsfield
+from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen
 
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 BROKEN = {  # file name in the input -> expected reject reason
     "MR_truncated.dcm": "not_ct",
     "no_meta.dcm": "not_dicom",
@@ -139,28 +137,10 @@ def test_executor_ptransform_builds_examples_that_match_pydicom(input_base):
         assert_that(examples | beam.combiners.ToList(), lambda batches: check(batches[0]))
 
 
-def run_executor(component: DicomExampleGen, out: Path) -> standard_artifacts.Examples:
-    exec_properties = dict(component.exec_properties)
-    for key in (standard_component_specs.INPUT_CONFIG_KEY, standard_component_specs.OUTPUT_CONFIG_KEY,
-                standard_component_specs.CUSTOM_CONFIG_KEY):
-        if exec_properties.get(key) is not None and not isinstance(exec_properties[key], str):
-            exec_properties[key] = proto_utils.proto_to_json(exec_properties[key])
-    examples = standard_artifacts.Examples()
-    examples.uri = str(out)
-    Executor(Executor.Context(beam_pipeline_args=BEAM_ARGS)).Do(
-        {}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
-    return examples
-
-
-def read_split(out: Path, split: str) -> list[tf.train.Example]:
-    files = sorted(glob.glob(str(out / f"Split-{split}" / "*.gz")))
-    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-
-
 @pytest.fixture(scope="module")
 def ingested(input_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
-    artifact = run_executor(DicomExampleGen(str(input_base), max_reject_share=0.25), out)
+    artifact = run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25), out)
     return out, artifact
 
 
@@ -211,7 +191,7 @@ def test_no_identifying_tag_reaches_the_outputs(ingested):
 
 def test_salted_ids_hide_patient_and_study_ids(input_base, tmp_path):
     out = tmp_path / "salted"
-    run_executor(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret"), out)
+    run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret"), out)
     reference = dicom_files(input_base)
     raw_ids = {ds.PatientID for ds in reference.values()} | {ds.StudyInstanceUID for ds in reference.values()}
     examples = read_split(out, "train") + read_split(out, "eval")
@@ -232,5 +212,5 @@ def test_a_folder_of_garbage_fails_with_a_clear_message(tmp_path):
     (base / LABELS_CSV).write_text("ID,Label\n" + "".join(f"{ct_small_id}_{name},0\n" for name in LABELS))
     with pytest.raises(ValueError, match=r"5 of 6 input files \(83\.3%\) were rejected, more than the allowed "
                                          r"5\.0% \(not_dicom 5\)"):
-        run_executor(DicomExampleGen(str(base)), tmp_path / "out")
+        run_example_gen(DicomExampleGen(str(base)), tmp_path / "out")
     assert math.isclose(json.loads((tmp_path / "out" / REPORT_FILE).read_text())["rejected_share"], 5 / 6)

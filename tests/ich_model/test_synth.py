@@ -16,11 +16,11 @@ import pytest
 from scipy import ndimage
 
 from ich_model.constants import LABELS, SUBTYPES
+from ich_model.reference import rsna_hounsfield
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset, plan_studies, render_study
 from ich_model.synth.dataset import write_study
 from ich_model.synth.scanner import ODD_SHAPES_AT_512, STORAGE_PROFILES
 from ich_model.synth.tissue import Tissue
-from tests.references import rsna_hounsfield
 
 SET = dict(patients=8, slices_per_study=12, seed=3, size=256, positive_fraction=0.75)
 
