@@ -67,7 +67,10 @@ def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
     if not raw:
         return {}
     config = example_gen_pb2.CustomConfig()
-    json_format.Parse(raw, config) if isinstance(raw, str) else config.CopyFrom(raw)
+    if isinstance(raw, str):
+        json_format.Parse(raw, config)
+    else:
+        config.CopyFrom(raw)
     if not config.HasField("custom_config"):
         return {}
     values = struct_pb2.Struct()
@@ -104,19 +107,25 @@ def _source(path: str) -> str | bytes:
         return f.read()
 
 
+def _read(reader, path: str):
+    """(result, None) or (None, reject event): one bad file must never stop the run."""
+    try:
+        return reader(_source(path)), None
+    except DicomRejected as rejected:
+        return None, _event(REJECTED, rejected.reason, path, rejected.message)
+    except Exception as error:  # noqa: BLE001 - whatever a broken file makes a decoder raise is a reject
+        return None, _event(REJECTED, "unreadable", path, f"{type(error).__name__}: {error}")
+
+
 class _ReadHeader(beam.DoFn):
     """A candidate file -> (study, header) or a reject event."""
 
     def process(self, path: str):
-        try:
-            header = read_header(_source(path))
-        except DicomRejected as rejected:
-            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, rejected.reason, path, rejected.message))
-            return
-        except OSError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, "unreadable", path, str(error)))
-            return
-        yield header.study_uid, (path, header)
+        header, rejected = _read(read_header, path)
+        if rejected:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejected)
+        else:
+            yield header.study_uid, (path, header)
 
 
 def _label_rows(csv_path: str):
@@ -172,10 +181,9 @@ class _BuildExample(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, _event(
                 REJECTED, "duplicate_image", path, f"{image_id} is also in {files[0][0]}"))
         path, placement = files[0]
-        try:
-            ct = read_slice(_source(path))
-        except DicomRejected as rejected:
-            yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, rejected.reason, path, rejected.message))
+        ct, rejected = _read(read_slice, path)
+        if rejected:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejected)
             return
         if not labels:
             yield beam.pvalue.TaggedOutput(REJECTED, _event(REJECTED, "unlabelled", path,
