@@ -40,14 +40,13 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components.dicom_example_gen import DicomExampleGen
+    from bench.ingest import executor_once
     from components.dicom_example_gen.executor import GZIP_LEVEL
     from ich_model import reference
     from ich_model.constants import IMAGE_SIZE
     from ich_model.examples import IMAGE_ID, RAW_FEATURE_SPEC
     from ich_model.preprocessing import images_from_raw
     from ich_model.synth import IMAGES_DIR, generate_dataset
-    from tests.pipeline_helpers import run_example_gen, split_files
 
     with tempfile.TemporaryDirectory(prefix="ich-bench-transform-") as tmp:
         tmp_path = Path(tmp)
@@ -55,8 +54,8 @@ def main() -> None:
               f"{args.size} px ...", flush=True)
         generate_dataset(tmp_path / "set", args.patients, args.slices_per_study, seed=103, size=args.size,
                          progress=False)
-        run_example_gen(DicomExampleGen(str(tmp_path / "set")), tmp_path / "examples")
-        raw_files = split_files(tmp_path / "examples", "train") + split_files(tmp_path / "examples", "eval")
+        executor_once(str(tmp_path / "set"), str(tmp_path / "examples"), ["--direct_running_mode=in_memory"])
+        raw_files = sorted(str(p) for p in (tmp_path / "examples").glob("Split-*/*.gz"))
         records = [r.numpy() for r in tf.data.TFRecordDataset(raw_files, compression_type="GZIP")]
         n = len(records)
         dicom_dir = tmp_path / "set" / IMAGES_DIR
