@@ -192,11 +192,12 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
 
     spacing = _floats(ds.get("PixelSpacing", ()), 2)
     position = _floats(ds.get("ImagePositionPatient", ()), 3)
+    image_id, patient_id, study_uid, series_uid = _identity(ds, source)
     return CtSlice(
-        image_id=str(ds.get("SOPInstanceUID", "")) or _stem(source),
-        patient_id=str(ds.get("PatientID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        image_id=image_id,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
         pixels=pixels.astype(PIXEL_DTYPE),
         rescale_slope=slope,
         rescale_intercept=intercept,
@@ -211,8 +212,11 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
     )
 
 
-def _stem(source) -> str:
-    return "" if isinstance(source, bytes | bytearray) else Path(source).name.removesuffix(".dcm")
+def _identity(ds: pydicom.Dataset, source) -> tuple[str, str, str, str]:
+    """(image ID, patient ID, study UID, series UID); the image ID falls back to the file name."""
+    stem = "" if isinstance(source, bytes | bytearray) else Path(source).name.removesuffix(".dcm")
+    return (str(ds.get("SOPInstanceUID", "")) or stem, str(ds.get("PatientID", "")),
+            str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
 
 
 @dataclass(frozen=True)
@@ -237,10 +241,4 @@ def _read_header(source: str | os.PathLike | bytes) -> SliceHeader:
     ds = _open(source, defer_pixels=not isinstance(source, bytes | bytearray))
     _check_single_ct_image(ds)
     position = _floats(ds.get("ImagePositionPatient", ()), 3)
-    return SliceHeader(
-        image_id=str(ds.get("SOPInstanceUID", "")) or _stem(source),
-        patient_id=str(ds.get("PatientID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        z_position=position[2] if position else math.nan,
-    )
+    return SliceHeader(*_identity(ds, source), z_position=position[2] if position else math.nan)
