@@ -1,0 +1,76 @@
+"""The cascade network: shapes and sizes per preset, the B0 front end against keras.applications, FLOPs against
+the published figures, and the pieces that training relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ich_model.constants import IMAGE_SIZE, NUM_LABELS
+from ich_model.model.cascade import PRESETS, build_cascade, model_flops
+from ich_model.model.efficientnet import B0_STAGES, S_STAGES, FrontEndSpec, StochasticDepth, efficientnet_v2_features
+
+
+def front_end(stages, stem: int) -> tf.keras.Model:
+    image = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    return tf.keras.Model(image, efficientnet_v2_features(image, FrontEndSpec(stem, stages))[-1])
+
+
+@pytest.mark.parametrize("name, stages, stem, application, last_block", [
+    ("b0", B0_STAGES, 32, tf.keras.applications.EfficientNetV2B0, "block6h_add"),
+    ("s", S_STAGES, 24, tf.keras.applications.EfficientNetV2S, "block6o_add"),
+])
+def test_front_end_matches_keras_applications(name, stages, stem, application, last_block):
+    reference = application(include_top=False, weights=None, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                            include_preprocessing=False)
+    cut = tf.keras.Model(reference.input, reference.get_layer(last_block).output)
+    ours = front_end(stages, stem)
+    assert abs(ours.count_params() - cut.count_params()) <= 0.01 * cut.count_params()
+    assert ours.output.shape == cut.output.shape
+
+
+@pytest.mark.parametrize("application, published_gmacs", [
+    (tf.keras.applications.EfficientNetV2B0, 0.72),  # Tan & Le 2021, table 7
+    (tf.keras.applications.ConvNeXtTiny, 4.5),  # Liu et al. 2022, table 1 (their "FLOPs" are MACs)
+])
+def test_flops_counter_agrees_with_the_papers_at_224(application, published_gmacs):
+    model = application(include_top=True, weights=None, input_shape=(224, 224, 3))
+    assert model_flops(model) / 2e9 == pytest.approx(published_gmacs, rel=0.03)
+
+
+@pytest.mark.parametrize("preset, min_params, max_params", [("tiny", 0.5e6, 2e6), ("b0", 15e6, 25e6),
+                                                            ("s", 40e6, 55e6)])
+def test_presets_build_with_their_sizes(preset, min_params, max_params):
+    model = build_cascade(preset)
+    assert model.output.shape.as_list() == [None, NUM_LABELS]
+    assert min_params <= model.count_params() <= max_params
+    # Every tap is fused at its own stride: 64, 32, 16, 8 pixels at 256 input.
+    assert [model.get_layer(f"skip{i}_ln").output.shape[1] for i in range(1, 5)] == [64, 32, 16, 8]
+    assert [model.get_layer(f"skip{i}_ln").output.shape[-1] for i in range(1, 5)] == list(PRESETS[preset].back_dims)
+
+
+def test_output_bias_is_the_label_prior_logit():
+    prior = np.array([0.004, 0.05, 0.035, 0.047, 0.063, 0.143])
+    model = build_cascade("tiny", prior=prior)
+    bias = model.get_layer("probabilities").bias.numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-bias)), prior, rtol=1e-5)
+
+
+def test_seed_fixes_the_initialisation_and_layers_differ():
+    a, b, c = build_cascade("tiny", seed=1), build_cascade("tiny", seed=1), build_cascade("tiny", seed=2)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(a.get_weights(), c.get_weights(), strict=True))
+    kernels = [layer.kernel.numpy() for layer in a.layers if layer.name.endswith("_mlp1")]
+    assert len(kernels) >= 2 and not np.array_equal(kernels[0][:8, :8], kernels[1][:8, :8])
+
+
+def test_stochastic_depth_drops_whole_examples_at_its_rate():
+    layer = StochasticDepth(0.3)
+    branch = tf.ones((4000, 2, 2, 3))
+    np.testing.assert_array_equal(layer(branch, training=False).numpy(), branch.numpy())
+    out = layer(branch, training=True).numpy()
+    per_example = out.reshape(4000, -1)
+    assert np.all((per_example == 0).all(axis=1) | np.isclose(per_example, 1 / 0.7).all(axis=1))
+    assert (per_example[:, 0] == 0).mean() == pytest.approx(0.3, abs=0.03)
