@@ -1,0 +1,112 @@
+"""Member recipes: losses and schedules against numpy/sklearn, samplers by counting, and a real short fit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import log_loss
+
+from ich_model.augment import Augmentation, augment
+from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.labels import read_rsna_labels
+from ich_model.members import (
+    BATCH_SIZE,
+    MEMBERS,
+    FocalBinaryCrossentropy,
+    compile_member,
+    learning_rate_schedule,
+    sampled_stream,
+    training_batches,
+)
+from ich_model.model.cascade import build_cascade
+from ich_model.preprocessing import preprocess_dicom
+from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+
+
+def test_focal_loss_without_focus_is_sklearn_log_loss_and_focus_lowers_easy_terms():
+    rng = np.random.default_rng(0)
+    y = (rng.random((64, NUM_LABELS)) < 0.3).astype(np.float32)
+    p = rng.uniform(0.01, 0.99, (64, NUM_LABELS)).astype(np.float32)
+    plain = float(FocalBinaryCrossentropy(gamma=0.0)(y, p))
+    assert plain == pytest.approx(log_loss(y.ravel(), p.ravel()), rel=1e-5)
+    p_t = np.where(y == 1, p, 1 - p)
+    expected = np.mean(-((1 - p_t) ** 2) * np.log(p_t))
+    assert float(FocalBinaryCrossentropy(gamma=2.0)(y, p)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    recipe, total = MEMBERS["a"], 1000
+    schedule = learning_rate_schedule(recipe, total)
+    warmup = int(0.05 * total)
+    lr = recipe.learning_rate
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(warmup // 2)) == pytest.approx(lr * (warmup // 2) / warmup, rel=1e-4)
+    for step in (warmup, warmup + (total - warmup) // 2, total - 1):
+        expected = 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-3, abs=1e-9)
+
+
+def label_only_examples(n: int, epidural_every: int = 50) -> tuple[tf.data.Dataset, np.ndarray]:
+    """n examples with 1x1 images and labels in which epidural is rare."""
+    rng = np.random.default_rng(1)
+    labels = (rng.random((n, NUM_LABELS)) < 0.1).astype(np.float32)
+    labels[:, 0] = (np.arange(n) % epidural_every == 0)
+    labels[:, -1] = labels[:, :-1].max(axis=1)
+    images = np.zeros((n, 1, 1, 3), np.float32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)), labels.mean(axis=0)
+
+
+def test_balanced_sampling_puts_every_subtype_in_every_batch():
+    examples, prevalence = label_only_examples(1000)
+    stream = sampled_stream(examples, MEMBERS["a"], prevalence, seed=0).batch(BATCH_SIZE).take(30)
+    for _, labels in stream:
+        per_subtype = labels.numpy()[:, :-1].sum(axis=0)
+        assert (per_subtype >= 2).all(), per_subtype
+
+
+def test_hard_case_sampling_oversamples_rare_subtypes():
+    examples, prevalence = label_only_examples(1000)
+    recipe = MEMBERS["c"]
+    drawn = np.concatenate([labels.numpy() for _, labels in sampled_stream(examples, recipe, prevalence, seed=0)
+                            .batch(1000).take(8)])
+    # Stream weights 1 (all) and (k - 1) p per oversampled subtype: epidural's expected share in the draws.
+    extra = {name: (k - 1) * prevalence[LABELS.index(name)] for name, k in recipe.oversample.items()}
+    p = prevalence[0]
+    expected = (p + extra["epidural"]) / (1 + sum(extra.values()))
+    assert drawn[:, 0].mean() == pytest.approx(expected, abs=0.01)
+    assert drawn[:, 0].mean() > 3 * p
+
+
+def test_flip_only_augmentation_gives_the_image_or_its_mirror():
+    rng = np.random.default_rng(2)
+    images = rng.random((16, 32, 32, 3)).astype(np.float32)
+    out = augment(tf.constant(images), Augmentation(flip=True)).numpy()
+    for original, result in zip(images, out, strict=True):
+        assert np.allclose(result, original, atol=1e-6) or np.allclose(result, original[:, ::-1], atol=1e-6)
+
+
+def test_strong_augmentation_keeps_images_in_range():
+    images = tf.random.uniform((8, 64, 64, 3))
+    out = augment(images, MEMBERS["b"].augmentation).numpy()
+    assert out.shape == (8, 64, 64, 3) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_a_member_fit_lowers_its_loss(tmp_path):
+    generate_dataset(tmp_path, patients=6, slices_per_study=8, seed=12, size=128, positive_fraction=1.0,
+                     progress=False)
+    table = read_rsna_labels(tmp_path / LABELS_CSV)
+    paths = sorted((tmp_path / IMAGES_DIR).glob("*.dcm"))
+    images = np.stack([preprocess_dicom(p) for p in paths])
+    labels = np.stack([table.labels[p.stem] for p in paths]).astype(np.float32)
+    examples = tf.data.Dataset.from_tensor_slices((images, labels))
+    recipe, steps = MEMBERS["a"], 40
+    model = compile_member(build_cascade("tiny", seed=recipe.seed), recipe, total_steps=steps)
+    before = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)["loss"]
+    model.fit(training_batches(examples, recipe, labels.mean(axis=0), batch_size=16), steps_per_epoch=steps,
+              epochs=1, verbose=0)
+    after = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)["loss"]
+    assert labels[:, LABELS.index("any")].mean() > 0.1
+    assert after < 0.75 * before, (before, after)
