@@ -82,11 +82,11 @@ def loss_for(recipe: Recipe) -> tf.keras.losses.Loss:
 
 
 def _positive_for(index: int):
-    return lambda image, label: tf.equal(label[index], 1.0)
+    return lambda features, label: tf.equal(label[index], 1.0)
 
 
 def sampled_stream(examples: tf.data.Dataset, recipe: Recipe, prevalence, seed: int) -> tf.data.Dataset:
-    """An endless stream of (image, label) pairs drawn as the recipe says, unbatched. `prevalence` is the
+    """An endless stream of (features, label) pairs drawn as the recipe says, unbatched. `prevalence` is the
     share of positives per label (project order) in `examples`; a subtype without positives gets no stream of
     its own (it would never yield).
 
@@ -119,13 +119,17 @@ def sampled_stream(examples: tf.data.Dataset, recipe: Recipe, prevalence, seed: 
 
 
 def training_batches(examples: tf.data.Dataset, recipe: Recipe, prevalence, batch_size: int = BATCH_SIZE,
-                     seed: int | None = None) -> tf.data.Dataset:
-    """(image, label) examples -> endless augmented batches for this member."""
+                     seed: int | None = None, to_images=None) -> tf.data.Dataset:
+    """(features, label) examples -> endless augmented (image, label) batches for this member. `to_images`
+    turns a batch of features into images (for raw Examples: the transform graph); by default the features
+    are the images."""
     seed = recipe.seed if seed is None else seed
     spec = recipe.augmentation
+    to_images = to_images or (lambda features: features)
     return (sampled_stream(examples, recipe, prevalence, seed)
             .batch(batch_size, drop_remainder=True)
-            .map(lambda images, labels: (augment(images, spec), labels), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda features, labels: (augment(to_images(features), spec), labels),
+                 num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 

@@ -35,3 +35,27 @@ def split_files(out: Path, split: str) -> list[str]:
 def read_split(out: Path, split: str) -> list[tf.train.Example]:
     records = tf.data.TFRecordDataset(split_files(out, split), compression_type="GZIP")
     return [tf.train.Example.FromString(r.numpy()) for r in records]
+
+
+def run_transform(examples_dir: Path, transform_dir: Path, temp_dir: Path) -> None:
+    """tf.Transform's AnalyzeAndTransformDataset with the project's preprocessing_fn on ingested Examples;
+    writes the transform graph to `transform_dir`."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+    from tfx_bsl.public import tfxio
+
+    from ich_model.examples import RAW_FEATURE_SPEC
+    from ich_model.preprocessing import preprocessing_fn
+
+    schema = schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC)
+    source = tfxio.TFExampleRecord(file_pattern=split_files(examples_dir, "train") + split_files(examples_dir, "eval"),
+                                   schema=schema)
+    with beam.Pipeline(argv=BEAM_ARGS) as pipeline, tft_beam.Context(temp_dir=str(temp_dir)):
+        raw = pipeline | "Read" >> source.BeamSource()
+        _, transform_fn = ((raw, source.TensorAdapterConfig())
+                           | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+                               preprocessing_fn, output_record_batches=True))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(transform_dir))
+    # As the Transform component does: the raw schema beside the graph (TFTransformOutput.raw_metadata).
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema), str(transform_dir / "metadata"))

@@ -6,21 +6,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import apache_beam as beam
 import numpy as np
 import pydicom
 import tensorflow as tf
 import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
 from pydicom.data import get_testdata_file
-from tensorflow_transform.tf_metadata import schema_utils
-from tfx_bsl.public import tfxio
 
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.examples import RAW_FEATURE_SPEC
-from ich_model.preprocessing import IMAGE, LABEL, preprocess_dicom, preprocessing_fn
+from ich_model.preprocessing import IMAGE, LABEL, preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
-from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen, split_files
+from tests.pipeline_helpers import read_split, run_example_gen, run_transform
 
 
 def test_saved_transform_graph_reproduces_preprocess_dicom(tmp_path):
@@ -35,16 +31,8 @@ def test_saved_transform_graph_reproduces_preprocess_dicom(tmp_path):
     examples_dir = tmp_path / "examples"
     run_example_gen(DicomExampleGen(str(base), train_share=0.5), examples_dir)
 
-    schema = schema_utils.schema_from_feature_spec(RAW_FEATURE_SPEC)
-    source = tfxio.TFExampleRecord(file_pattern=split_files(examples_dir, "train") + split_files(examples_dir, "eval"),
-                                   schema=schema)
     transform_dir = tmp_path / "transform"
-    with beam.Pipeline(argv=BEAM_ARGS) as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tft-tmp")):
-        raw = pipeline | "Read" >> source.BeamSource()
-        _, transform_fn = ((raw, source.TensorAdapterConfig())
-                           | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(preprocessing_fn,
-                                                                                          output_record_batches=True))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(transform_dir))
+    run_transform(examples_dir, transform_dir, tmp_path / "tft-tmp")
 
     output = tft.TFTransformOutput(str(transform_dir))
     examples = read_split(examples_dir, "train") + read_split(examples_dir, "eval")

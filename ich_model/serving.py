@@ -1,0 +1,80 @@
+"""The exported SavedModel of a member or of the ensemble: one module type, any number of members.
+
+Signatures:
+  serving_default(examples: serialized raw tf.Examples) -> probabilities [B, 6] (member mean),
+      spread [B, 6] (standard deviation between members), member_probabilities [B, M, 6];
+  transform_features(examples) -> the tf.Transform outputs (for TFMA);
+  and the function member_probabilities_from_images(image [B, 256, 256, 3]), which the Ensemble component
+  calls on each member's SavedModel so that the raw Examples are parsed and transformed once, not per member.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from ich_model.constants import IMAGE_SIZE, NUM_LABELS
+from ich_model.examples import LABEL, SERVING_FEATURE_SPEC
+from ich_model.preprocessing import IMAGE
+
+PROBABILITIES = "probabilities"
+SPREAD = "spread"
+MEMBER_PROBABILITIES = "member_probabilities"
+SERVING_SIGNATURE = "serving_default"
+TRANSFORM_SIGNATURE = "transform_features"
+
+IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="image")
+EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
+# TFMA feeds labelled Examples to transform_features; serving Examples have no label.
+_TRANSFORM_FEATURE_SPEC = {**SERVING_FEATURE_SPEC,
+                           LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64, default_value=[0] * NUM_LABELS)}
+
+
+def ensemble_outputs(member_probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+    """[B, M, 6] member outputs -> the mean, the spread (population standard deviation) and the members."""
+    return {
+        PROBABILITIES: tf.reduce_mean(member_probabilities, axis=1),
+        SPREAD: tf.math.reduce_std(member_probabilities, axis=1),
+        MEMBER_PROBABILITIES: member_probabilities,
+    }
+
+
+class ScoringModule(tf.Module):
+    """Scores raw tf.Examples with one or more members (Keras models or loaded member SavedModels)."""
+
+    def __init__(self, members: list, transform_output_dir: str):
+        super().__init__()
+        if not members:
+            raise ValueError("a scoring module needs at least one member")
+        self.members = members
+        self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+
+    def _member_stack(self, images: tf.Tensor) -> tf.Tensor:
+        stacks = []
+        for member in self.members:
+            if isinstance(member, tf.keras.Model):
+                stacks.append(member(images, training=False)[:, None, :])
+            else:  # a loaded member SavedModel
+                stacks.append(member.member_probabilities_from_images(images))
+        return tf.concat(stacks, axis=1)
+
+    @tf.function(input_signature=[IMAGES_SPEC])
+    def member_probabilities_from_images(self, images):
+        return self._member_stack(images)
+
+    @tf.function(input_signature=[EXAMPLES_SPEC])
+    def serve(self, examples):
+        transformed = self.tft_layer(tf.io.parse_example(examples, SERVING_FEATURE_SPEC))
+        return ensemble_outputs(self._member_stack(transformed[IMAGE]))
+
+    @tf.function(input_signature=[EXAMPLES_SPEC])
+    def transform_features(self, examples):
+        return self.tft_layer(tf.io.parse_example(examples, _TRANSFORM_FEATURE_SPEC))
+
+    def save(self, export_dir: str) -> None:
+        tf.saved_model.save(self, export_dir, signatures={SERVING_SIGNATURE: self.serve,
+                                                          TRANSFORM_SIGNATURE: self.transform_features})
+
+
+def load_members(member_dirs: list[str]) -> list:
+    return [tf.saved_model.load(path) for path in member_dirs]

@@ -1,0 +1,105 @@
+"""The Trainer's `run_fn` (`ich_model.trainer.run_fn`): trains one member of the cascade ensemble.
+
+Reads the raw Examples, applies the saved transform graph in the input pipeline (the Transform component does not
+materialise images; see ich_model/preprocessing.py), samples and augments as the member's recipe says, keeps the
+weights with the best eval macro AUC, writes TensorBoard logs and exports a ScoringModule SavedModel.
+
+custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
+`eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
+Examples in memory between epochs; set false for sets larger than memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx_bsl.public import tfxio
+
+from ich_model.constants import NUM_LABELS
+from ich_model.examples import LABEL
+from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, training_batches
+from ich_model.model.cascade import build_cascade, describe
+from ich_model.preprocessing import IMAGE
+from ich_model.serving import ScoringModule
+
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def label_prevalence(file_patterns: list[str]) -> np.ndarray:
+    """Share of positives per label, from the label feature alone (no pixels are decoded)."""
+    files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
+    spec = {LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64)}
+    labels = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+              .batch(256).map(lambda records: tf.io.parse_example(records, spec)[LABEL]))
+    total, count = np.zeros(NUM_LABELS), 0
+    for batch in labels:
+        total += batch.numpy().sum(axis=0)
+        count += int(batch.shape[0])
+    if count == 0:
+        raise ValueError(f"no examples in {file_patterns}")
+    return total / count
+
+
+def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    """Unbatched (raw features, label) pairs: sampling filters on labels before any pixel is transformed."""
+    raw = data_accessor.tf_dataset_factory(
+        file_patterns, tfxio.TensorFlowDatasetOptions(batch_size=BATCH_SIZE, num_epochs=1, shuffle=False),
+        tft_output.raw_metadata.schema)
+    return raw.unbatch().map(lambda features: (features, tf.cast(tf.reshape(features[LABEL], [NUM_LABELS]),
+                                                                 tf.float32)))
+
+
+def _strategy() -> tf.distribute.Strategy:
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        logging.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def run_fn(fn_args) -> None:
+    config = fn_args.custom_config or {}
+    recipe = MEMBERS[config.get("member", "a")]
+    preset = config.get("preset", "tiny")
+    batch_size = int(config.get("batch_size", BATCH_SIZE))
+    train_steps = int(fn_args.train_steps)
+    eval_every = int(config.get("eval_every_steps") or max(1, train_steps // 5))
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    prevalence = label_prevalence(fn_args.train_files)
+    logging.info("member %s (%s preset): label prevalence %s", recipe.name, preset, np.round(prevalence, 4))
+    tft_layer = tft_output.transform_features_layer()
+
+    def to_images(raw_batch):
+        return tft_layer(raw_batch)[IMAGE]
+
+    train_raw = raw_examples(fn_args.train_files, fn_args.data_accessor, tft_output)
+    if config.get("cache_examples", True):  # small sets: keep the raw Examples in memory between epochs
+        train_raw = train_raw.cache()
+    train = training_batches(train_raw, recipe, prevalence, batch_size, to_images=to_images)
+    evaluation = (raw_examples(fn_args.eval_files, fn_args.data_accessor, tft_output)
+                  .batch(batch_size).map(lambda raw, labels: (to_images(raw), labels)))
+    if config.get("cache_examples", True):
+        evaluation = evaluation.cache()
+
+    with _strategy().scope():
+        model = compile_member(build_cascade(preset, prior=prevalence, seed=recipe.seed, name=f"member_{recipe.name}"),
+                               recipe, train_steps)
+    logging.info(describe(model))
+    best = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
+    model.fit(
+        train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),
+        validation_data=evaluation, validation_steps=fn_args.eval_steps,
+        callbacks=[
+            tf.keras.callbacks.ModelCheckpoint(best, monitor="val_macro_auc", mode="max", save_best_only=True,
+                                               save_weights_only=True),
+            tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
+        ],
+        verbose=2,
+    )
+    model.load_weights(best)
+    ScoringModule([model], fn_args.transform_output).save(fn_args.serving_model_dir)
