@@ -46,7 +46,11 @@ class ScoringModule(tf.Module):
         super().__init__()
         if not members:
             raise ValueError("a scoring module needs at least one member")
-        self.members = members
+        # Keras members are kept out of the object graph (saving Keras objects re-traces every layer, about
+        # 30 s for the tiny preset); their variables are tracked instead, which is all the signatures capture.
+        self.__dict__["members"] = members
+        self.member_variables = [v for m in members if isinstance(m, tf.keras.Model) for v in m.variables]
+        self.loaded_members = [m for m in members if not isinstance(m, tf.keras.Model)]
         self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
 
     def _member_stack(self, images: tf.Tensor) -> tf.Tensor:
