@@ -12,9 +12,10 @@ import tensorflow as tf
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
+from components.ensemble import Ensemble
 from ich_model.model.cascade import build_cascade
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.serving import (
@@ -23,7 +24,6 @@ from ich_model.serving import (
     SERVING_SIGNATURE,
     SPREAD,
     ScoringModule,
-    load_members,
 )
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from tests.pipeline_helpers import read_split, run_example_gen, run_transform
@@ -53,13 +53,19 @@ def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_i
     members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
     expected = np.stack([m(images, training=False).numpy() for m in members], axis=1)  # [B, 3, 6]
 
-    # Each member exported on its own, then merged from the loaded SavedModels, as the Ensemble component does.
-    member_dirs = []
+    # Each member exported on its own, then merged by the Ensemble component from their Model artifacts.
+    artifacts = []
     for i, member in enumerate(members):
-        member_dirs.append(str(tmp_path / f"member{i}"))
-        ScoringModule([member], str(root / "transform")).save(member_dirs[-1])
-    ensemble_dir = str(tmp_path / "ensemble")
-    ScoringModule(load_members(member_dirs), str(root / "transform")).save(ensemble_dir)
+        artifact = standard_artifacts.Model()
+        artifact.uri = str(tmp_path / f"member{i}")
+        ScoringModule([member], str(root / "transform")).save(path_utils.serving_model_path(artifact.uri))
+        artifacts.append(artifact)
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = str(root / "transform")
+    ensemble = standard_artifacts.Model()
+    ensemble.uri = str(tmp_path / "ensemble")
+    Ensemble.test_call(*artifacts, transform_graph, ensemble)
+    ensemble_dir = path_utils.serving_model_path(ensemble.uri)
 
     served = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE](examples=serialized)
     np.testing.assert_allclose(served[MEMBER_PROBABILITIES].numpy(), expected, atol=1e-5)
@@ -89,7 +95,7 @@ def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, 
         {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_RUN_KEY: [model_run]},
         exec_properties)
 
-    serving_dir = artifact_utils.get_single_uri([model]) + "/Format-Serving"
+    serving_dir = path_utils.serving_model_path(artifact_utils.get_single_uri([model]))
     loaded = tf.saved_model.load(serving_dir)
     serialized, images = eval_batch(root)
     served = loaded.signatures[SERVING_SIGNATURE](examples=serialized)

@@ -1,0 +1,23 @@
+"""Ensemble: merges the three cascade members into one Model artifact for the Evaluator and the Pusher.
+
+The ensemble's `serving_default` parses and transforms the raw Examples once, runs the members on the same
+images and returns `probabilities` (member mean), `spread` (standard deviation between members) and
+`member_probabilities` ([B, 3, 6]).
+"""
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import Model, TransformGraph
+
+from components.ensemble.executor import merge_members
+
+
+@component
+def Ensemble(  # noqa: N802 - TFX components are named like classes
+    model_a: InputArtifact[Model],
+    model_b: InputArtifact[Model],
+    model_c: InputArtifact[Model],
+    transform_graph: InputArtifact[TransformGraph],
+    model: OutputArtifact[Model],
+) -> None:
+    merge_members([model_a.uri, model_b.uri, model_c.uri], transform_graph.uri, model.uri)
