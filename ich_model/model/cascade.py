@@ -26,6 +26,7 @@ import tensorflow as tf
 from ich_model.constants import IMAGE_SIZE, NUM_LABELS
 from ich_model.model.convnext import convnext_block, downsample, layer_norm
 from ich_model.model.efficientnet import B0_STAGES, S_STAGES, FrontEndSpec, efficientnet_v2_features
+from ich_model.model.pretrained import load_front_end_weights
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,17 @@ def classification_head(x, prior: np.ndarray, dropout: float):
 
 
 def build_cascade(preset: str | CascadeSpec, prior: np.ndarray | None = None, seed: int | None = None,
-                  name: str = "cascade") -> tf.keras.Model:
-    """The cascade network for [B, 256, 256, 3] images in [0, 1] -> [B, 6] probabilities (project order)."""
+                  name: str = "cascade", front_end_weights: str | None = None) -> tf.keras.Model:
+    """The cascade network for [B, 256, 256, 3] images in [0, 1] -> [B, 6] probabilities (project order).
+    `front_end_weights`: a local keras.applications EfficientNetV2 no-top weights file (b0 and s presets)."""
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
     prior = np.full(NUM_LABELS, 0.5) if prior is None else prior
     image = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    features = efficientnet_v2_features(image, spec.front, spec.drop_path_rate)
+    # EfficientNetV2's ImageNet weights expect inputs in [-1, 1].
+    scaled = tf.keras.layers.Rescaling(2.0, offset=-1.0, name="to_signed_unit_range")(image)
+    features = efficientnet_v2_features(scaled, spec.front, spec.drop_path_rate)
     skips = [features[i] for i in spec.taps]
 
     total = sum(spec.back_depths)
@@ -89,7 +93,12 @@ def build_cascade(preset: str | CascadeSpec, prior: np.ndarray | None = None, se
         for block in range(depth):
             x = convnext_block(x, spec.drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}")
             done += 1
-    return tf.keras.Model(image, classification_head(x, prior, spec.head_dropout), name=name)
+    model = tf.keras.Model(image, classification_head(x, prior, spec.head_dropout), name=name)
+    if front_end_weights:
+        if not isinstance(preset, str):
+            raise ValueError("front-end weights load into the named presets b0 and s")
+        load_front_end_weights(model, preset, front_end_weights)
+    return model
 
 
 def _layers(model: tf.keras.Model):

@@ -74,3 +74,24 @@ def test_stochastic_depth_drops_whole_examples_at_its_rate():
     per_example = out.reshape(4000, -1)
     assert np.all((per_example == 0).all(axis=1) | np.isclose(per_example, 1 / 0.7).all(axis=1))
     assert (per_example[:, 0] == 0).mean() == pytest.approx(0.3, abs=0.03)
+
+
+def test_front_end_weights_load_from_a_local_keras_applications_file(tmp_path):
+    """A no-top EfficientNetV2-B0 weights file (random here, ImageNet for a user who has one) loads into the
+    b0 front end, which then computes exactly what keras.applications computes."""
+    tf.keras.utils.set_random_seed(5)
+    reference = tf.keras.applications.EfficientNetV2B0(include_top=False, weights=None,
+                                                       input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                                                       include_preprocessing=False)
+    weights_file = tmp_path / "efficientnetv2-b0_notop.h5"
+    reference.save_weights(str(weights_file))
+    model = build_cascade("b0", seed=9, front_end_weights=str(weights_file))
+    ours = tf.keras.Model(model.input, model.get_layer("effnet_stage6_block8_add").output)
+    theirs = tf.keras.Model(reference.input, reference.get_layer("block6h_add").output)
+    images = np.random.default_rng(0).random((2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(ours(images, training=False).numpy(),
+                               theirs(images * 2 - 1, training=False).numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="ImageNet weights exist for the b0 and s front ends"):
+        build_cascade("tiny", front_end_weights=str(weights_file))
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        build_cascade("b0", front_end_weights=str(tmp_path / "missing.h5"))
