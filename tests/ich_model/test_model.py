@@ -95,3 +95,12 @@ def test_front_end_weights_load_from_a_local_keras_applications_file(tmp_path):
         build_cascade("tiny", front_end_weights=str(weights_file))
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         build_cascade("b0", front_end_weights=str(tmp_path / "missing.h5"))
+
+
+def test_ablation_networks_match_the_tiny_cascade_within_a_quarter():
+    from ich_model.model.ablation import build_convnext_only, build_efficientnet_only
+
+    cascade = build_cascade("tiny")
+    for other in (build_efficientnet_only(), build_convnext_only()):
+        assert other.output.shape.as_list() == [None, NUM_LABELS]
+        assert abs(other.count_params() / cascade.count_params() - 1) <= 0.25, other.name

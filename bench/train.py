@@ -1,0 +1,70 @@
+"""Training speed of each preset and of the single-family networks of the tiny cascade's size, in one run.
+
+    .venv/bin/python bench/train.py [--steps 5]
+
+Each network trains with member A's optimizer and loss on fixed random 256x256 batches (the speed of a step does
+not depend on the pixels); the first step (graph building) is not timed. Goal: `tiny` at 15 images/s or more
+on 2 CPU cores. `b0` and `s` are GPU presets and run with small batches here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    args = parser.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+
+    from ich_model.constants import IMAGE_SIZE, NUM_LABELS
+    from ich_model.members import MEMBERS, compile_member
+    from ich_model.model.ablation import build_convnext_only, build_efficientnet_only
+    from ich_model.model.cascade import build_cascade, model_flops
+
+    networks = {  # name -> (builder, batch size, timed steps)
+        "cascade tiny": (lambda: build_cascade("tiny", seed=1), 32, args.steps),
+        "efficientnet-only (tiny size)": (lambda: build_efficientnet_only(seed=1), 32, args.steps),
+        "convnext-only (tiny size)": (lambda: build_convnext_only(seed=1), 32, args.steps),
+        "cascade b0": (lambda: build_cascade("b0", seed=1), 8, 2),
+        "cascade s": (lambda: build_cascade("s", seed=1), 4, 2),
+    }
+    rng = np.random.default_rng(0)
+    results = {"cpu_count": os.cpu_count(), "networks": {}}
+    for name, (build, batch, steps) in networks.items():
+        tf.keras.backend.clear_session()
+        model = compile_member(build(), MEMBERS["a"], total_steps=1000)
+        images = rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+        labels = (rng.random((batch, NUM_LABELS)) < 0.2).astype(np.float32)
+        model.train_on_batch(images, labels)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model.train_on_batch(images, labels)
+        rate = batch * steps / (time.perf_counter() - start)
+        results["networks"][name] = {"train_images_per_s": rate, "batch": batch, "parameters": model.count_params(),
+                                     "gflops_256": model_flops(model) / 1e9}
+        print(f"  {name:<32} {rate:7.1f} img/s  (batch {batch}, {model.count_params() / 1e6:5.2f} M parameters, "
+              f"{model_flops(model) / 1e9:5.2f} GFLOPs)", flush=True)
+    tiny = results["networks"]["cascade tiny"]["train_images_per_s"]
+    results["tiny_vs_goal_15"] = tiny / 15.0
+    print(f"tiny: {tiny:.1f} img/s = {tiny / 15:.2f}x the goal of 15 img/s")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
