@@ -1,0 +1,36 @@
+"""The training part of the DAG: three member Trainers (run in parallel on Kubeflow) and the Ensemble."""
+
+from __future__ import annotations
+
+from tfx import v1 as tfx
+
+from components.ensemble import Ensemble
+from ich_model.members import BATCH_SIZE, MEMBERS
+
+RUN_FN = "ich_model.trainer.run_fn"
+
+
+def member_trainers(examples, transform_graph, preset: str, train_steps: int, eval_steps: int,
+                    batch_size: int = BATCH_SIZE, base_models: dict | None = None) -> list:
+    """One Trainer per member recipe (`trainer_a`, `trainer_b`, `trainer_c`), each depending only on the
+    Examples and the transform graph, so an orchestrator can run them side by side. `base_models` maps a
+    member name to a Model channel to warm-start from."""
+    trainers = []
+    for name in MEMBERS:
+        trainer = tfx.components.Trainer(
+            run_fn=RUN_FN,
+            examples=examples,
+            transform_graph=transform_graph,
+            base_model=(base_models or {}).get(name),
+            train_args=tfx.proto.TrainArgs(num_steps=train_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+            custom_config={"member": name, "preset": preset, "batch_size": batch_size},
+        ).with_id(f"trainer_{name}")
+        trainers.append(trainer)
+    return trainers
+
+
+def ensemble_of(trainers: list, transform_graph):
+    """The Ensemble component over the three member Trainers (in member order a, b, c)."""
+    model_a, model_b, model_c = (t.outputs["model"] for t in trainers)
+    return Ensemble(model_a=model_a, model_b=model_b, model_c=model_c, transform_graph=transform_graph)
