@@ -333,6 +333,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
         self._report(examples, events_dir, exec_properties)
+        empty = [name for name in splits if not tf.io.gfile.glob(
+            os.path.join(artifact_utils.get_split_uri(artifacts, name), "*"))]
+        if empty:
+            raise ValueError(
+                f"split {', '.join(empty)} received no examples: splitting is by patient, and this input has too "
+                f"few patients for the configured shares; add patients or change train_share")
 
     @staticmethod
     def _report(examples, events_dir: str, exec_properties: dict[str, Any]) -> None:

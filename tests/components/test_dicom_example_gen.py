@@ -191,7 +191,8 @@ def test_no_identifying_tag_reaches_the_outputs(ingested):
 
 def test_salted_ids_hide_patient_and_study_ids(input_base, tmp_path):
     out = tmp_path / "salted"
-    run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret"), out)
+    run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret", train_share=0.5),
+                    out)
     reference = dicom_files(input_base)
     raw_ids = {ds.PatientID for ds in reference.values()} | {ds.StudyInstanceUID for ds in reference.values()}
     examples = read_split(out, "train") + read_split(out, "eval")
@@ -214,3 +215,10 @@ def test_a_folder_of_garbage_fails_with_a_clear_message(tmp_path):
                                          r"5\.0% \(not_dicom 5\)"):
         run_example_gen(DicomExampleGen(str(base)), tmp_path / "out")
     assert math.isclose(json.loads((tmp_path / "out" / REPORT_FILE).read_text())["rejected_share"], 5 / 6)
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path):
+    base = tmp_path / "one-patient"
+    generate_dataset(base, patients=1, slices_per_study=2, seed=0, size=64, progress=False)
+    with pytest.raises(ValueError, match="received no examples: splitting is by patient"):
+        run_example_gen(DicomExampleGen(str(base)), tmp_path / "out")
