@@ -37,7 +37,7 @@ IMAGE_SIZE = "image_size"
 SPAN = "span"
 
 
-# How the raw Examples parse (training, TFMA and serving); serving Examples carry no label.
+# How the raw Examples parse, every feature a scalar (the SchemaGen schema may give them shape [1] instead).
 RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     **{name: tf.io.FixedLenFeature([], tf.string) for name in
        (IMAGE_ID, PATIENT_ID, STUDY_UID, SERIES_UID, PIXELS, INTERCEPT_GROUP, IMAGE_SIZE)},
@@ -46,7 +46,6 @@ RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
        (RESCALE_SLOPE, RESCALE_INTERCEPT, Z_POSITION, RELATIVE_POSITION, PIXEL_SPACING_MM)},
     LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
 }
-SERVING_FEATURE_SPEC = {name: spec for name, spec in RAW_FEATURE_SPEC.items() if name != LABEL}
 
 
 @dataclass(frozen=True)

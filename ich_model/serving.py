@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from ich_model.constants import IMAGE_SIZE, NUM_LABELS
-from ich_model.examples import LABEL, SERVING_FEATURE_SPEC
+from ich_model.examples import LABEL
 from ich_model.preprocessing import IMAGE
 
 PROBABILITIES = "probabilities"
@@ -25,9 +25,6 @@ TRANSFORM_SIGNATURE = "transform_features"
 
 IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="image")
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
-# TFMA feeds labelled Examples to transform_features; serving Examples have no label.
-_TRANSFORM_FEATURE_SPEC = {**SERVING_FEATURE_SPEC,
-                           LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64, default_value=[0] * NUM_LABELS)}
 
 
 def ensemble_outputs(member_probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -51,7 +48,15 @@ class ScoringModule(tf.Module):
         self.__dict__["members"] = members
         self.member_variables = [v for m in members if isinstance(m, tf.keras.Model) for v in m.variables]
         self.loaded_members = [m for m in members if not isinstance(m, tf.keras.Model)]
-        self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+        transform_output = tft.TFTransformOutput(transform_output_dir)
+        self.tft_layer = transform_output.transform_features_layer()
+        # Parse as the transform graph was built (SchemaGen's shapes, e.g. [1] per scalar): serving Examples
+        # carry no label; TFMA's labelled Examples do.
+        raw_spec = transform_output.raw_feature_spec()
+        label_spec = raw_spec.get(LABEL, tf.io.FixedLenFeature([NUM_LABELS], tf.int64))
+        self.__dict__["serving_spec"] = {name: spec for name, spec in raw_spec.items() if name != LABEL}
+        self.__dict__["transform_spec"] = {**self.serving_spec, LABEL: tf.io.FixedLenFeature(
+            label_spec.shape, label_spec.dtype, default_value=[0] * NUM_LABELS)}
 
     def _member_stack(self, images: tf.Tensor) -> tf.Tensor:
         stacks = []
@@ -68,12 +73,12 @@ class ScoringModule(tf.Module):
 
     @tf.function(input_signature=[EXAMPLES_SPEC])
     def serve(self, examples):
-        transformed = self.tft_layer(tf.io.parse_example(examples, SERVING_FEATURE_SPEC))
+        transformed = self.tft_layer(tf.io.parse_example(examples, self.serving_spec))
         return ensemble_outputs(self._member_stack(transformed[IMAGE]))
 
     @tf.function(input_signature=[EXAMPLES_SPEC])
     def transform_features(self, examples):
-        return self.tft_layer(tf.io.parse_example(examples, _TRANSFORM_FEATURE_SPEC))
+        return self.tft_layer(tf.io.parse_example(examples, self.transform_spec))
 
     def save(self, export_dir: str) -> None:
         tf.saved_model.save(self, export_dir, signatures={SERVING_SIGNATURE: self.serve,
