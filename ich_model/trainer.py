@@ -101,5 +101,8 @@ def run_fn(fn_args) -> None:
         ],
         verbose=2,
     )
-    model.load_weights(best)
+    if tf.io.gfile.exists(best):
+        model.load_weights(best)
+    else:  # the eval AUC was never defined (e.g. an eval split without positives): keep the last weights
+        logging.warning("no best checkpoint by eval macro AUC; exporting the last weights")
     ScoringModule([model], fn_args.transform_output).save(fn_args.serving_model_dir)
