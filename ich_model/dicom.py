@@ -78,26 +78,16 @@ class CtSlice:
         return self.pixels.astype(np.float64) * self.rescale_slope + self.rescale_intercept
 
 
-def has_dicom_preamble(path: str | os.PathLike) -> bool:
-    """True when the file carries the Part 10 marker `DICM` after its 128-byte preamble."""
-    with open(path, "rb") as f:
-        head = f.read(PREAMBLE_LENGTH + len(DICM))
-    return head[PREAMBLE_LENGTH:] == DICM
-
-
 def _open(source: str | os.PathLike | bytes, defer_pixels: bool = False) -> pydicom.Dataset:
     """Parse a Part 10 file; with `defer_pixels` the pixel data (of a path) is not read, only noted."""
     if isinstance(source, bytes | bytearray):
-        raw_head = bytes(source[: PREAMBLE_LENGTH + len(DICM)])
-        if len(source) == 0:
-            raise DicomRejected("not_dicom", "empty file")
-        stream = io.BytesIO(source)
+        raw_head, stream = bytes(source[: PREAMBLE_LENGTH + len(DICM)]), io.BytesIO(source)
     else:
         with open(source, "rb") as f:
             raw_head = f.read(PREAMBLE_LENGTH + len(DICM))
-        if not raw_head:
-            raise DicomRejected("not_dicom", "empty file")
         stream = source
+    if not raw_head:
+        raise DicomRejected("not_dicom", "empty file")
     if raw_head[PREAMBLE_LENGTH:] != DICM:
         raise DicomRejected("not_dicom", "no 'DICM' marker after the 128-byte preamble: not a DICOM file")
     try:
