@@ -274,8 +274,8 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
     report["missing_files"] = len(report["missing_file_ids"])
     for key in ("rejected_files", "missing_file_ids", "label_problem_details"):
         report[key].sort(key=str)
-    total_rejected = sum(rejected.values())
-    report["rejected_share"] = total_rejected / report["input_files"] if report["input_files"] else 0.0
+    report["rejected_total"] = sum(rejected.values())
+    report["rejected_share"] = report["rejected_total"] / report["input_files"] if report["input_files"] else 0.0
     return report
 
 
@@ -350,7 +350,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             json.dump(report, f, indent=2)
         examples.set_int_custom_property("ingested", report["ingested"])
         examples.set_int_custom_property("input_files", report["input_files"])
-        examples.set_int_custom_property("rejected", sum(report["rejected"].values()))
+        examples.set_int_custom_property("rejected", report["rejected_total"])
         for reason, count in report["rejected"].items():
             examples.set_int_custom_property(f"rejected_{reason}", count)
         examples.set_int_custom_property("missing_files", report["missing_files"])
@@ -365,6 +365,6 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         if report["rejected_share"] > max_share:
             reasons = ", ".join(f"{reason} {n}" for reason, n in Counter(report["rejected"]).most_common(5))
             raise ValueError(
-                f"{sum(report['rejected'].values())} of {report['input_files']} input files "
+                f"{report['rejected_total']} of {report['input_files']} input files "
                 f"({report['rejected_share']:.1%}) were rejected, more than the allowed {max_share:.1%} "
                 f"({reasons}); every file and its reason is listed in {report_path}")
