@@ -26,6 +26,9 @@ from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
 
 BATCH_SIZE = 32
 WARMUP_SHARE = 0.05
+# The eval AUC's thresholds, evenly spaced in logit space: rare subtypes' probabilities sit far below 0.01, where
+# Keras' default (200 thresholds evenly spaced in [0, 1]) cannot rank them and reports a much lower AUC.
+AUC_THRESHOLDS = [float(t) for t in tf.sigmoid(tf.linspace(-12.0, 12.0, 481)).numpy()]
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ def compile_member(model: tf.keras.Model, recipe: Recipe, total_steps: int) -> t
     model.compile(
         optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(recipe, total_steps)),
         loss=loss_for(recipe),
-        metrics=[tf.keras.metrics.AUC(multi_label=True, num_labels=NUM_LABELS, name="macro_auc")],
+        metrics=[tf.keras.metrics.AUC(multi_label=True, num_labels=NUM_LABELS, thresholds=AUC_THRESHOLDS,
+                                      name="macro_auc")],
     )
     return model

@@ -29,8 +29,8 @@ from ich_model.serving import ScoringModule
 BEST_WEIGHTS = "best.weights.h5"
 
 
-def label_prevalence(file_patterns: list[str]) -> np.ndarray:
-    """Share of positives per label, from the label feature alone (no pixels are decoded)."""
+def label_counts(file_patterns: list[str]) -> tuple[int, np.ndarray]:
+    """The number of Examples and of positives per label, from the label feature alone (no pixels decoded)."""
     files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
     spec = {LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64)}
     labels = (tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -39,9 +39,7 @@ def label_prevalence(file_patterns: list[str]) -> np.ndarray:
     for batch in labels:
         total += batch.numpy().sum(axis=0)
         count += int(batch.shape[0])
-    if count == 0:
-        raise ValueError(f"no examples in {file_patterns}")
-    return total / count
+    return count, total
 
 
 def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
@@ -70,7 +68,13 @@ def run_fn(fn_args) -> None:
     eval_every = int(config.get("eval_every_steps") or max(1, train_steps // 5))
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    prevalence = label_prevalence(fn_args.train_files)
+    train_count, positives = label_counts(fn_args.train_files)
+    if train_count == 0:
+        raise ValueError(f"no training examples in {fn_args.train_files}")
+    prevalence = positives / train_count
+    # Validate on at most the whole eval split: Keras stops validating for good once a finite set runs out.
+    eval_count, _ = label_counts(fn_args.eval_files)
+    validation_steps = min(int(fn_args.eval_steps), max(1, -(-eval_count // batch_size)))
     logging.info("member %s (%s preset): label prevalence %s", recipe.name, preset, np.round(prevalence, 4))
     tft_layer = tft_output.transform_features_layer()
 
@@ -82,9 +86,9 @@ def run_fn(fn_args) -> None:
         train_raw = train_raw.cache()
     train = training_batches(train_raw, recipe, prevalence, batch_size, to_images=to_images)
     evaluation = (raw_examples(fn_args.eval_files, fn_args.data_accessor, tft_output)
-                  .batch(batch_size).map(lambda raw, labels: (to_images(raw), labels)))
+                  .batch(batch_size).take(validation_steps).map(lambda raw, labels: (to_images(raw), labels)))
     if config.get("cache_examples", True):
-        evaluation = evaluation.cache()
+        evaluation = evaluation.cache()  # the same batches every time: validation reads exactly these
 
     with _strategy().scope():
         model = compile_member(build_cascade(preset, prior=prevalence, seed=recipe.seed, name=f"member_{recipe.name}"),
@@ -93,7 +97,7 @@ def run_fn(fn_args) -> None:
     best = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
     model.fit(
         train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),
-        validation_data=evaluation, validation_steps=fn_args.eval_steps,
+        validation_data=evaluation, validation_steps=validation_steps,
         callbacks=[
             tf.keras.callbacks.ModelCheckpoint(best, monitor="val_macro_auc", mode="max", save_best_only=True,
                                                save_weights_only=True),
@@ -105,4 +109,4 @@ def run_fn(fn_args) -> None:
         model.load_weights(best)
     else:  # the eval AUC was never defined (e.g. an eval split without positives): keep the last weights
         logging.warning("no best checkpoint by eval macro AUC; exporting the last weights")
-    ScoringModule([model], fn_args.transform_output).save(fn_args.serving_model_dir)
+    ScoringModule([model], [recipe.name], fn_args.transform_output).save(fn_args.serving_model_dir)

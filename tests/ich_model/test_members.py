@@ -110,3 +110,18 @@ def test_a_member_fit_lowers_its_loss(tmp_path):
     after = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)["loss"]
     assert labels[:, LABELS.index("any")].mean() > 0.1
     assert after < 0.75 * before, (before, after)
+
+
+def test_eval_macro_auc_ranks_rare_subtypes_as_sklearn_does():
+    """Rare-subtype probabilities sit far below 0.01; the checkpoint metric must still rank them."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random((400, NUM_LABELS)) < 0.1).astype(np.float32)
+    logits = rng.normal(-7.0, 1.0, labels.shape) + 1.5 * labels  # all probabilities around 0.001
+    probabilities = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    model = compile_member(tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x, input_shape=(NUM_LABELS,))]),
+                           MEMBERS["a"], total_steps=10)
+    measured = model.evaluate(probabilities, labels, batch_size=64, verbose=0, return_dict=True)["macro_auc"]
+    expected = np.mean([roc_auc_score(labels[:, k], probabilities[:, k]) for k in range(NUM_LABELS)])
+    assert measured == pytest.approx(expected, abs=0.01)
