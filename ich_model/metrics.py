@@ -1,10 +1,12 @@
-"""The RSNA 2019 competition metric, in numpy."""
+"""The RSNA 2019 competition metric: in numpy (`weighted_log_loss`) and as a Keras metric for TFMA
+(`WeightedLogLoss`, named in the EvalConfig by class name and this module)."""
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from ich_model.constants import ANY, LABELS
+from ich_model.constants import ANY, LABELS, NUM_LABELS
 
 # `any` counts twice, each subtype once (the winners' code and leaderboard probing agree on 2:1).
 LABEL_WEIGHTS = np.array([2.0 if name == ANY else 1.0 for name in LABELS])
@@ -21,3 +23,29 @@ def weighted_log_loss(labels, probabilities) -> float:
     losses = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
     weights = np.broadcast_to(LABEL_WEIGHTS, y.shape)
     return float((losses * weights).sum() / weights.sum())
+
+
+class WeightedLogLoss(tf.keras.metrics.Metric):
+    """`weighted_log_loss` accumulated over batches (float64 sums, so a large eval set loses no precision)."""
+
+    def __init__(self, name: str = "weighted_log_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.loss_sum = self.add_weight(name="loss_sum", shape=(), initializer="zeros", dtype=tf.float64)
+        self.weight_sum = self.add_weight(name="weight_sum", shape=(), initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y = tf.reshape(tf.cast(y_true, tf.float64), [-1, NUM_LABELS])
+        p = tf.clip_by_value(tf.reshape(tf.cast(y_pred, tf.float64), [-1, NUM_LABELS]), EPSILON, 1.0 - EPSILON)
+        weights = tf.broadcast_to(tf.constant(LABEL_WEIGHTS, tf.float64), tf.shape(y))
+        if sample_weight is not None:
+            weights *= tf.reshape(tf.cast(sample_weight, tf.float64), [-1, 1])
+        losses = -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
+        self.loss_sum.assign_add(tf.reduce_sum(losses * weights))
+        self.weight_sum.assign_add(tf.reduce_sum(weights))
+
+    def result(self):
+        return tf.math.divide_no_nan(self.loss_sum, self.weight_sum)
+
+    def reset_state(self):
+        self.loss_sum.assign(0.0)
+        self.weight_sum.assign(0.0)

@@ -31,6 +31,10 @@ LABEL = "label"
 # Features passed through untouched, for slicing in TFMA and for reports.
 PASSTHROUGH = (ex.IMAGE_ID, ex.PATIENT_ID, ex.STUDY_UID, ex.INTERCEPT_GROUP, ex.IMAGE_SIZE, ex.RELATIVE_POSITION,
                ex.SLICE_INDEX, ex.SLICE_COUNT, ex.PIXEL_SPACING_MM, ex.SPAN)
+# Where a slice lies in its study, in thirds (skull base, middle, vertex): a TFMA slice, since lesion types and
+# artefacts differ along z.
+POSITION_BAND = "position_band"
+POSITION_BANDS = ("low", "mid", "high")
 
 
 def hounsfield_units(stored: tf.Tensor, slope: tf.Tensor, intercept: tf.Tensor) -> tf.Tensor:
@@ -94,7 +98,15 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     for name in PASSTHROUGH:
         if name in inputs:
             outputs[name] = inputs[name]
+    if ex.RELATIVE_POSITION in inputs:
+        outputs[POSITION_BAND] = position_band(inputs[ex.RELATIVE_POSITION])
     return outputs
+
+
+def position_band(relative_position: tf.Tensor) -> tf.Tensor:
+    """relative_position in [0, 1] -> "low" below 1/3, "mid" up to 2/3, "high" above (same shape, strings)."""
+    index = tf.minimum(tf.cast(tf.floor(tf.cast(relative_position, tf.float32) * 3.0), tf.int32), 2)
+    return tf.gather(tf.constant(POSITION_BANDS), index)
 
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64),

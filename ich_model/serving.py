@@ -2,7 +2,8 @@
 
 Signatures:
   serving_default(examples: serialized raw tf.Examples) -> probabilities [B, 6] (member mean),
-      spread [B, 6] (standard deviation between members), member_probabilities [B, M, 6];
+      spread [B, 6] (standard deviation between members), member_probabilities [B, M, 6], and each member's
+      own probabilities as member_<name> [B, 6] (so that TFMA scores the ensemble and its members together);
   transform_features(examples) -> the tf.Transform outputs (for TFMA);
   and the function member_probabilities_from_images(image [B, 256, 256, 3]), which the Ensemble component
   calls on each member's SavedModel so that the raw Examples are parsed and transformed once, not per member.
@@ -27,22 +28,29 @@ IMAGES_SPEC = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name=
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
 
 
-def ensemble_outputs(member_probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+def member_output(member_name: str) -> str:
+    return f"member_{member_name}"
+
+
+def ensemble_outputs(member_probabilities: tf.Tensor, member_names: list[str]) -> dict[str, tf.Tensor]:
     """[B, M, 6] member outputs -> the mean, the spread (population standard deviation) and the members."""
     return {
         PROBABILITIES: tf.reduce_mean(member_probabilities, axis=1),
         SPREAD: tf.math.reduce_std(member_probabilities, axis=1),
         MEMBER_PROBABILITIES: member_probabilities,
+        **{member_output(name): member_probabilities[:, i] for i, name in enumerate(member_names)},
     }
 
 
 class ScoringModule(tf.Module):
     """Scores raw tf.Examples with one or more members (Keras models or loaded member SavedModels)."""
 
-    def __init__(self, members: list, transform_output_dir: str):
+    def __init__(self, members: list, member_names: list[str], transform_output_dir: str):
         super().__init__()
-        if not members:
-            raise ValueError("a scoring module needs at least one member")
+        if not members or len(members) != len(member_names):
+            raise ValueError(f"a scoring module needs one name per member, got {len(members)} members and "
+                             f"names {member_names}")
+        self.__dict__["member_names"] = list(member_names)
         # Keras members are kept out of the object graph (saving Keras objects re-traces every layer, about
         # 30 s for the tiny preset); their variables are tracked instead, which is all the signatures capture.
         self.__dict__["members"] = members
@@ -74,7 +82,7 @@ class ScoringModule(tf.Module):
     @tf.function(input_signature=[EXAMPLES_SPEC])
     def serve(self, examples):
         transformed = self.tft_layer(tf.io.parse_example(examples, self.serving_spec))
-        return ensemble_outputs(self._member_stack(transformed[IMAGE]))
+        return ensemble_outputs(self._member_stack(transformed[IMAGE]), self.member_names)
 
     @tf.function(input_signature=[EXAMPLES_SPEC])
     def transform_features(self, examples):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import warnings
 
 
 def _ensure_legacy_keras() -> None:
@@ -20,7 +22,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     summary = generate_dataset(args.out, patients=args.patients, slices_per_study=args.slices_per_study,
                                seed=args.seed, size=args.size, positive_fraction=args.positive_fraction,
-                               workers=args.workers)
+                               subtype_mix=args.subtype_mix, workers=args.workers)
     print(f"wrote {summary.slices} slices of {summary.studies} studies ({summary.patients} patients) to "
           f"{summary.out_dir}")
     print("positive slices: " + ", ".join(f"{name} {count}" for name, count in
@@ -30,8 +32,64 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):
+    """The preset, then the named options, then every `--set NAME=VALUE`, in that order of precedence."""
+    from pipeline.configs import preset, with_overrides
+
+    overrides = {}
+    for flag, name in (("data", "input_base"), ("pipeline_root", "pipeline_root"),
+                       ("serving_dir", "serving_dir"), ("train_steps", "train_steps")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = str(value)
+    if getattr(args, "beam_arg", None):
+        overrides["beam_pipeline_args"] = json.dumps(args.beam_arg)
+    if getattr(args, "no_cache", False):
+        overrides["enable_cache"] = "false"
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: expected NAME=VALUE")
+        overrides[name.strip()] = value
+    return with_overrides(preset(args.preset), overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.local_runner import LAST_RUN, run_local
+
+    config = _config(args)
+    summary = run_local(config)
+    print(f"{LAST_RUN}: {os.path.join(config.pipeline_root, LAST_RUN)}")
+    return 0 if summary["blessed"] or not args.require_blessing else 1
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from pipeline.kubeflow_runner import cluster_config, compile_pipeline
+
+    config = cluster_config(_config(args), pipeline_root=args.pipeline_root, input_base=args.data)
+    out = compile_pipeline(config, image=args.image, output=args.out)
+    print(f"wrote {out} (image {args.image}, pipeline root {config.pipeline_root}, input {config.input_base})")
+    return 0
+
+
+def _add_config_options(command: argparse.ArgumentParser, default_preset: str) -> None:
+    from pipeline.configs import PRESETS
+
+    command.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
+                         help=f"named settings (default {default_preset}); see pipeline/configs.py")
+    command.add_argument("--train-steps", type=int, help="training steps per member")
+    command.add_argument("--serving-dir", help="where blessed models are pushed (default <pipeline-root>/serving)")
+    command.add_argument("--beam-arg", action="append", metavar="ARG",
+                         help="a Beam pipeline argument, repeatable; replaces the preset's "
+                              "(e.g. --beam-arg=--runner=DataflowRunner)")
+    command.add_argument("--set", action="append", metavar="NAME=VALUE",
+                         help="override any setting of pipeline/configs.py:PipelineConfig, repeatable "
+                              "(e.g. --set max_weighted_log_loss=0.3 --set 'auc_floors={\"epidural\": 0.6}')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ich_model.synth import DEFAULT_POSITIVE_FRACTION
+    from ich_model.synth.lesions import SUBTYPE_MIXES
 
     parser = argparse.ArgumentParser(prog="ich", description="Intracranial-hemorrhage detection pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,19 +105,58 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=512, help="rows and columns of most images (default 512)")
     synth.add_argument("--positive-fraction", type=float, default=DEFAULT_POSITIVE_FRACTION,
                        help=f"share of studies with a haemorrhage (default {DEFAULT_POSITIVE_FRACTION})")
+    synth.add_argument("--subtype-mix", default="rsna", choices=sorted(SUBTYPE_MIXES),
+                       help="how often each subtype occurs in bleeding studies: as in RSNA (default), or "
+                            "balanced so that a small set holds every subtype")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     synth.set_defaults(handler=_synth)
+
+    run = commands.add_parser(
+        "run", help="run the whole pipeline here with LocalDagRunner",
+        description="Run DicomExampleGen -> ... -> Evaluator -> Pusher with LocalDagRunner and a SQLite metadata "
+                    "store under the pipeline root. With no data at --data, the synthetic demo set is generated "
+                    "there first. Ends with a table of per-subtype AUCs and writes <pipeline-root>/last_run.json.")
+    run.add_argument("--data", help="input base: the RSNA layout or span-N folders (default data/demo)")
+    run.add_argument("--pipeline-root", help="artifacts, metadata and logs (default build/pipeline)")
+    run.add_argument("--no-cache", action="store_true", help="re-execute every component")
+    run.add_argument("--require-blessing", action="store_true", help="exit 1 when the model is not blessed")
+    _add_config_options(run, "demo")
+    run.set_defaults(handler=_run)
+
+    compile_ = commands.add_parser(
+        "compile", help="write the Kubeflow Pipelines v2 spec (pipeline.yaml)",
+        description="Compile the pipeline with KubeflowV2DagRunner for a cluster: no network access and no "
+                    "packaging; the image (built from the Dockerfile) holds this package.")
+    from pipeline.kubeflow_runner import DEFAULT_IMAGE, DEFAULT_INPUT_BASE, DEFAULT_OUTPUT, DEFAULT_PIPELINE_ROOT
+
+    compile_.add_argument("--image", default=DEFAULT_IMAGE, help=f"container image (default {DEFAULT_IMAGE})")
+    compile_.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT,
+                          help=f"artifact root on the cluster (default {DEFAULT_PIPELINE_ROOT})")
+    compile_.add_argument("--data", default=DEFAULT_INPUT_BASE,
+                          help=f"input base with span-N folders (default {DEFAULT_INPUT_BASE})")
+    compile_.add_argument("--out", default=DEFAULT_OUTPUT, help=f"output file (default {DEFAULT_OUTPUT})")
+    _add_config_options(compile_, "cluster")
+    compile_.set_defaults(handler=_compile)
     return parser
+
+
+def _quiet_dependencies() -> None:
+    """Keep the console for the pipeline's own output, in this process and in Beam's worker processes: no
+    TensorFlow C++ info/warning lines and no dependencies' Python-version FutureWarnings (TF errors still show)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _ensure_legacy_keras()
+        _quiet_dependencies()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, LookupError) as error:
         parser.exit(2, f"ich {args.command}: error: {error}\n")
 
 

@@ -1,8 +1,8 @@
 """Ensemble: merges the three cascade members into one Model artifact for the Evaluator and the Pusher.
 
 The ensemble's `serving_default` parses and transforms the raw Examples once, runs the members on the same
-images and returns `probabilities` (member mean), `spread` (standard deviation between members) and
-`member_probabilities` ([B, 3, 6]).
+images and returns `probabilities` (member mean), `spread` (standard deviation between members),
+`member_probabilities` ([B, 3, 6]) and `member_a`, `member_b`, `member_c` ([B, 6] each).
 """
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact
@@ -20,4 +20,4 @@ def Ensemble(  # noqa: N802 - TFX components are named like classes
     transform_graph: InputArtifact[TransformGraph],
     model: OutputArtifact[Model],
 ) -> None:
-    merge_members([model_a.uri, model_b.uri, model_c.uri], transform_graph.uri, model.uri)
+    merge_members({"a": model_a.uri, "b": model_b.uri, "c": model_c.uri}, transform_graph.uri, model.uri)

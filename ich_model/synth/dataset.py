@@ -21,7 +21,7 @@ import numpy as np
 
 from ich_model.constants import LABELS, SUBTYPES
 from ich_model.synth.anatomy import HeadShape, SliceGeometry, render_anatomy
-from ich_model.synth.lesions import draw_lesions, lesion_mask_visible, render_lesion
+from ich_model.synth.lesions import SUBTYPE_MIXES, draw_lesions, lesion_mask_visible, render_lesion
 from ich_model.synth.scanner import (
     ODD_SHAPE_SHARE,
     ODD_SHAPES_AT_512,
@@ -57,6 +57,7 @@ class StudyPlan:
     profile_index: int
     shape: tuple[int, int]
     bleeding: bool
+    subtype_mix: str = "rsna"
 
 
 @dataclass
@@ -95,7 +96,8 @@ class SynthSummary:
     shapes: Counter = field(default_factory=Counter)
 
 
-def validate_arguments(patients: int, slices_per_study: int, size: int, positive_fraction: float) -> None:
+def validate_arguments(patients: int, slices_per_study: int, size: int, positive_fraction: float,
+                       subtype_mix: str = "rsna") -> None:
     if patients < 1:
         raise ValueError(f"--patients must be at least 1, got {patients}")
     if slices_per_study < 1:
@@ -104,11 +106,13 @@ def validate_arguments(patients: int, slices_per_study: int, size: int, positive
         raise ValueError(f"--size must be between 64 and 1024 pixels, got {size}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"--positive-fraction must be between 0 and 1, got {positive_fraction}")
+    if subtype_mix not in SUBTYPE_MIXES:
+        raise ValueError(f"--subtype-mix must be one of {', '.join(SUBTYPE_MIXES)}, got {subtype_mix!r}")
 
 
 def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 512,
-                 positive_fraction: float = DEFAULT_POSITIVE_FRACTION) -> list[StudyPlan]:
-    validate_arguments(patients, slices_per_study, size, positive_fraction)
+                 positive_fraction: float = DEFAULT_POSITIVE_FRACTION, subtype_mix: str = "rsna") -> list[StudyPlan]:
+    validate_arguments(patients, slices_per_study, size, positive_fraction, subtype_mix)
     rng = np.random.default_rng(seed)
     patient_of_study = [p for p in range(patients) for _ in range(1 + int(rng.random() < SECOND_STUDY_SHARE))]
     n = len(patient_of_study)
@@ -136,6 +140,7 @@ def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 51
             profile_index=int(profiles[i]),
             shape=shape,
             bleeding=bool(bleeding[i]),
+            subtype_mix=subtype_mix,
         ))
     return plans
 
@@ -152,7 +157,7 @@ def render_study(plan: StudyPlan) -> RenderedStudy:
     head_height = rng.uniform(115.0, 135.0)
     z_fraction = np.linspace(0.03, 0.97, n) if n > 1 else np.array([0.5])
     slice_mm = 0.94 * head_height / (n - 1) if n > 1 else 5.0
-    lesions = draw_lesions(rng, z_fraction, slice_mm) if plan.bleeding else []
+    lesions = draw_lesions(rng, z_fraction, slice_mm, plan.subtype_mix) if plan.bleeding else []
     noise_hu = rng.uniform(3.0, 10.0)
     profile = STORAGE_PROFILES[plan.profile_index]
     yy, xx = np.mgrid[0:rows, 0:cols]
@@ -229,11 +234,11 @@ def _write_study_task(args: tuple[StudyPlan, Path]) -> tuple[StudyPlan, list[tup
 
 def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: int, seed: int,
                      size: int = 512, positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
-                     workers: int | None = None, progress: bool = True) -> SynthSummary:
+                     subtype_mix: str = "rsna", workers: int | None = None, progress: bool = True) -> SynthSummary:
     """Write a synthetic RSNA-format training set to `out_dir` and return what it holds."""
     from tqdm import tqdm
 
-    plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction)
+    plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction, subtype_mix)
     out = Path(out_dir)
     images_dir = out / IMAGES_DIR
     if (out / LABELS_CSV).exists() or (images_dir.exists() and any(images_dir.iterdir())):

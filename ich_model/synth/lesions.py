@@ -33,6 +33,12 @@ SUBTYPE_WEIGHTS = {
     "subarachnoid": 4.7,
     "subdural": 6.3,
 }
+# `rsna` mirrors the competition's mix; `balanced` gives every subtype the same chance, so that a small set's
+# eval split still holds every subtype (per-subtype AUCs need positives).
+SUBTYPE_MIXES = {
+    "rsna": SUBTYPE_WEIGHTS,
+    "balanced": {name: 1.0 for name in SUBTYPE_WEIGHTS},
+}
 # Where along the head (u = 0 skull base, 1 vertex) each subtype's centre may lie.
 CENTRE_RANGE = {
     "epidural": (0.2, 0.8),
@@ -64,10 +70,13 @@ class Lesion:
         return float(np.sqrt(max(1.0 - t * t, 0.0)))
 
 
-def draw_lesions(rng: np.random.Generator, z_fraction: np.ndarray, slice_mm: float) -> list[Lesion]:
-    """Lesions of one bleeding study: one to three subtypes, one or two lesions each."""
-    names = list(SUBTYPE_WEIGHTS)
-    weights = np.array([SUBTYPE_WEIGHTS[n] for n in names])
+def draw_lesions(rng: np.random.Generator, z_fraction: np.ndarray, slice_mm: float,
+                 subtype_mix: str = "rsna") -> list[Lesion]:
+    """Lesions of one bleeding study: one to three subtypes (drawn by `SUBTYPE_MIXES[subtype_mix]`), one or two
+    lesions each."""
+    mix = SUBTYPE_MIXES[subtype_mix]
+    names = list(mix)
+    weights = np.array([mix[n] for n in names])
     count = min(1 + rng.poisson(0.6), 3)
     chosen = rng.choice(names, size=count, replace=False, p=weights / weights.sum())
     lesions = []

@@ -24,6 +24,7 @@ from ich_model.serving import (
     SERVING_SIGNATURE,
     SPREAD,
     ScoringModule,
+    member_output,
 )
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from tests.pipeline_helpers import read_split, run_example_gen, run_transform
@@ -55,10 +56,10 @@ def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_i
 
     # Each member exported on its own, then merged by the Ensemble component from their Model artifacts.
     artifacts = []
-    for i, member in enumerate(members):
+    for name, member in zip("abc", members, strict=True):
         artifact = standard_artifacts.Model()
-        artifact.uri = str(tmp_path / f"member{i}")
-        ScoringModule([member], str(root / "transform")).save(path_utils.serving_model_path(artifact.uri))
+        artifact.uri = str(tmp_path / f"member_{name}")
+        ScoringModule([member], [name], str(root / "transform")).save(path_utils.serving_model_path(artifact.uri))
         artifacts.append(artifact)
     transform_graph = standard_artifacts.TransformGraph()
     transform_graph.uri = str(root / "transform")
@@ -71,6 +72,8 @@ def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_i
     np.testing.assert_allclose(served[MEMBER_PROBABILITIES].numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(served[PROBABILITIES].numpy(), expected.mean(axis=1), atol=1e-5)
     np.testing.assert_allclose(served[SPREAD].numpy(), expected.std(axis=1), atol=1e-5)
+    for index, name in enumerate("abc"):
+        np.testing.assert_allclose(served[member_output(name)].numpy(), expected[:, index], atol=1e-5)
     assert served[PROBABILITIES].shape == (len(images), 6)
 
 

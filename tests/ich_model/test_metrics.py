@@ -1,10 +1,11 @@
-"""The RSNA weighted log loss against sklearn's log_loss with sample weights."""
+"""The RSNA weighted log loss (numpy, and the Keras metric TFMA computes) against sklearn's log_loss with
+sample weights."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from ich_model.metrics import weighted_log_loss
+from ich_model.metrics import WeightedLogLoss, weighted_log_loss
 
 
 def test_weighted_log_loss_is_sklearn_log_loss_with_any_weighted_twice():
@@ -29,3 +30,18 @@ def test_any_counts_twice():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"shape \[N, 6\]"):
         weighted_log_loss(np.zeros((3, 5)), np.zeros((3, 5)))
+
+
+def test_keras_metric_for_tfma_accumulates_batches_to_the_sklearn_figure():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((300, 6)) < 0.15).astype(np.int64)
+    probabilities = rng.uniform(0.0, 1.0, (300, 6)).astype(np.float32)
+    probabilities[:3, :3] = [0.0, 1.0, 1.0]  # exact 0 and 1: clipped, never infinite
+    metric = WeightedLogLoss()
+    for start in range(0, 300, 64):  # uneven last batch, as TFMA feeds it
+        metric.update_state(labels[start:start + 64], probabilities[start:start + 64])
+    clipped = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    expected = log_loss(labels.ravel(), clipped.ravel(), sample_weight=np.tile([1, 1, 1, 1, 1, 2], 300))
+    assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
