@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-lock
 PYTHON310 := $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
 	|| ls -d $$HOME/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup test lint unit e2e synth lock clean
+.PHONY: setup run test lint unit e2e compile lock clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip check
 	@touch $(STAMP)
 
+# The main job: the whole pipeline with LocalDagRunner on the synthetic demo set (generated on first use into
+# data/demo); artifacts, metadata, logs and last_run.json under build/pipeline.
+run: setup
+	$(VENV)/bin/ich run
+
+# Regenerates pipeline.yaml (the Kubeflow Pipelines v2 spec) after a change to the DAG or the cluster preset.
+compile: setup
+	$(VENV)/bin/ich compile
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -45,10 +54,6 @@ unit: setup
 
 e2e: setup
 	$(VENV)/bin/pytest -m e2e
-
-# The demo data set (what `ich run` generates when given no data).
-synth: setup
-	$(VENV)/bin/ich synth --out data/demo --patients 40 --slices-per-study 32 --seed 0
 
 # Recompiles requirements.lock from requirements.in in a throw-away venv.
 lock:

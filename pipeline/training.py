@@ -11,7 +11,8 @@ RUN_FN = "ich_model.trainer.run_fn"
 
 
 def member_trainers(examples, transform_graph, preset: str, train_steps: int, eval_steps: int,
-                    batch_size: int = BATCH_SIZE, base_models: dict | None = None) -> list:
+                    batch_size: int = BATCH_SIZE, eval_every_steps: int = 0, cache_examples: bool = True,
+                    base_models: dict | None = None) -> list:
     """One Trainer per member recipe (`trainer_a`, `trainer_b`, `trainer_c`), each depending only on the
     Examples and the transform graph, so an orchestrator can run them side by side. `base_models` maps a
     member name to a Model channel to warm-start from."""
@@ -24,7 +25,8 @@ def member_trainers(examples, transform_graph, preset: str, train_steps: int, ev
             base_model=(base_models or {}).get(name),
             train_args=tfx.proto.TrainArgs(num_steps=train_steps),
             eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
-            custom_config={"member": name, "preset": preset, "batch_size": batch_size},
+            custom_config={"member": name, "preset": preset, "batch_size": batch_size,
+                           "eval_every_steps": eval_every_steps, "cache_examples": cache_examples},
         ).with_id(f"trainer_{name}")
         trainers.append(trainer)
     return trainers

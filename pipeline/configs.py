@@ -1,0 +1,135 @@
+"""Every setting of the pipeline in one place: the `PipelineConfig` fields and three named presets.
+
+`demo` fits this project's reference machine (2 CPU cores, no GPU): the tiny cascade on the bundled synthetic
+set. `workstation` is one GPU with the B0 front end; `cluster` is the S front end on a multi-GPU node with a
+distributed Beam runner. Every field can be overridden from the command line (`ich run --set NAME=VALUE`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from ich_model.constants import LABELS
+
+PIPELINE_NAME = "ich"
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """The synthetic set that `ich run` writes when it is given no data (the `ich synth` options). Many patients
+    with a balanced subtype mix, so that the eval split (a fifth of the patients) holds every subtype."""
+
+    patients: int = 150
+    slices_per_study: int = 12
+    seed: int = 0
+    positive_fraction: float = 0.5
+    subtype_mix: str = "balanced"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    preset: str
+    # Where things live. `pipeline_root` holds artifacts and (locally) the SQLite metadata store.
+    input_base: str = "data/demo"
+    input_pattern: str = ""  # default: detected from the input base (span folders, the RSNA layout, or all)
+    pipeline_root: str = "build/pipeline"
+    serving_dir: str = ""  # default: <pipeline_root>/serving
+    pipeline_name: str = PIPELINE_NAME
+    enable_cache: bool = True
+    beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+    # Ingestion.
+    train_share: float = 0.8
+    max_reject_share: float = 0.05
+    id_salt: str = ""
+    # Training (per member).
+    model_preset: str = "tiny"
+    train_steps: int = 150
+    eval_steps: int = 10
+    batch_size: int = 32
+    eval_every_steps: int = 0  # 0: a fifth of train_steps
+    cache_examples: bool = True
+    # Evaluation and blessing (the ensemble's `probabilities` output, overall slice).
+    operating_threshold: float = 0.5
+    auc_floors: dict[str, float] = field(default_factory=lambda: {name: 0.7 for name in LABELS})
+    max_weighted_log_loss: float = 0.35
+    auc_regression_tolerance: float = 0.01  # a candidate may lose at most this much AUC against the baseline
+    log_loss_regression_tolerance: float = 0.005
+    synth: SynthSettings = SynthSettings()
+
+    @property
+    def serving_path(self) -> str:
+        return self.serving_dir or os.path.join(self.pipeline_root, "serving")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.pipeline_root, "metadata.sqlite")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+PRESETS = {
+    "demo": PipelineConfig(preset="demo"),
+    "workstation": PipelineConfig(
+        preset="workstation", model_preset="b0", train_steps=20_000, eval_steps=200, eval_every_steps=2_000,
+        cache_examples=False, auc_floors={name: 0.9 for name in LABELS},
+        max_weighted_log_loss=0.09, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
+    "cluster": PipelineConfig(
+        preset="cluster", model_preset="s", train_steps=60_000, eval_steps=500, eval_every_steps=5_000,
+        cache_examples=False, beam_pipeline_args=(),
+        auc_floors={name: 0.95 for name in LABELS},
+        max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
+}
+
+
+def _parse_value(current, text: str, name: str):
+    """`text` as the type of the field's current value (JSON for dicts and lists)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, (int, float, str)):
+            return type(current)(text)
+        if isinstance(current, tuple):
+            value = json.loads(text) if text.startswith("[") else text.split()
+            return tuple(str(v) for v in value)
+        if isinstance(current, dict):
+            return {**current, **json.loads(text)}
+    except (ValueError, json.JSONDecodeError) as error:
+        raise ValueError(f"--set {name}={text}: not a valid {type(current).__name__} ({error})") from None
+    raise ValueError(f"--set {name}: this field cannot be set from the command line")
+
+
+def with_overrides(config: PipelineConfig, overrides: dict[str, str]) -> PipelineConfig:
+    """A copy of `config` with `name -> text` overrides parsed to each field's type; `synth.patients` style
+    names reach the nested synthetic-set settings. Unknown names are an error that lists the known ones."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    synth_fields = {f.name for f in dataclasses.fields(config.synth)}
+    changes, synth_changes = {}, {}
+    for name, text in overrides.items():
+        if name.startswith("synth."):
+            key = name.removeprefix("synth.")
+            if key not in synth_fields:
+                raise ValueError(f"--set {name}: unknown; synth settings are {', '.join(sorted(synth_fields))}")
+            synth_changes[key] = _parse_value(getattr(config.synth, key), text, name)
+        elif name in fields and name not in ("preset", "synth"):
+            changes[name] = _parse_value(getattr(config, name), text, name)
+        else:
+            known = sorted(fields - {"preset", "synth"}) + [f"synth.{n}" for n in sorted(synth_fields)]
+            raise ValueError(f"--set {name}: unknown setting; known settings are {', '.join(known)}")
+    if synth_changes:
+        changes["synth"] = dataclasses.replace(config.synth, **synth_changes)
+    unknown_floors = set(changes.get("auc_floors", {})) - set(config.auc_floors)
+    if unknown_floors:
+        raise ValueError(f"--set auc_floors: unknown labels {sorted(unknown_floors)}")
+    return dataclasses.replace(config, **changes)
+
+
+def preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,92 @@
+"""The Evaluator's TFMA configuration: per-subtype metrics for the ensemble and each member, the slices a
+reviewer reads, and the blessing gates (floors, a ceiling and no regression against the last blessed model).
+
+The ensemble SavedModel returns the ensemble's `probabilities` and each member's (`member_a`, ...), so one
+evaluation scores all of them on the same Examples. Only the ensemble's overall figures gate the blessing.
+"""
+
+from __future__ import annotations
+
+import tensorflow_model_analysis as tfma
+
+from ich_model.constants import LABELS
+from ich_model.examples import IMAGE_SIZE, INTERCEPT_GROUP, LABEL, SPAN
+from ich_model.members import MEMBERS
+from ich_model.preprocessing import POSITION_BAND
+from ich_model.serving import PROBABILITIES, member_output
+from pipeline.configs import PipelineConfig
+
+EVAL_SPLIT = "eval"
+MODEL_OUTPUTS = (PROBABILITIES, *(member_output(name) for name in MEMBERS))
+SLICE_FEATURES = (INTERCEPT_GROUP, IMAGE_SIZE, POSITION_BAND, SPAN)
+WEIGHTED_LOG_LOSS = "weighted_log_loss"
+MACRO_AUC = "macro_auc"
+
+
+def _class_ids(indices) -> tfma.BinarizationOptions:
+    return tfma.BinarizationOptions(class_ids={"values": list(indices)})
+
+
+def _subtype_metrics(threshold: float) -> list[tfma.MetricConfig]:
+    at_threshold = f'{{"thresholds": [{threshold}]}}'
+    return [
+        tfma.MetricConfig(class_name="ExampleCount"),
+        tfma.MetricConfig(class_name="AUC"),
+        tfma.MetricConfig(class_name="AUCPrecisionRecall"),
+        tfma.MetricConfig(class_name="BinaryCrossEntropy"),
+        tfma.MetricConfig(class_name="Calibration"),
+        tfma.MetricConfig(class_name="CalibrationPlot"),
+        tfma.MetricConfig(class_name="Precision", config=at_threshold),
+        tfma.MetricConfig(class_name="Recall", config=at_threshold),
+        tfma.MetricConfig(class_name="Specificity", config=at_threshold),
+    ]
+
+
+def _higher_is_better(floor: float | None, tolerance: float) -> tfma.MetricThreshold:
+    return tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}) if floor is not None else None,
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                     absolute={"value": -tolerance}))
+
+
+def blessing_specs(config: PipelineConfig) -> list[tfma.MetricsSpec]:
+    """The gates, on the ensemble's output only: an AUC floor per label (each its own binarized spec, since one
+    spec's threshold applies to all of its classes), a macro AUC that must not regress, and the weighted log
+    loss under its ceiling and not worse than the baseline's beyond the tolerance."""
+    specs = [
+        tfma.MetricsSpec(
+            output_names=[PROBABILITIES], binarize=_class_ids([index]),
+            metrics=[tfma.MetricConfig(class_name="AUC", threshold=_higher_is_better(
+                config.auc_floors[name], config.auc_regression_tolerance))])
+        for index, name in enumerate(LABELS)
+    ]
+    specs.append(tfma.MetricsSpec(
+        output_names=[PROBABILITIES],
+        metrics=[tfma.MetricConfig(
+            class_name="WeightedLogLoss", module="ich_model.metrics", threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(upper_bound={"value": config.max_weighted_log_loss}),
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.LOWER_IS_BETTER,
+                    absolute={"value": config.log_loss_regression_tolerance})))]))
+    return specs
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    label_keys = {output: LABEL for output in MODEL_OUTPUTS}
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys=label_keys,
+                                    preprocessing_function_names=["transform_features"])],
+        slicing_specs=[tfma.SlicingSpec(), *(tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES)],
+        metrics_specs=[
+            # Every label of every output, on every slice; the macro average over the six labels.
+            tfma.MetricsSpec(output_names=list(MODEL_OUTPUTS), binarize=_class_ids(range(len(LABELS))),
+                             aggregate=tfma.AggregationOptions(macro_average=True),
+                             metrics=_subtype_metrics(config.operating_threshold)),
+            tfma.MetricsSpec(output_names=list(MODEL_OUTPUTS), metrics=[
+                tfma.MetricConfig(class_name="WeightedLogLoss", module="ich_model.metrics"),
+                tfma.MetricConfig(class_name="MultiLabelConfusionMatrixPlot",
+                                  config=f'{{"thresholds": [{config.operating_threshold}]}}'),
+            ]),
+            *blessing_specs(config),
+        ],
+    )

@@ -1,0 +1,102 @@
+"""`ich run`: the pipeline on this machine with LocalDagRunner and the SQLite metadata store.
+
+The console shows one line per component (started, finished, seconds); TFX's full log goes to
+`<pipeline_root>/logs/run-<time>.log`. The run ends with the summary table and `<pipeline_root>/last_run.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from tfx import v1 as tfx
+
+from ich_model.synth import LABELS_CSV, generate_dataset
+from pipeline.configs import PipelineConfig
+from pipeline.pipeline import create_pipeline
+from pipeline.summary import format_summary, run_summary
+
+LAST_RUN = "last_run.json"
+
+
+class ComponentProgress(logging.Handler):
+    """Turns LocalDagRunner's "Component X is running/finished" log records into numbered console lines."""
+
+    def __init__(self, total: int, echo=print):
+        super().__init__(level=logging.INFO)
+        self.total, self.echo = total, echo
+        self.done = 0
+        self.started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg not in ("Component %s is running.", "Component %s is finished."):
+            return
+        node_id = record.args[0]
+        if record.msg.endswith("running."):
+            self.started[node_id] = time.monotonic()
+            self.echo(f"[{self.done + 1:2d}/{self.total}] {node_id} ...", flush=True)
+        else:
+            self.done += 1
+            seconds = time.monotonic() - self.started.pop(node_id, time.monotonic())
+            self.echo(f"[{self.done:2d}/{self.total}] {node_id} finished in {seconds:.0f} s", flush=True)
+
+
+def ensure_demo_data(config: PipelineConfig, echo=print) -> None:
+    """With no data at the input base, write the synthetic demo set there (what `ich synth` writes)."""
+    base = Path(config.input_base)
+    if base.exists() and any(base.iterdir()):
+        return
+    settings = config.synth
+    echo(f"no data in {base}: generating the synthetic demo set ({settings.patients} patients, "
+         f"{settings.slices_per_study} slices per study, seed {settings.seed}, {settings.subtype_mix} subtypes)",
+         flush=True)
+    summary = generate_dataset(base, patients=settings.patients, slices_per_study=settings.slices_per_study,
+                               seed=settings.seed, positive_fraction=settings.positive_fraction,
+                               subtype_mix=settings.subtype_mix)
+    echo(f"wrote {summary.slices} slices of {summary.studies} studies and {base / LABELS_CSV}", flush=True)
+
+
+@contextlib.contextmanager
+def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
+    """During the run the root logger writes to a log file and feeds the progress lines, nothing else: absl's
+    and Beam's console handlers would print every INFO record of every component."""
+    log_dir = Path(pipeline_root) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [file_handler, progress]
+    root.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+        file_handler.close()
+
+
+def run_local(config: PipelineConfig, echo=print) -> dict:
+    """Runs the pipeline to the end and returns the summary that it also writes to last_run.json."""
+    ensure_demo_data(config, echo)
+    Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
+    pipeline = create_pipeline(
+        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
+    progress = ComponentProgress(len(pipeline.components), echo)
+    started = time.monotonic()
+    with _logs_to_file(config.pipeline_root, progress) as log_path:
+        echo(f"running pipeline {config.pipeline_name!r} ({config.preset} preset) from {config.input_base}; "
+             f"artifacts under {config.pipeline_root}; full log in {log_path}", flush=True)
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    summary = run_summary(config.metadata_path, config.pipeline_name)
+    summary["preset"] = config.preset
+    summary["wall_time_s"] = round(time.monotonic() - started, 1)
+    out = Path(config.pipeline_root) / LAST_RUN
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    echo("", flush=True)
+    echo(format_summary(summary), flush=True)
+    echo(f"pipeline ran in {summary['wall_time_s'] / 60:.1f} min; summary written to {out}", flush=True)
+    return summary

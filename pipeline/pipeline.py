@@ -1,0 +1,72 @@
+"""`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
+
+DicomExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform -> trainer_a/b/c -> Ensemble
+-> latest-blessed-model Resolver -> Evaluator -> Pusher. Components take dotted function paths (no module
+files), so the compiled spec needs only this package installed in the image.
+"""
+
+from __future__ import annotations
+
+from tfx import v1 as tfx
+
+from components.dicom_example_gen import DicomExampleGen
+from pipeline.configs import PipelineConfig
+from pipeline.evaluation import EVAL_SPLIT, eval_config
+from pipeline.training import ensemble_of, member_trainers
+
+PREPROCESSING_FN = "ich_model.preprocessing.preprocessing_fn"
+BASELINE_RESOLVER = "latest_blessed_model_resolver"
+
+
+def latest_blessed_model_resolver():
+    """The ensemble that was last blessed (none on a first run, when the change thresholds are skipped)."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(BASELINE_RESOLVER)
+
+
+def create_components(config: PipelineConfig) -> list:
+    example_gen = DicomExampleGen(
+        config.input_base, input_pattern=config.input_pattern or None, train_share=config.train_share,
+        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
+    # statistics either, since those of the transformed data would be over every image pixel.
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True)
+    trainers = member_trainers(
+        example_gen.outputs["examples"], transform.outputs["transform_graph"], preset=config.model_preset,
+        train_steps=config.train_steps, eval_steps=config.eval_steps, batch_size=config.batch_size,
+        eval_every_steps=config.eval_every_steps, cache_examples=config.cache_examples)
+    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
+    baseline = latest_blessed_model_resolver()
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],
+        baseline_model=baseline.outputs["model"], schema=schema_gen.outputs["schema"],
+        example_splits=[EVAL_SPLIT], eval_config=eval_config(config))
+    # The Pusher reads the blessing itself and publishes nothing for an unblessed model.
+    pusher = tfx.components.Pusher(
+        model=ensemble.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))
+    return [example_gen, statistics_gen, schema_gen, example_validator, transform, *trainers, ensemble, baseline,
+            evaluator, pusher]
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The pipeline for `config`. Locally the metadata store is SQLite under the pipeline root; the Kubeflow
+    compiler passes None and the cluster's metadata store is used."""
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=create_components(config),
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_pipeline_args),
+    )

@@ -1,0 +1,146 @@
+"""What a run measured and decided, read back from the metadata store and TFMA's stored results.
+
+`run_summary` finds the latest Evaluator and Pusher executions in MLMD, loads their artifacts and returns the
+`last_run.json` document: per model (`ensemble`, `member_a`, ...) and label the AUC, plus the weighted log
+loss and macro AUC; `blessed`, `reason` and `pushed_to`. `format_summary` renders it as the closing table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from ich_model.constants import LABELS
+from ich_model.serving import PROBABILITIES
+from pipeline.evaluation import MODEL_OUTPUTS, WEIGHTED_LOG_LOSS
+
+ENSEMBLE = "ensemble"
+EVALUATOR = "Evaluator"
+PUSHER = "Pusher"
+CANDIDATE = "candidate"  # TFX's name for the evaluated model when there is a baseline
+
+
+def _model_name(output: str) -> str:
+    return ENSEMBLE if output == PROBABILITIES else output
+
+
+def _latest_outputs(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str) -> dict[str, list]:
+    """Output artifacts of the newest execution of `node_id`, by output key."""
+    context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
+    if context is None:
+        raise LookupError(f"the metadata store has no {node_id} node for pipeline {pipeline_name!r}")
+    executions = store.get_executions_by_context(context.id)
+    finished = [e for e in executions if e.last_known_state in (
+        metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)]
+    if not finished:
+        raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}")
+    latest = max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
+    events = [e for e in store.get_events_by_execution_ids([latest.id])
+              if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    outputs: dict[str, list] = {}
+    for event in events:
+        key = event.path.steps[0].key if event.path.steps else ""
+        outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+    return outputs
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    value = metrics.get(name, {}).get("doubleValue")
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def model_metrics(evaluation_uri: str) -> dict[str, dict[str, float | None]]:
+    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}."""
+    result = tfma.load_eval_result(evaluation_uri)
+    if not result.slicing_metrics:  # a run with a baseline stores the candidate under its own name
+        result = tfma.load_eval_result(evaluation_uri, model_name=CANDIDATE)
+    overall = next(metrics for slice_key, metrics in result.slicing_metrics if slice_key == ())
+    summary = {}
+    for output in MODEL_OUTPUTS:
+        by_sub_key = overall.get(output, {})
+        figures = {label: _metric(by_sub_key.get(f"classId:{index}", {}), "auc")
+                   for index, label in enumerate(LABELS)}
+        figures["macro_auc"] = _metric(by_sub_key.get("", {}), "macro_auc") if by_sub_key.get("", {}).get(
+            "macro_auc") else _mean([figures[label] for label in LABELS])
+        figures[WEIGHTED_LOG_LOSS] = _metric(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
+        summary[_model_name(output)] = figures
+    return summary
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def blessing_reason(evaluation_uri: str) -> tuple[bool, str]:
+    """Whether TFMA's validation passed, and why not: each failed gate with its value and threshold."""
+    validation = tfma.load_validation_result(evaluation_uri)
+    if validation.validation_ok:
+        return True, "every gate passed" + ("" if _had_baseline(validation) else " (no blessed baseline yet)")
+    failures = []
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            label = f" {LABELS[key.sub_key.class_id.value]}" if key.sub_key.HasField("class_id") else ""
+            change = " change vs baseline" if key.is_diff else ""
+            failures.append(f"{key.name}{label}{change} = {failure.metric_value.double_value.value:.4f} "
+                            f"fails {_threshold_text(failure.metric_threshold)}")
+    if not failures and validation.validation_details.slicing_details:
+        failures.append("a gate could not be computed")
+    return False, "; ".join(failures) or "validation failed"
+
+
+def _had_baseline(validation) -> bool:
+    return any(v.metric_key.is_diff for v in validation.metric_validations_per_slice)
+
+
+def _threshold_text(threshold) -> str:
+    if threshold.HasField("value_threshold"):
+        bounds = threshold.value_threshold
+        parts = []
+        if bounds.HasField("lower_bound"):
+            parts.append(f">= {bounds.lower_bound.value:g}")
+        if bounds.HasField("upper_bound"):
+            parts.append(f"<= {bounds.upper_bound.value:g}")
+        return " and ".join(parts)
+    change = threshold.change_threshold
+    return f"change {change.absolute.value:+g} ({tfma.MetricDirection.Name(change.direction).lower()})"
+
+
+def run_summary(metadata_path: str, pipeline_name: str) -> dict:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    evaluation = _latest_outputs(store, pipeline_name, EVALUATOR)["evaluation"][0]
+    blessed, reason = blessing_reason(evaluation.uri)
+    pushed = _latest_outputs(store, pipeline_name, PUSHER)["pushed_model"][0]
+    pushed_to = None
+    if pushed.custom_properties["pushed"].int_value == 1:
+        pushed_to = pushed.custom_properties["pushed_destination"].string_value
+    return {"metrics": model_metrics(evaluation.uri), "blessed": blessed, "reason": reason,
+            "pushed_to": pushed_to, "evaluation": evaluation.uri}
+
+
+def format_summary(summary: dict) -> str:
+    """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; then the
+    decision."""
+    columns = [*LABELS, "macro_auc", WEIGHTED_LOG_LOSS]
+    headers = ["model", "EDH", "IPH", "IVH", "SAH", "SDH", "any", "macro AUC", "wLogLoss"]
+    widths = [max(10, len(h)) for h in headers]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
+    for model, figures in summary["metrics"].items():
+        cells = [model.ljust(widths[0])]
+        for column, width in zip(columns, widths[1:], strict=True):
+            value = figures.get(column)
+            cells.append(("n/a" if value is None else f"{value:.4f}").rjust(width))
+        lines.append("  ".join(cells))
+    lines.append("")
+    lines.append(f"blessed: {'yes' if summary['blessed'] else 'no'} ({summary['reason']})")
+    lines.append(f"pushed to: {summary['pushed_to'] or 'nothing pushed'}")
+    return os.linesep.join(lines)

@@ -1,0 +1,57 @@
+"""Presets and command-line overrides, and the DAG that every preset builds."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.configs import PRESETS, preset, with_overrides
+from pipeline.pipeline import create_pipeline
+
+COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "trainer_a",
+             "trainer_b", "trainer_c", "Ensemble", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+
+
+def test_overrides_are_parsed_to_each_field_type():
+    config = with_overrides(preset("demo"), {
+        "train_steps": "40", "operating_threshold": "0.3", "enable_cache": "false",
+        "beam_pipeline_args": '["--runner=DirectRunner"]', "auc_floors": '{"epidural": 0.55}',
+        "synth.patients": "12"})
+    assert config.train_steps == 40 and config.operating_threshold == 0.3 and config.enable_cache is False
+    assert config.beam_pipeline_args == ("--runner=DirectRunner",)
+    assert config.auc_floors["epidural"] == 0.55 and config.auc_floors["subdural"] == PRESETS["demo"].auc_floors[
+        "subdural"]
+    assert config.synth.patients == 12 and config.synth.seed == PRESETS["demo"].synth.seed
+    assert PRESETS["demo"].train_steps != 40  # the preset itself is untouched
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"train_stesp": "4"}, r"unknown setting; known settings are .*train_steps"),
+    ({"train_steps": "many"}, r"train_steps=many: not a valid int"),
+    ({"enable_cache": "maybe"}, r"not a valid bool"),
+    ({"auc_floors": '{"haematoma": 0.5}'}, r"unknown labels \['haematoma'\]"),
+    ({"synth.colour": "1"}, r"synth settings are patients, seed, slices_per_study"),
+])
+def test_bad_overrides_name_the_problem(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        with_overrides(preset("demo"), overrides)
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ValueError, match="presets are demo, workstation, cluster"):
+        preset("laptop")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_the_whole_dag(name, tmp_path):
+    (tmp_path / "stage_2_train").mkdir()
+    config = with_overrides(preset(name), {"input_base": str(tmp_path), "pipeline_root": str(tmp_path / "root")})
+    pipeline = create_pipeline(config)
+    by_id = {component.id: component for component in pipeline.components}
+    assert set(by_id) == COMPONENTS and len(pipeline.components) == len(COMPONENTS)
+    assert {node.id for node in by_id["Transform"].upstream_nodes} == {"DicomExampleGen", "SchemaGen"}
+    assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {
+        "DicomExampleGen", "SchemaGen", "Ensemble", "latest_blessed_model_resolver"}
+    assert {node.id for node in by_id["Pusher"].upstream_nodes} == {"Ensemble", "Evaluator"}
+    assert by_id["Transform"].exec_properties["preprocessing_fn"] == "ich_model.preprocessing.preprocessing_fn"
+    assert "module_file" not in by_id["Transform"].exec_properties or not by_id["Transform"].exec_properties[
+        "module_file"]
