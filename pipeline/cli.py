@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_dependencies() -> None:
     """Keep the console for the pipeline's own output, in this process and in Beam's worker processes: no
-    TensorFlow C++ info/warning lines and no dependencies' Python-version FutureWarnings (TF errors still show)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    TensorFlow C++ log lines (errors reach Python as exceptions) and no dependencies' Python-version
+    FutureWarnings."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     warnings.filterwarnings("ignore", category=FutureWarning)
 

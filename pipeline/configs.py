@@ -44,12 +44,13 @@ class PipelineConfig:
     train_share: float = 0.8
     max_reject_share: float = 0.05
     id_salt: str = ""
+    statistics_sample_rate: float = 0.25  # share of Examples that StatisticsGen reads
     # Training (per member).
     model_preset: str = "tiny"
     train_steps: int = 150
     eval_steps: int = 10
     batch_size: int = 32
-    eval_every_steps: int = 0  # 0: a fifth of train_steps
+    eval_every_steps: int = 50  # 0: a fifth of train_steps
     cache_examples: bool = True
     # Evaluation and blessing (the ensemble's `probabilities` output, overall slice).
     operating_threshold: float = 0.5
@@ -67,19 +68,16 @@ class PipelineConfig:
     def metadata_path(self) -> str:
         return os.path.join(self.pipeline_root, "metadata.sqlite")
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
 
 PRESETS = {
     "demo": PipelineConfig(preset="demo"),
     "workstation": PipelineConfig(
         preset="workstation", model_preset="b0", train_steps=20_000, eval_steps=200, eval_every_steps=2_000,
-        cache_examples=False, auc_floors={name: 0.9 for name in LABELS},
+        cache_examples=False, statistics_sample_rate=0.05, auc_floors={name: 0.9 for name in LABELS},
         max_weighted_log_loss=0.09, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
     "cluster": PipelineConfig(
         preset="cluster", model_preset="s", train_steps=60_000, eval_steps=500, eval_every_steps=5_000,
-        cache_examples=False, beam_pipeline_args=(),
+        cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),
         auc_floors={name: 0.95 for name in LABELS},
         max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
 }

@@ -27,19 +27,28 @@ def _class_ids(indices) -> tfma.BinarizationOptions:
     return tfma.BinarizationOptions(class_ids={"values": list(indices)})
 
 
-def _subtype_metrics(threshold: float) -> list[tfma.MetricConfig]:
+def _ranking_metrics() -> list[tfma.MetricConfig]:
+    """Per-label figures that also have a macro average over the labels."""
+    return [tfma.MetricConfig(class_name=name) for name in ("AUC", "AUCPrecisionRecall", "BinaryCrossEntropy")]
+
+
+def _operating_point_metrics(threshold: float) -> list[tfma.MetricConfig]:
+    """Per-label counts, calibration and the confusion figures at the operating threshold (no macro average:
+    plots and counts do not average)."""
     at_threshold = f'{{"thresholds": [{threshold}]}}'
     return [
         tfma.MetricConfig(class_name="ExampleCount"),
-        tfma.MetricConfig(class_name="AUC"),
-        tfma.MetricConfig(class_name="AUCPrecisionRecall"),
-        tfma.MetricConfig(class_name="BinaryCrossEntropy"),
         tfma.MetricConfig(class_name="Calibration"),
         tfma.MetricConfig(class_name="CalibrationPlot"),
         tfma.MetricConfig(class_name="Precision", config=at_threshold),
         tfma.MetricConfig(class_name="Recall", config=at_threshold),
         tfma.MetricConfig(class_name="Specificity", config=at_threshold),
     ]
+
+
+def _overall(threshold: tfma.MetricThreshold) -> tfma.PerSliceMetricThreshold:
+    """A gate on the overall slice only (a plain `threshold` would gate every slice, small ones included)."""
+    return tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
 
 
 def _higher_is_better(floor: float | None, tolerance: float) -> tfma.MetricThreshold:
@@ -50,24 +59,26 @@ def _higher_is_better(floor: float | None, tolerance: float) -> tfma.MetricThres
 
 
 def blessing_specs(config: PipelineConfig) -> list[tfma.MetricsSpec]:
-    """The gates, on the ensemble's output only: an AUC floor per label (each its own binarized spec, since one
-    spec's threshold applies to all of its classes), a macro AUC that must not regress, and the weighted log
-    loss under its ceiling and not worse than the baseline's beyond the tolerance."""
+    """The gates, on the ensemble's output and the overall slice only: an AUC floor per label (each its own
+    binarized spec, since one spec's threshold applies to all of its classes) that must also not fall more than
+    the tolerance below the baseline's, and the weighted log loss under its ceiling and not above the
+    baseline's beyond its tolerance."""
     specs = [
         tfma.MetricsSpec(
             output_names=[PROBABILITIES], binarize=_class_ids([index]),
-            metrics=[tfma.MetricConfig(class_name="AUC", threshold=_higher_is_better(
-                config.auc_floors[name], config.auc_regression_tolerance))])
+            metrics=[tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[_overall(_higher_is_better(
+                config.auc_floors[name], config.auc_regression_tolerance))])])
         for index, name in enumerate(LABELS)
     ]
     specs.append(tfma.MetricsSpec(
         output_names=[PROBABILITIES],
         metrics=[tfma.MetricConfig(
-            class_name="WeightedLogLoss", module="ich_model.metrics", threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(upper_bound={"value": config.max_weighted_log_loss}),
-                change_threshold=tfma.GenericChangeThreshold(
-                    direction=tfma.MetricDirection.LOWER_IS_BETTER,
-                    absolute={"value": config.log_loss_regression_tolerance})))]))
+            class_name="WeightedLogLoss", module="ich_model.metrics", per_slice_thresholds=[_overall(
+                tfma.MetricThreshold(
+                    value_threshold=tfma.GenericValueThreshold(upper_bound={"value": config.max_weighted_log_loss}),
+                    change_threshold=tfma.GenericChangeThreshold(
+                        direction=tfma.MetricDirection.LOWER_IS_BETTER,
+                        absolute={"value": config.log_loss_regression_tolerance})))])]))
     return specs
 
 
@@ -80,8 +91,11 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metrics_specs=[
             # Every label of every output, on every slice; the macro average over the six labels.
             tfma.MetricsSpec(output_names=list(MODEL_OUTPUTS), binarize=_class_ids(range(len(LABELS))),
-                             aggregate=tfma.AggregationOptions(macro_average=True),
-                             metrics=_subtype_metrics(config.operating_threshold)),
+                             aggregate=tfma.AggregationOptions(
+                                 macro_average=True, class_weights={i: 1.0 for i in range(len(LABELS))}),
+                             metrics=_ranking_metrics()),
+            tfma.MetricsSpec(output_names=list(MODEL_OUTPUTS), binarize=_class_ids(range(len(LABELS))),
+                             metrics=_operating_point_metrics(config.operating_threshold)),
             tfma.MetricsSpec(output_names=list(MODEL_OUTPUTS), metrics=[
                 tfma.MetricConfig(class_name="WeightedLogLoss", module="ich_model.metrics"),
                 tfma.MetricConfig(class_name="MultiLabelConfusionMatrixPlot",

@@ -7,11 +7,13 @@ The console shows one line per component (started, finished, seconds); TFX's ful
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
+import absl.logging
 from tfx import v1 as tfx
 
 from ich_model.synth import LABELS_CSV, generate_dataset
@@ -72,10 +74,20 @@ def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
     saved_handlers, saved_level = root.handlers[:], root.level
     root.handlers = [file_handler, progress]
     root.setLevel(logging.INFO)
+    tf_logger = logging.getLogger("tensorflow")  # TensorFlow's logger prints through its own handler
+    saved_tf_handlers = tf_logger.handlers[:]
+    tf_logger.handlers = [file_handler]
+    # LocalDagRunner logs through absl. Set absl's own verbosity flag, not just its logger's level: saving a
+    # SavedModel silences absl and then restores the flag's value (WARNING unless set), which would drop the
+    # "Component ... is finished" records.
+    saved_verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.INFO)
     try:
         yield path
     finally:
         root.handlers, root.level = saved_handlers, saved_level
+        tf_logger.handlers = saved_tf_handlers
+        absl.logging.set_verbosity(saved_verbosity)
         file_handler.close()
 
 
@@ -92,7 +104,7 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
              f"artifacts under {config.pipeline_root}; full log in {log_path}", flush=True)
         tfx.orchestration.LocalDagRunner().run(pipeline)
     summary = run_summary(config.metadata_path, config.pipeline_name)
-    summary["preset"] = config.preset
+    summary["config"] = dataclasses.asdict(config)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     out = Path(config.pipeline_root) / LAST_RUN
     out.write_text(json.dumps(summary, indent=2) + "\n")
