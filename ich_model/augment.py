@@ -25,7 +25,7 @@ class Augmentation:
 
 NONE = Augmentation(flip=False)
 STANDARD = Augmentation(flip=True, rotation_deg=10.0, shift=0.06, zoom=0.1)
-STRONG = Augmentation(flip=True, rotation_deg=20.0, shift=0.1, zoom=0.2, crop_min_area=0.6, intensity=0.1)
+STRONG = Augmentation(flip=True, rotation_deg=15.0, shift=0.08, zoom=0.15, crop_min_area=0.75, intensity=0.05)
 
 
 def _affine(batch: int, size: int, spec: Augmentation) -> tf.Tensor:

@@ -47,7 +47,7 @@ class PipelineConfig:
     statistics_sample_rate: float = 0.25  # share of Examples that StatisticsGen reads
     # Training (per member).
     model_preset: str = "tiny"
-    train_steps: int = 150
+    train_steps: int = 200
     eval_steps: int = 10
     batch_size: int = 32
     eval_every_steps: int = 50  # 0: a fifth of train_steps

@@ -55,3 +55,13 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
     assert by_id["Transform"].exec_properties["preprocessing_fn"] == "ich_model.preprocessing.preprocessing_fn"
     assert "module_file" not in by_id["Transform"].exec_properties or not by_id["Transform"].exec_properties[
         "module_file"]
+
+
+def test_cli_rejects_a_bad_setting_before_running_anything(capsys, tmp_path):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--data", str(tmp_path), "--set", "train_steps=lots"])
+    assert exit_info.value.code == 2
+    assert "train_steps=lots: not a valid int" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no demo set was generated, nothing ran
