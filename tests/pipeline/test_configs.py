@@ -29,7 +29,7 @@ def test_overrides_are_parsed_to_each_field_type():
     ({"train_steps": "many"}, r"train_steps=many: not a valid int"),
     ({"enable_cache": "maybe"}, r"not a valid bool"),
     ({"auc_floors": '{"haematoma": 0.5}'}, r"unknown labels \['haematoma'\]"),
-    ({"synth.colour": "1"}, r"synth settings are patients, seed, slices_per_study"),
+    ({"synth.colour": "1"}, r"synth settings are patients, positive_fraction, seed, slices_per_study, subtype_mix"),
 ])
 def test_bad_overrides_name_the_problem(overrides, message):
     with pytest.raises(ValueError, match=message):
