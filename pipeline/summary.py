@@ -1,8 +1,8 @@
 """What a run measured and decided, read back from the metadata store and TFMA's stored results.
 
 `run_summary` finds the latest Evaluator and Pusher executions in MLMD, loads their artifacts and returns the
-`last_run.json` document: per model (`ensemble`, `member_a`, ...) and label the AUC, plus the weighted log
-loss and macro AUC; `blessed`, `reason` and `pushed_to`. `format_summary` renders it as the closing table.
+`last_run.json` document: per model (`ensemble`, `member_a`, ...) and label the AUC, plus the macro AUC and
+the weighted log loss; `blessed`, `reason` and `pushed_to`. `format_summary` renders it as the closing table.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def model_metrics(evaluation_uri: str) -> dict[str, dict[str, float | None]]:
         by_sub_key = overall.get(output, {})
         figures = {label: _metric(by_sub_key.get(f"classId:{index}", {}), "auc")
                    for index, label in enumerate(LABELS)}
-        figures["macro_auc"] = _metric(by_sub_key.get("", {}), "macro_auc") if by_sub_key.get("", {}).get(
-            "macro_auc") else _mean([figures[label] for label in LABELS])
+        # The unweighted mean over the labels: TFMA's macro average with the EvalConfig's class weights of 1.
+        figures["macro_auc"] = _mean([figures[label] for label in LABELS])
         figures[WEIGHTED_LOG_LOSS] = _metric(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
         summary[_model_name(output)] = figures
     return summary
