@@ -10,6 +10,7 @@ from ich_model.constants import ANY, LABELS, NUM_LABELS
 
 # `any` counts twice, each subtype once (the winners' code and leaderboard probing agree on 2:1).
 LABEL_WEIGHTS = np.array([2.0 if name == ANY else 1.0 for name in LABELS])
+WEIGHTED_LOG_LOSS = "weighted_log_loss"  # the metric's name in TFMA results and run summaries
 EPSILON = 1e-7  # probabilities are clipped into [EPSILON, 1 - EPSILON], as the competition kernels did
 
 
@@ -28,7 +29,7 @@ def weighted_log_loss(labels, probabilities) -> float:
 class WeightedLogLoss(tf.keras.metrics.Metric):
     """`weighted_log_loss` accumulated over batches (float64 sums, so a large eval set loses no precision)."""
 
-    def __init__(self, name: str = "weighted_log_loss", **kwargs):
+    def __init__(self, name: str = WEIGHTED_LOG_LOSS, **kwargs):
         super().__init__(name=name, **kwargs)
         self.loss_sum = self.add_weight(name="loss_sum", shape=(), initializer="zeros", dtype=tf.float64)
         self.weight_sum = self.add_weight(name="weight_sum", shape=(), initializer="zeros", dtype=tf.float64)

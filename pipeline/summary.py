@@ -15,8 +15,9 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from ich_model.constants import LABELS
+from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
-from pipeline.evaluation import MODEL_OUTPUTS, WEIGHTED_LOG_LOSS
+from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
 
 ENSEMBLE = "ensemble"
 EVALUATOR = "Evaluator"
@@ -66,7 +67,7 @@ def model_metrics(evaluation_uri: str) -> dict[str, dict[str, float | None]]:
         figures = {label: _metric(by_sub_key.get(f"classId:{index}", {}), "auc")
                    for index, label in enumerate(LABELS)}
         # The unweighted mean over the labels: TFMA's macro average with the EvalConfig's class weights of 1.
-        figures["macro_auc"] = _mean([figures[label] for label in LABELS])
+        figures[MACRO_AUC] = _mean([figures[label] for label in LABELS])
         figures[WEIGHTED_LOG_LOSS] = _metric(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
         summary[_model_name(output)] = figures
     return summary
@@ -130,7 +131,7 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
 def format_summary(summary: dict) -> str:
     """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; then the
     decision."""
-    columns = [*LABELS, "macro_auc", WEIGHTED_LOG_LOSS]
+    columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
     headers = ["model", "EDH", "IPH", "IVH", "SAH", "SDH", "any", "macro AUC", "wLogLoss"]
     widths = [max(10, len(h)) for h in headers]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
