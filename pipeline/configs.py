@@ -44,7 +44,9 @@ class PipelineConfig:
     train_share: float = 0.8
     max_reject_share: float = 0.05
     id_salt: str = ""
-    statistics_sample_rate: float = 0.25  # share of Examples that StatisticsGen reads
+    # Share of Examples that StatisticsGen reads (at random); use 1.0 for sets of a few dozen slices, whose
+    # sample could be empty.
+    statistics_sample_rate: float = 0.25
     # Training (per member).
     model_preset: str = "tiny"
     train_steps: int = 200

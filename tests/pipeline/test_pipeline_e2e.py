@@ -41,6 +41,8 @@ def runs(tmp_path_factory):
     config = with_overrides(preset("demo"), {
         "input_base": str(root / "data"), "pipeline_root": str(root / "root"),
         "beam_pipeline_args": json.dumps(BEAM_ARGS), "train_steps": "4", "eval_steps": "1", "batch_size": "8",
+        # A 25% sample of a split this small can hold no Example at all (then the schema has no features).
+        "statistics_sample_rate": "1.0",
         # Gates that a 4-step model passes: this test checks the plumbing; the demo run checks the figures.
         "auc_floors": json.dumps({name: 0.0 for name in LABELS}), "max_weighted_log_loss": "10",
         "auc_regression_tolerance": "1", "log_loss_regression_tolerance": "10"})
