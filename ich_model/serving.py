@@ -55,7 +55,8 @@ class ScoringModule(tf.Module):
         # 30 s for the tiny preset); their variables are tracked instead, which is all the signatures capture.
         self.__dict__["members"] = members
         self.member_variables = [v for m in members if isinstance(m, tf.keras.Model) for v in m.variables]
-        self.loaded_members = [m for m in members if not isinstance(m, tf.keras.Model)]
+        # Loaded members by name: a retraining run warm-starts each member from its namesake (member_weights).
+        self.loaded_members = {name: m for name, m in zip(member_names, members) if not isinstance(m, tf.keras.Model)}
         transform_output = tft.TFTransformOutput(transform_output_dir)
         self.tft_layer = transform_output.transform_features_layer()
         # Parse as the transform graph was built (SchemaGen's shapes, e.g. [1] per scalar): serving Examples
@@ -95,3 +96,14 @@ class ScoringModule(tf.Module):
 
 def load_members(member_dirs: list[str]) -> list:
     return [tf.saved_model.load(path) for path in member_dirs]
+
+
+def member_weights(ensemble_dir: str, member_name: str) -> list[tf.Variable]:
+    """The variables of member `member_name` of an exported ensemble, in its Keras model's `variables` order
+    (what a member's own export tracks), for warm-starting the same architecture."""
+    ensemble = tf.saved_model.load(ensemble_dir)
+    members = getattr(ensemble, "loaded_members", None)
+    if not isinstance(members, dict) or member_name not in members:
+        found = sorted(members) if isinstance(members, dict) else "none by name"
+        raise ValueError(f"{ensemble_dir} is not an ensemble with a member {member_name!r} (members: {found})")
+    return list(members[member_name].member_variables)

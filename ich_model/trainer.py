@@ -6,7 +6,12 @@ weights with the best eval macro AUC, writes TensorBoard logs and exports a Scor
 
 custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
-Examples in memory between epochs; set false for sets larger than memory).
+Examples in memory between epochs; set false for sets larger than memory), `warm_start_steps` (default: the
+training steps).
+
+With a base model (the latest blessed ensemble), the member starts from the weights of its namesake in that
+ensemble and trains for `warm_start_steps` on a schedule of that length; without one, or when the base member is
+a different architecture, it starts from scratch and trains for the full `train_steps`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ich_model.examples import LABEL
 from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, training_batches
 from ich_model.model.cascade import build_cascade, describe
 from ich_model.preprocessing import IMAGE
-from ich_model.serving import ScoringModule
+from ich_model.serving import ScoringModule, member_weights
 
 BEST_WEIGHTS = "best.weights.h5"
 
@@ -51,6 +56,21 @@ def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTran
                                                                  tf.float32)))
 
 
+def warm_start(model: tf.keras.Model, base_model_dir: str, member_name: str) -> bool:
+    """Copy member `member_name` of the ensemble exported at `base_model_dir` into `model`. False, with the
+    reason logged, when that member is a different architecture (e.g. the ensemble was trained with another
+    preset): then `model` keeps its fresh initialisation."""
+    source = member_weights(base_model_dir, member_name)
+    targets = model.variables
+    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets)):
+        logging.warning("member %s: the base model's member has %d variables, this architecture %d (or their "
+                        "shapes differ); training from scratch", member_name, len(source), len(targets))
+        return False
+    for target, value in zip(targets, source):
+        target.assign(value)
+    return True
+
+
 def _strategy() -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
@@ -64,8 +84,6 @@ def run_fn(fn_args) -> None:
     recipe = MEMBERS[config.get("member", "a")]
     preset = config.get("preset", "tiny")
     batch_size = int(config.get("batch_size", BATCH_SIZE))
-    train_steps = int(fn_args.train_steps)
-    eval_every = int(config.get("eval_every_steps") or max(1, train_steps // 5))
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
 
     train_count, positives = label_counts(fn_args.train_files)
@@ -90,10 +108,17 @@ def run_fn(fn_args) -> None:
     if config.get("cache_examples", True):
         evaluation = evaluation.cache()  # the same batches every time: validation reads exactly these
 
+    train_steps = int(fn_args.train_steps)
     with _strategy().scope():
-        model = compile_member(build_cascade(preset, prior=prevalence, seed=recipe.seed, name=f"member_{recipe.name}"),
-                               recipe, train_steps)
+        model = build_cascade(preset, prior=prevalence, seed=recipe.seed, name=f"member_{recipe.name}")
+        if fn_args.base_model and warm_start(model, fn_args.base_model, recipe.name):
+            train_steps = int(config.get("warm_start_steps") or train_steps)
+            logging.info("member %s: warm start from %s, %d steps", recipe.name, fn_args.base_model, train_steps)
+        else:
+            logging.info("member %s: from scratch, %d steps", recipe.name, train_steps)
+        compile_member(model, recipe, train_steps)
     logging.info(describe(model))
+    eval_every = min(train_steps, int(config.get("eval_every_steps") or max(1, train_steps // 5)))
     best = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
     model.fit(
         train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),

@@ -37,7 +37,7 @@ def _config(args: argparse.Namespace):
     from pipeline.configs import preset, with_overrides
 
     overrides = {}
-    for flag, name in (("data", "input_base"), ("pipeline_root", "pipeline_root"),
+    for flag, name in (("data", "input_base"), ("input_base", "input_base"), ("pipeline_root", "pipeline_root"),
                        ("serving_dir", "serving_dir"), ("train_steps", "train_steps")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -61,6 +61,24 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_local(config)
     print(f"{LAST_RUN}: {os.path.join(config.pipeline_root, LAST_RUN)}")
     return 0 if summary["blessed"] or not args.require_blessing else 1
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from pipeline.watch import Watcher, WatcherLocked
+
+    watcher = Watcher(_config(args))
+    try:
+        failed = watcher.watch(interval=args.interval, once=args.once)
+    except WatcherLocked as error:
+        raise ValueError(str(error)) from None
+    except KeyboardInterrupt:
+        if watcher.running is not None:
+            print(f"\nstopped during the run of span {watcher.running}: it has no decision and runs again at the "
+                  "next start", flush=True)
+        else:
+            print("\nstopped", flush=True)
+        return 130
+    return 1 if failed else 0
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -122,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--require-blessing", action="store_true", help="exit 1 when the model is not blessed")
     _add_config_options(run, "demo")
     run.set_defaults(handler=_run)
+
+    watch = commands.add_parser(
+        "watch", help="retrain when a new span folder of labelled scans is complete",
+        description="Poll the input base for complete span-N folders (a label CSV and every image it lists, or a "
+                    "_READY file) and run the pipeline once per new span, in span order: members warm-start "
+                    "from the latest blessed ensemble, and only a candidate that passes the gates against it is "
+                    "pushed. Each decision is one line of <pipeline-root>/decisions.jsonl. A failed run is "
+                    "retried at the next poll. One watcher per pipeline root.")
+    watch.add_argument("--input-base", required=True, help="folder that receives the span-N folders")
+    watch.add_argument("--pipeline-root", help="artifacts, metadata, logs and decisions (default build/pipeline)")
+    watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
+    watch.add_argument("--once", action="store_true",
+                       help="handle the complete spans that are pending, then exit (1 if a run failed)")
+    _add_config_options(watch, "demo")
+    watch.set_defaults(handler=_watch)
 
     compile_ = commands.add_parser(
         "compile", help="write the Kubeflow Pipelines v2 spec (pipeline.yaml)",

@@ -40,7 +40,10 @@ class PipelineConfig:
     pipeline_name: str = PIPELINE_NAME
     enable_cache: bool = True
     beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
-    # Ingestion.
+    # Ingestion: the span folder to ingest (`span-{SPAN}/`; 0: the latest one) and how many spans, up to that one,
+    # the Transform and the Trainers read (0: every span so far; 1: this span only). The Evaluator reads this span.
+    span: int = 0
+    span_window: int = 0
     train_share: float = 0.8
     max_reject_share: float = 0.05
     id_salt: str = ""
@@ -50,6 +53,7 @@ class PipelineConfig:
     # Training (per member).
     model_preset: str = "tiny"
     train_steps: int = 200
+    warm_start_steps: int = 100  # when the members start from the latest blessed ensemble
     eval_steps: int = 10
     batch_size: int = 32
     eval_every_steps: int = 50  # 0: a fifth of train_steps
@@ -74,12 +78,13 @@ class PipelineConfig:
 PRESETS = {
     "demo": PipelineConfig(preset="demo"),
     "workstation": PipelineConfig(
-        preset="workstation", model_preset="b0", train_steps=20_000, eval_steps=200, eval_every_steps=2_000,
+        preset="workstation", model_preset="b0", train_steps=20_000, warm_start_steps=5_000, eval_steps=200, eval_every_steps=2_000,
         cache_examples=False, statistics_sample_rate=0.05, auc_floors={name: 0.9 for name in LABELS},
         max_weighted_log_loss=0.09, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
     "cluster": PipelineConfig(
-        preset="cluster", model_preset="s", train_steps=60_000, eval_steps=500, eval_every_steps=5_000,
-        cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),
+        preset="cluster", model_preset="s", train_steps=60_000, warm_start_steps=15_000, eval_steps=500,
+        eval_every_steps=5_000, cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),
+        span_window=1,  # Kubeflow Pipelines v2 cannot resolve a window of spans (see pipeline/retraining.py)
         auc_floors={name: 0.95 for name in LABELS},
         max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
 }

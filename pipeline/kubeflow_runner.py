@@ -33,6 +33,10 @@ def cluster_config(config: PipelineConfig, pipeline_root: str = DEFAULT_PIPELINE
 
 def compile_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, output: str = DEFAULT_OUTPUT) -> Path:
     """Writes the KFP v2 spec for `config` to `output` and returns its path."""
+    if config.span_window != 1:
+        raise ValueError(
+            f"span_window={config.span_window}: a Kubeflow Pipelines v2 spec trains on its run's span only "
+            "(its resolvers return one artifact, and TFX compiles no span-range resolver); set span_window=1")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

@@ -24,16 +24,28 @@ from pipeline.summary import format_summary, run_summary
 LAST_RUN = "last_run.json"
 
 
+INPUT_RESOLUTION_ERROR = "[%s] Input resolution error: %s"
+
+
 class ComponentProgress(logging.Handler):
-    """Turns LocalDagRunner's "Component X is running/finished" log records into numbered console lines."""
+    """Turns LocalDagRunner's "Component X is running/finished" log records into numbered console lines, and
+    keeps its input resolution errors: LocalDagRunner logs them, skips the component and goes on. A resolver
+    whose strategy "returned None" found nothing yet (no analyzer cache before the first Transform): its
+    consumers take that input as optional, so that is not an error."""
 
     def __init__(self, total: int, echo=print):
         super().__init__(level=logging.INFO)
         self.total, self.echo = total, echo
         self.done = 0
         self.started: dict[str, float] = {}
+        self.unresolved: dict[str, str] = {}  # node -> the first line of its input resolution error
+        self.empty: dict[str, str] = {}  # resolver -> why it resolved nothing
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == INPUT_RESOLUTION_ERROR:
+            error = str(record.args[1]).splitlines()[0]
+            (self.empty if error.endswith("returned None.") else self.unresolved)[record.args[0]] = error
+            return
         if record.msg not in ("Component %s is running.", "Component %s is finished."):
             return
         node_id = record.args[0]
@@ -43,7 +55,9 @@ class ComponentProgress(logging.Handler):
         else:
             self.done += 1
             seconds = time.monotonic() - self.started.pop(node_id, time.monotonic())
-            self.echo(f"[{self.done:2d}/{self.total}] {node_id} finished in {seconds:.0f} s", flush=True)
+            outcome = ("skipped: its inputs could not be resolved" if node_id in self.unresolved else
+                       "found nothing yet" if node_id in self.empty else f"finished in {seconds:.0f} s")
+            self.echo(f"[{self.done:2d}/{self.total}] {node_id} {outcome}", flush=True)
 
 
 def ensure_demo_data(config: PipelineConfig, echo=print) -> None:
@@ -103,6 +117,9 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
         echo(f"running pipeline {config.pipeline_name!r} ({config.preset} preset) from {config.input_base}; "
              f"artifacts under {config.pipeline_root}; full log in {log_path}", flush=True)
         tfx.orchestration.LocalDagRunner().run(pipeline)
+    if progress.unresolved:
+        node, error = next(iter(progress.unresolved.items()))
+        raise RuntimeError(f"the pipeline did not finish: {node} was skipped ({error}); the full log is {log_path}")
     summary = run_summary(config.metadata_path, config.pipeline_name)
     summary["config"] = dataclasses.asdict(config)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)

@@ -1,8 +1,9 @@
 """`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
 
-DicomExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform -> trainer_a/b/c -> Ensemble
--> latest-blessed-model Resolver -> Evaluator -> Pusher. Components take dotted function paths (no module
-files), so the compiled spec needs only this package installed in the image.
+DicomExampleGen (one span) -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform (over the span window,
+with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest blessed ensemble) -> Ensemble ->
+Evaluator (on this span, against the latest blessed ensemble) -> Pusher. Components take dotted function paths
+(no module files), so the compiled spec needs only this package installed in the image.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tfx import v1 as tfx
 from components.dicom_example_gen import DicomExampleGen
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import EVAL_SPLIT, eval_config
+from pipeline.retraining import WINDOW, span_window_resolver, transform_cache_resolver
 from pipeline.training import ensemble_of, member_trainers
 
 PREPROCESSING_FN = "ich_model.preprocessing.preprocessing_fn"
@@ -29,9 +31,18 @@ def latest_blessed_model_resolver():
 
 
 def create_components(config: PipelineConfig) -> list:
+    span = tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
+        start_span_number=config.span, end_span_number=config.span)) if config.span else None
     example_gen = DicomExampleGen(
         config.input_base, input_pattern=config.input_pattern or None, train_share=config.train_share,
-        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None)
+        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None, range_config=span)
+    resolvers = []
+    if config.span_window == 1:
+        training_examples = example_gen.outputs["examples"]
+    else:
+        window = span_window_resolver(example_gen, config.span_window, end_span=config.span)
+        training_examples = window.outputs[WINDOW]
+        resolvers.append(window)
     # Statistics of a sample: over every slice, the 0.2-0.5 MB `pixels` values cost most of the pipeline's
     # non-training time, and a sample describes them (and every other feature) as well for the schema.
     statistics_gen = tfx.components.StatisticsGen(
@@ -42,15 +53,17 @@ def create_components(config: PipelineConfig) -> list:
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
     # statistics either, since those of the transformed data would be over every image pixel.
+    cache = transform_cache_resolver()
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=training_examples, schema=schema_gen.outputs["schema"], analyzer_cache=cache.outputs["cache"],
         preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True)
-    trainers = member_trainers(
-        example_gen.outputs["examples"], transform.outputs["transform_graph"], preset=config.model_preset,
-        train_steps=config.train_steps, eval_steps=config.eval_steps, batch_size=config.batch_size,
-        eval_every_steps=config.eval_every_steps, cache_examples=config.cache_examples)
-    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
     baseline = latest_blessed_model_resolver()
+    trainers = member_trainers(
+        training_examples, transform.outputs["transform_graph"], preset=config.model_preset,
+        train_steps=config.train_steps, eval_steps=config.eval_steps, batch_size=config.batch_size,
+        eval_every_steps=config.eval_every_steps, cache_examples=config.cache_examples,
+        base_model=baseline.outputs["model"], warm_start_steps=config.warm_start_steps)
+    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],
         baseline_model=baseline.outputs["model"], schema=schema_gen.outputs["schema"],
@@ -60,8 +73,8 @@ def create_components(config: PipelineConfig) -> list:
         model=ensemble.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))
-    return [example_gen, statistics_gen, schema_gen, example_validator, transform, *trainers, ensemble, baseline,
-            evaluator, pusher]
+    return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, cache, transform, baseline,
+            *trainers, ensemble, evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:

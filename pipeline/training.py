@@ -12,21 +12,23 @@ RUN_FN = "ich_model.trainer.run_fn"
 
 def member_trainers(examples, transform_graph, preset: str, train_steps: int, eval_steps: int,
                     batch_size: int = BATCH_SIZE, eval_every_steps: int = 0, cache_examples: bool = True,
-                    base_models: dict | None = None) -> list:
+                    base_model=None, warm_start_steps: int = 0) -> list:
     """One Trainer per member recipe (`trainer_a`, `trainer_b`, `trainer_c`), each depending only on the
-    Examples and the transform graph, so an orchestrator can run them side by side. `base_models` maps a
-    member name to a Model channel to warm-start from."""
+    Examples, the transform graph and the base model, so an orchestrator can run them side by side.
+    `base_model` is a channel of ensembles (the latest blessed one, empty on a first run): each member
+    warm-starts from its namesake there and trains `warm_start_steps` (0: `train_steps`)."""
     trainers = []
     for name in MEMBERS:
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
             examples=examples,
             transform_graph=transform_graph,
-            base_model=(base_models or {}).get(name),
+            base_model=base_model,
             train_args=tfx.proto.TrainArgs(num_steps=train_steps),
             eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
             custom_config={"member": name, "preset": preset, "batch_size": batch_size,
-                           "eval_every_steps": eval_every_steps, "cache_examples": cache_examples},
+                           "eval_every_steps": eval_every_steps, "cache_examples": cache_examples,
+                           "warm_start_steps": warm_start_steps},
         ).with_id(f"trainer_{name}")
         trainers.append(trainer)
     return trainers

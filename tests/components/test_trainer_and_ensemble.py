@@ -1,5 +1,6 @@
 """Exported members and ensemble: raw tf.Examples in, numpy-checked mean and spread out, the same after a
-reload from disk; and one member trained by the real TFX Trainer executor with run_fn."""
+reload from disk; a member warm-started from its namesake in an ensemble; and one member trained by the real
+TFX Trainer executor with run_fn."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ich_model.serving import (
     member_output,
 )
 from ich_model.synth import IMAGES_DIR, generate_dataset
+from ich_model.trainer import warm_start
 from tests.pipeline_helpers import read_split, run_example_gen, run_transform
 
 
@@ -48,25 +50,28 @@ def eval_batch(root: Path):
     return tf.constant([e.SerializeToString() for e in examples]), images
 
 
-def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_inputs, tmp_path):
-    root, _ = pipeline_inputs
-    serialized, images = eval_batch(root)
-    members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
-    expected = np.stack([m(images, training=False).numpy() for m in members], axis=1)  # [B, 3, 6]
-
-    # Each member exported on its own, then merged by the Ensemble component from their Model artifacts.
+def export_ensemble(root: Path, members: list, out: Path) -> str:
+    """Each member exported on its own, then merged by the Ensemble component from their Model artifacts."""
     artifacts = []
     for name, member in zip("abc", members, strict=True):
         artifact = standard_artifacts.Model()
-        artifact.uri = str(tmp_path / f"member_{name}")
+        artifact.uri = str(out / f"member_{name}")
         ScoringModule([member], [name], str(root / "transform")).save(path_utils.serving_model_path(artifact.uri))
         artifacts.append(artifact)
     transform_graph = standard_artifacts.TransformGraph()
     transform_graph.uri = str(root / "transform")
     ensemble = standard_artifacts.Model()
-    ensemble.uri = str(tmp_path / "ensemble")
+    ensemble.uri = str(out / "ensemble")
     Ensemble.test_call(*artifacts, transform_graph, ensemble)
-    ensemble_dir = path_utils.serving_model_path(ensemble.uri)
+    return path_utils.serving_model_path(ensemble.uri)
+
+
+def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_inputs, tmp_path):
+    root, _ = pipeline_inputs
+    serialized, images = eval_batch(root)
+    members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
+    expected = np.stack([m(images, training=False).numpy() for m in members], axis=1)  # [B, 3, 6]
+    ensemble_dir = export_ensemble(root, members, tmp_path)
 
     served = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE](examples=serialized)
     np.testing.assert_allclose(served[MEMBER_PROBABILITIES].numpy(), expected, atol=1e-5)
@@ -75,6 +80,26 @@ def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_i
     for index, name in enumerate("abc"):
         np.testing.assert_allclose(served[member_output(name)].numpy(), expected[:, index], atol=1e-5)
     assert served[PROBABILITIES].shape == (len(images), 6)
+
+
+def test_a_member_warm_starts_from_its_namesake_in_the_ensemble(pipeline_inputs, tmp_path):
+    root, _ = pipeline_inputs
+    _, images = eval_batch(root)
+    members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
+    ensemble_dir = export_ensemble(root, members, tmp_path)
+
+    fresh = build_cascade("tiny", seed=99)
+    assert not np.allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy())
+    assert warm_start(fresh, ensemble_dir, "b")
+    np.testing.assert_allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy(),
+                               atol=1e-6)
+
+    other_architecture = build_cascade("b0", seed=99)
+    before = [v.numpy() for v in other_architecture.variables]
+    assert not warm_start(other_architecture, ensemble_dir, "b")  # logged; the member trains from scratch
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other_architecture.variables))
+    with pytest.raises(ValueError, match="no_such_member"):
+        warm_start(fresh, ensemble_dir, "no_such_member")
 
 
 def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, tmp_path):

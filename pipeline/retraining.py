@@ -1,0 +1,76 @@
+"""The parts of the DAG that carry one run over to the next, when each new batch of labelled scans is a span.
+
+- `span_window_resolver`: the Examples that the Transform and the Trainers read, the newest ingestion of each of
+  the last N spans up to this run's span (N = 0: every span so far). The Evaluator reads this run's span only.
+- `latest_transform_cache_resolver`: the analyzer cache that the last Transform wrote, so that tf.Transform
+  analyses only the spans that it has not seen.
+- The latest blessed ensemble (pipeline.latest_blessed_model_resolver) is both the Evaluator's baseline and the
+  model that each member warm-starts from.
+
+Kubeflow Pipelines v2 compiles only the latest-artifact and latest-blessed-model strategies, so a compiled
+pipeline cannot hold the span window: it trains on its run's span (`span_window` 1).
+"""
+
+from __future__ import annotations
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
+
+SPAN_WINDOW_RESOLVER = "span_window_resolver"
+TRANSFORM_CACHE_RESOLVER = "latest_transform_cache_resolver"
+WINDOW = "examples"  # the span window resolver's input (every Examples artifact) and output (the window)
+
+
+def span_of(artifact) -> int:
+    """An Examples artifact's span (TFX has stored it as a string in some versions, as an int in others)."""
+    text = artifact.get_string_custom_property(SPAN_PROPERTY_NAME)
+    return int(text) if text else artifact.get_int_custom_property(SPAN_PROPERTY_NAME)
+
+
+class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
+    """The newest Examples artifact of each of the last `num_spans` spans up to `end_span` (0: the most recent
+    span), in span order; `num_spans` 0 means every span so far. An older ingestion of a span (its folder
+    changed, or a run without the cache) is left out, so that no slice is read twice."""
+
+    def __init__(self, num_spans: int = 0, end_span: int = 0):
+        if num_spans < 0:
+            raise ValueError(f"span_window must be 0 (every span) or a positive number of spans, got {num_spans}")
+        self._num_spans, self._end_span = num_spans, end_span
+
+    def resolve_artifacts(self, store, input_dict):
+        live = [artifact for artifact in input_dict.get(WINDOW, [])
+                if artifact.mlmd_artifact.state == metadata_store_pb2.Artifact.LIVE]
+        if not live:
+            return None
+        end = self._end_span or max(span_of(artifact) for artifact in live)
+        start = end - self._num_spans + 1 if self._num_spans else None
+        newest = {}
+        for artifact in live:
+            span = span_of(artifact)
+            if span <= end and (start is None or span >= start) and (
+                    span not in newest or artifact.id > newest[span].id):
+                newest[span] = artifact
+        return {WINDOW: [newest[span] for span in sorted(newest)]}
+
+
+def span_window_resolver(example_gen, num_spans: int, end_span: int = 0):
+    """The Examples of the last `num_spans` spans (0: all) up to `end_span` (0: the latest), for the Transform
+    and the Trainers. It reads every run's ExampleGen output (a channel by producer: the ExampleGen's own output
+    channel holds this run's artifact only), and runs after this run's ExampleGen."""
+    resolver = tfx.dsl.Resolver(
+        strategy_class=SpanWindowStrategy,
+        config={"num_spans": num_spans, "end_span": end_span},
+        **{WINDOW: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
+                                   producer_component_id=example_gen.id, output_key="examples")},
+    ).with_id(SPAN_WINDOW_RESOLVER)
+    resolver.add_upstream_node(example_gen)
+    return resolver
+
+
+def transform_cache_resolver():
+    """The analyzer cache of the last Transform (none on a first run)."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
+    ).with_id(TRANSFORM_CACHE_RESOLVER)

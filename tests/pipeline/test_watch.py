@@ -1,0 +1,123 @@
+"""The watcher's parts on real files: when a span folder counts as complete, the decisions file, the lock
+between two processes, and which Examples the span window resolves to."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+from tfx.types import standard_artifacts
+
+from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+from pipeline.retraining import WINDOW, SpanWindowStrategy
+from pipeline.watch import (
+    READY,
+    WatcherLocked,
+    record_decision,
+    recorded_spans,
+    span_folders,
+    span_status,
+    watch_lock,
+)
+
+
+@pytest.fixture(scope="module")
+def span_source(tmp_path_factory):
+    """A small RSNA-format set to copy into span folders."""
+    root = tmp_path_factory.mktemp("span-source")
+    generate_dataset(root, patients=3, slices_per_study=2, seed=21, size=64, progress=False)
+    return root
+
+
+def copy_span(source, folder, skip: int = 0, with_csv: bool = True):
+    """Copy the set's images into `folder` (all but the last `skip`), then its CSV, as a transfer would."""
+    images = sorted((source / IMAGES_DIR).iterdir())
+    (folder / IMAGES_DIR).mkdir(parents=True)
+    for image in images[:len(images) - skip]:
+        (folder / IMAGES_DIR / image.name).write_bytes(image.read_bytes())
+    if with_csv:
+        (folder / LABELS_CSV).write_text((source / LABELS_CSV).read_text())
+    return images
+
+
+def test_a_span_is_complete_once_its_csv_and_every_listed_image_are_there(span_source, tmp_path):
+    images = copy_span(span_source, tmp_path / "span-1", skip=2)
+    assert span_status(tmp_path / "span-1") == f"2 of the {len(images)} images that its CSV lists are not there yet"
+    for image in images[-2:]:  # the rest of the transfer, without the .dcm suffix (the reader does not need it)
+        (tmp_path / "span-1" / IMAGES_DIR / image.stem).write_bytes(image.read_bytes())
+    assert span_status(tmp_path / "span-1") is None
+
+
+def test_a_span_without_a_csv_waits_unless_it_is_marked_ready(span_source, tmp_path):
+    copy_span(span_source, tmp_path / "span-2", with_csv=False)
+    assert "no label CSV yet" in span_status(tmp_path / "span-2")
+    (tmp_path / "span-2" / READY).touch()
+    assert span_status(tmp_path / "span-2") is None
+
+
+def test_span_folders_are_numbered_and_other_entries_ignored(tmp_path):
+    for name in ("span-1", "span-10", "span-2", "span-x", "notes"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "span-3").write_text("a file, not a folder")
+    assert {span: path.name for span, path in span_folders(tmp_path).items()} == {
+        1: "span-1", 2: "span-2", 10: "span-10"}
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        span_folders(tmp_path / "missing")
+
+
+def test_decisions_are_json_lines_read_back_by_span(tmp_path):
+    assert recorded_spans(tmp_path) == set()
+    record_decision(tmp_path, {"span": 1, "blessed": True, "reason": "ok", "metrics": {}, "pushed_to": "/x"})
+    record_decision(tmp_path, {"span": 3, "blessed": False, "reason": "auc", "metrics": {}, "pushed_to": None})
+    lines = (tmp_path / "decisions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["blessed"] for line in lines] == [True, False]
+    assert recorded_spans(tmp_path) == {1, 3}
+
+
+def test_a_second_watcher_process_cannot_take_the_lock_until_the_first_is_gone(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from pipeline.watch import watch_lock
+            with watch_lock({str(tmp_path)!r}):
+                print("locked", flush=True)
+                sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WatcherLocked, match=f"pid {holder.pid}"):
+            with watch_lock(tmp_path):
+                pass
+    finally:
+        holder.communicate("\n", timeout=60)
+    with watch_lock(tmp_path):  # released when the holder exits
+        pass
+
+
+def examples(artifact_id: int, span: int, live: bool = True):
+    artifact = standard_artifacts.Examples()
+    artifact.id = artifact_id
+    artifact.set_int_custom_property("span", span)
+    artifact.mlmd_artifact.state = metadata_store_pb2.Artifact.LIVE if live else metadata_store_pb2.Artifact.ABANDONED
+    return artifact
+
+
+def test_the_span_window_takes_the_newest_ingestion_of_each_span_in_range():
+    ingested = [examples(1, 1), examples(2, 2), examples(3, 3), examples(4, 2), examples(5, 4, live=False),
+                examples(6, 5)]
+
+    def window(**kwargs):
+        resolved = SpanWindowStrategy(**kwargs).resolve_artifacts(None, {WINDOW: ingested})
+        return [artifact.id for artifact in resolved[WINDOW]]
+
+    assert window() == [1, 4, 3, 6]  # every span so far; span 2's newer ingestion; span 4's failed one left out
+    assert window(num_spans=2) == [6]  # spans 4 and 5: 4 has no live artifact
+    assert window(num_spans=2, end_span=3) == [4, 3]
+    assert window(num_spans=1, end_span=1) == [1]
+    assert SpanWindowStrategy().resolve_artifacts(None, {WINDOW: []}) is None
+    with pytest.raises(ValueError, match="span_window"):
+        SpanWindowStrategy(num_spans=-1)
