@@ -56,7 +56,8 @@ class ScoringModule(tf.Module):
         self.__dict__["members"] = members
         self.member_variables = [v for m in members if isinstance(m, tf.keras.Model) for v in m.variables]
         # Loaded members by name: a retraining run warm-starts each member from its namesake (member_weights).
-        self.loaded_members = {name: m for name, m in zip(member_names, members) if not isinstance(m, tf.keras.Model)}
+        self.loaded_members = {name: m for name, m in zip(member_names, members, strict=True)
+                               if not isinstance(m, tf.keras.Model)}
         transform_output = tft.TFTransformOutput(transform_output_dir)
         self.tft_layer = transform_output.transform_features_layer()
         # Parse as the transform graph was built (SchemaGen's shapes, e.g. [1] per scalar): serving Examples

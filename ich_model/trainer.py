@@ -62,11 +62,11 @@ def warm_start(model: tf.keras.Model, base_model_dir: str, member_name: str) -> 
     preset): then `model` keeps its fresh initialisation."""
     source = member_weights(base_model_dir, member_name)
     targets = model.variables
-    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets)):
+    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets, strict=False)):
         logging.warning("member %s: the base model's member has %d variables, this architecture %d (or their "
                         "shapes differ); training from scratch", member_name, len(source), len(targets))
         return False
-    for target, value in zip(targets, source):
+    for target, value in zip(targets, source, strict=True):
         target.assign(value)
     return True
 

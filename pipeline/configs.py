@@ -78,9 +78,10 @@ class PipelineConfig:
 PRESETS = {
     "demo": PipelineConfig(preset="demo"),
     "workstation": PipelineConfig(
-        preset="workstation", model_preset="b0", train_steps=20_000, warm_start_steps=5_000, eval_steps=200, eval_every_steps=2_000,
-        cache_examples=False, statistics_sample_rate=0.05, auc_floors={name: 0.9 for name in LABELS},
-        max_weighted_log_loss=0.09, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
+        preset="workstation", model_preset="b0", train_steps=20_000, warm_start_steps=5_000, eval_steps=200,
+        eval_every_steps=2_000, cache_examples=False, statistics_sample_rate=0.05,
+        auc_floors={name: 0.9 for name in LABELS}, max_weighted_log_loss=0.09, auc_regression_tolerance=0.002,
+        log_loss_regression_tolerance=0.001),
     "cluster": PipelineConfig(
         preset="cluster", model_preset="s", train_steps=60_000, warm_start_steps=15_000, eval_steps=500,
         eval_every_steps=5_000, cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),

@@ -29,8 +29,9 @@ def _model_name(output: str) -> str:
     return ENSEMBLE if output == PROBABILITIES else output
 
 
-def _latest_outputs(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str) -> dict[str, list]:
-    """Output artifacts of the newest execution of `node_id`, by output key."""
+def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
+                      inputs: bool = False) -> dict[str, list]:
+    """Output (or input) artifacts of the newest execution of `node_id`, by key."""
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     if context is None:
         raise LookupError(f"the metadata store has no {node_id} node for pipeline {pipeline_name!r}")
@@ -40,8 +41,9 @@ def _latest_outputs(store: metadata_store.MetadataStore, pipeline_name: str, nod
     if not finished:
         raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}")
     latest = max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
-    events = [e for e in store.get_events_by_execution_ids([latest.id])
-              if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+    kinds = ((metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT) if inputs else
+             (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT))
+    events = [e for e in store.get_events_by_execution_ids([latest.id]) if e.type in kinds]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     outputs: dict[str, list] = {}
     for event in events:
@@ -55,11 +57,10 @@ def _metric(metrics: dict, name: str) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def model_metrics(evaluation_uri: str) -> dict[str, dict[str, float | None]]:
-    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}."""
-    result = tfma.load_eval_result(evaluation_uri)
-    if not result.slicing_metrics:  # a run with a baseline stores the candidate under its own name
-        result = tfma.load_eval_result(evaluation_uri, model_name=CANDIDATE)
+def model_metrics(evaluation_uri: str, had_baseline: bool = False) -> dict[str, dict[str, float | None]]:
+    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}. An
+    evaluation with a baseline stores the evaluated model under the name `candidate`."""
+    result = tfma.load_eval_result(evaluation_uri, model_name=CANDIDATE if had_baseline else None)
     overall = next(metrics for slice_key, metrics in result.slicing_metrics if slice_key == ())
     summary = {}
     for output in MODEL_OUTPUTS:
@@ -78,11 +79,11 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def blessing_reason(evaluation_uri: str) -> tuple[bool, str]:
+def blessing_reason(evaluation_uri: str, had_baseline: bool) -> tuple[bool, str]:
     """Whether TFMA's validation passed, and why not: each failed gate with its value and threshold."""
     validation = tfma.load_validation_result(evaluation_uri)
     if validation.validation_ok:
-        return True, "every gate passed" + ("" if _had_baseline(validation) else " (no blessed baseline yet)")
+        return True, "every gate passed" + ("" if had_baseline else " (no blessed baseline yet)")
     failures = []
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
@@ -95,9 +96,6 @@ def blessing_reason(evaluation_uri: str) -> tuple[bool, str]:
         failures.append("a gate could not be computed")
     return False, "; ".join(failures) or "validation failed"
 
-
-def _had_baseline(validation) -> bool:
-    return any(v.metric_key.is_diff for v in validation.metric_validations_per_slice)
 
 
 def _threshold_text(threshold) -> str:
@@ -118,14 +116,16 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
-    evaluation = _latest_outputs(store, pipeline_name, EVALUATOR)["evaluation"][0]
-    blessed, reason = blessing_reason(evaluation.uri)
-    pushed = _latest_outputs(store, pipeline_name, PUSHER)["pushed_model"][0]
+    evaluation = _latest_artifacts(store, pipeline_name, EVALUATOR)["evaluation"][0]
+    baseline = _latest_artifacts(store, pipeline_name, EVALUATOR, inputs=True).get("baseline_model", [])
+    blessed, reason = blessing_reason(evaluation.uri, had_baseline=bool(baseline))
+    pushed = _latest_artifacts(store, pipeline_name, PUSHER)["pushed_model"][0]
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
-    return {"metrics": model_metrics(evaluation.uri), "blessed": blessed, "reason": reason,
-            "pushed_to": pushed_to, "evaluation": evaluation.uri}
+    return {"metrics": model_metrics(evaluation.uri, had_baseline=bool(baseline)), "blessed": blessed,
+            "reason": reason, "pushed_to": pushed_to, "evaluation": evaluation.uri,
+            "baseline": baseline[0].uri if baseline else None}
 
 
 def format_summary(summary: dict) -> str:
@@ -142,6 +142,7 @@ def format_summary(summary: dict) -> str:
             cells.append(("n/a" if value is None else f"{value:.4f}").rjust(width))
         lines.append("  ".join(cells))
     lines.append("")
+    lines.append(f"compared with: {summary.get('baseline') or 'no blessed model yet'}")
     lines.append(f"blessed: {'yes' if summary['blessed'] else 'no'} ({summary['reason']})")
     lines.append(f"pushed to: {summary['pushed_to'] or 'nothing pushed'}")
     return os.linesep.join(lines)

@@ -167,7 +167,8 @@ class Watcher:
         finally:
             self.running = None
         decision = {"span": span, **{key: summary.get(key) for key in DECISION_FIELDS if key != "span"},
-                    "evaluation": summary.get("evaluation"), "wall_time_s": round(time.monotonic() - started, 1),
+                    "baseline": summary.get("baseline"), "evaluation": summary.get("evaluation"),
+                    "wall_time_s": round(time.monotonic() - started, 1),
                     "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record_decision(self.config.pipeline_root, decision)
         self.failures.pop(span, None)

@@ -97,7 +97,7 @@ def test_a_member_warm_starts_from_its_namesake_in_the_ensemble(pipeline_inputs,
     other_architecture = build_cascade("b0", seed=99)
     before = [v.numpy() for v in other_architecture.variables]
     assert not warm_start(other_architecture, ensemble_dir, "b")  # logged; the member trains from scratch
-    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other_architecture.variables))
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other_architecture.variables, strict=True))
     with pytest.raises(ValueError, match="no_such_member"):
         warm_start(fresh, ensemble_dir, "no_such_member")
 

@@ -89,9 +89,8 @@ def test_a_second_watcher_process_cannot_take_the_lock_until_the_first_is_gone(t
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(WatcherLocked, match=f"pid {holder.pid}"):
-            with watch_lock(tmp_path):
-                pass
+        with pytest.raises(WatcherLocked, match=f"pid {holder.pid}"), watch_lock(tmp_path):
+            pass
     finally:
         holder.communicate("\n", timeout=60)
     with watch_lock(tmp_path):  # released when the holder exits
