@@ -7,8 +7,9 @@ import pytest
 from pipeline.configs import PRESETS, preset, with_overrides
 from pipeline.pipeline import create_pipeline
 
-COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "trainer_a",
-             "trainer_b", "trainer_c", "Ensemble", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
+              "Transform", "latest_blessed_model_resolver", "trainer_a", "trainer_b", "trainer_c", "Ensemble",
+              "Evaluator", "Pusher"}
 
 
 def test_overrides_are_parsed_to_each_field_type():
@@ -47,8 +48,15 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
     config = with_overrides(preset(name), {"input_base": str(tmp_path), "pipeline_root": str(tmp_path / "root")})
     pipeline = create_pipeline(config)
     by_id = {component.id: component for component in pipeline.components}
-    assert set(by_id) == COMPONENTS and len(pipeline.components) == len(COMPONENTS)
-    assert {node.id for node in by_id["Transform"].upstream_nodes} == {"DicomExampleGen", "SchemaGen"}
+    # A window of several spans needs its resolver; a window of one span reads the ExampleGen's output.
+    training_examples = "DicomExampleGen" if config.span_window == 1 else "span_window_resolver"
+    expected = COMPONENTS | {training_examples}
+    assert set(by_id) == expected and len(pipeline.components) == len(expected)
+    assert {node.id for node in by_id["Transform"].upstream_nodes} == {
+        training_examples, "SchemaGen", "latest_transform_cache_resolver"}
+    for trainer in ("trainer_a", "trainer_b", "trainer_c"):
+        assert {node.id for node in by_id[trainer].upstream_nodes} == {
+            training_examples, "Transform", "latest_blessed_model_resolver"}
     assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {
         "DicomExampleGen", "SchemaGen", "Ensemble", "latest_blessed_model_resolver"}
     assert {node.id for node in by_id["Pusher"].upstream_nodes} == {"Ensemble", "Evaluator"}

@@ -15,9 +15,10 @@ from pipeline.kubeflow_runner import DEFAULT_IMAGE, DEFAULT_OUTPUT, cluster_conf
 
 COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_OUTPUT
 # The latest-blessed-model resolver compiles to two KFP resolver tasks (its model and its blessing query).
-TASKS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "trainer_a", "trainer_b",
-         "trainer_c", "Ensemble", "latest_blessed_model_resolver-model-blessing-resolver",
-         "latest_blessed_model_resolver-model-resolver", "Evaluator", "Pusher"}
+BASELINE_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
+BASELINE_TASKS = {"latest_blessed_model_resolver-model-blessing-resolver", BASELINE_MODEL_TASK}
+TASKS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
+         "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator", "Pusher", *BASELINE_TASKS}
 
 
 def test_committed_pipeline_yaml_equals_a_fresh_compile(tmp_path):
@@ -32,9 +33,14 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
     executors = document["deploymentSpec"]["executors"].values()
     images = {executor["container"]["image"] for executor in executors if "container" in executor}
     assert images == {DEFAULT_IMAGE}
-    # The trainers depend on ExampleGen and Transform only, so a cluster runs them side by side.
+    # The trainers depend on the Examples, the Transform and the base model only, so a cluster runs them side by
+    # side; each warm-starts from the latest blessed ensemble (its base_model input).
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):
-        assert set(spec.root.dag.tasks[trainer].dependent_tasks) == {"DicomExampleGen", "Transform"}
+        task = spec.root.dag.tasks[trainer]
+        assert set(task.dependent_tasks) == {"DicomExampleGen", "Transform", BASELINE_MODEL_TASK}
+        assert task.inputs.artifacts["base_model"].task_output_artifact.producer_task == BASELINE_MODEL_TASK
+    assert spec.root.dag.tasks["Transform"].inputs.artifacts["analyzer_cache"].task_output_artifact.producer_task == (
+        "latest_transform_cache_resolver")
     assert set(spec.root.dag.tasks["Pusher"].dependent_tasks) == {"Ensemble", "Evaluator"}
     loaded = kfp.components.load_component_from_file(str(COMMITTED))
     assert loaded.name == spec.pipeline_info.name
