@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError, LookupError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, LookupError) as error:
         parser.exit(2, f"ich {args.command}: error: {error}\n")
 
 

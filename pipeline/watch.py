@@ -181,12 +181,17 @@ class Watcher:
         """Poll until `stop` is set (or Ctrl-C); with `once`, poll one time. Returns the number of failed
         runs at the last poll (0: everything pending was decided or is waiting)."""
         stop = stop or threading.Event()
+        span_folders(self.config.input_base)  # a wrong input base fails before anything is written
         with watch_lock(self.config.pipeline_root):
             if not once:
                 self.echo(f"watching {self.config.input_base} for complete span-N folders every {interval:g} s "
                           f"(Ctrl-C to stop); decisions in {Path(self.config.pipeline_root) / DECISIONS}",
                           flush=True)
             while True:
-                self.poll()
+                decisions = self.poll()
+                if once and not decisions and not self.failures and not self._waiting:
+                    decided = sorted(recorded_spans(self.config.pipeline_root))
+                    self.echo(f"no pending span under {self.config.input_base} (spans with a decision: "
+                              f"{', '.join(map(str, decided)) or 'none'})", flush=True)
                 if once or stop.wait(interval):
                     return len(self.failures)

@@ -120,3 +120,26 @@ def test_the_span_window_takes_the_newest_ingestion_of_each_span_in_range():
     assert SpanWindowStrategy().resolve_artifacts(None, {WINDOW: []}) is None
     with pytest.raises(ValueError, match="span_window"):
         SpanWindowStrategy(num_spans=-1)
+
+
+def test_ich_watch_once_reports_what_it_found_and_refuses_a_locked_root(tmp_path, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "spans" / "span-1").mkdir(parents=True)  # no CSV yet: waits, runs nothing
+    args = ["watch", "--input-base", str(tmp_path / "spans"), "--pipeline-root", str(tmp_path / "root"), "--once"]
+    assert main(args) == 0
+    assert "span 1: waiting, no label CSV yet" in capsys.readouterr().out
+    assert recorded_spans(tmp_path / "root") == set()
+
+    (tmp_path / "spans" / "span-1").rmdir()
+    assert main(args) == 0
+    assert "no pending span under" in capsys.readouterr().out
+
+    with watch_lock(tmp_path / "root"), pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "another watcher" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["watch", "--input-base", str(tmp_path / "nowhere"), "--pipeline-root", str(tmp_path / "other"), "--once"])
+    assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
