@@ -22,8 +22,6 @@ from pipeline.pipeline import create_pipeline
 from pipeline.summary import format_summary, run_summary
 
 LAST_RUN = "last_run.json"
-
-
 INPUT_RESOLUTION_ERROR = "[%s] Input resolution error: %s"
 
 

@@ -31,11 +31,12 @@ def latest_blessed_model_resolver():
 
 
 def create_components(config: PipelineConfig) -> list:
-    span = tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
+    # One span per run: the one the config names, else the latest (TFX's default for `{SPAN}` patterns).
+    this_span = tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
         start_span_number=config.span, end_span_number=config.span)) if config.span else None
     example_gen = DicomExampleGen(
         config.input_base, input_pattern=config.input_pattern or None, train_share=config.train_share,
-        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None, range_config=span)
+        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None, range_config=this_span)
     resolvers = []
     if config.span_window == 1:
         training_examples = example_gen.outputs["examples"]
