@@ -62,7 +62,7 @@ def warm_start(model: tf.keras.Model, base_model_dir: str, member_name: str) -> 
     preset): then `model` keeps its fresh initialisation."""
     source = member_weights(base_model_dir, member_name)
     targets = model.variables
-    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets, strict=False)):
+    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets, strict=True)):
         logging.warning("member %s: the base model's member has %d variables, this architecture %d (or their "
                         "shapes differ); training from scratch", member_name, len(source), len(targets))
         return False

@@ -45,7 +45,9 @@ NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "SchemaGen"
          "trainer_b", "trainer_c", "Ensemble", "Evaluator", "Pusher"]
 TRAINERS = ["trainer_a", "trainer_b", "trainer_c"]
 RESOLVERS = {"span_window_resolver", "latest_transform_cache_resolver", "latest_blessed_model_resolver"}
-ANY_AUC_FLOOR = 0.7  # a model that learned something passes it; one scored against shuffled labels does not
+# A model that learned something passes it (span 1 scored 0.80 and 0.85 in two runs); scored against labels that
+# bleeding and clean slices traded, a model that learned scores far below 0.5.
+ANY_AUC_FLOOR = 0.65
 RUN_TIMEOUT_S = 900
 
 
@@ -125,7 +127,9 @@ def spans(tmp_path_factory):
     base.mkdir()
     config = with_overrides(preset("demo"), {
         "input_base": str(base), "pipeline_root": str(root / "root"), "beam_pipeline_args": json.dumps(BEAM_ARGS),
-        "train_steps": "40", "warm_start_steps": "20", "eval_every_steps": "20", "eval_steps": "4",
+        # Span 1 learns from scratch; spans 2 and 3 move little from it (a few warm steps), so that span 3's
+        # candidate still tells bleeding from clean and its shuffled labels show.
+        "train_steps": "60", "warm_start_steps": "5", "eval_every_steps": "20", "eval_steps": "4",
         "batch_size": "16",
         # A 25% sample of a split this small can hold no Example at all (then the schema has no features).
         "statistics_sample_rate": "1.0",
@@ -260,7 +264,7 @@ def test_span_2_warm_started_from_span_1_and_was_compared_with_it(spans):
     # Each member loaded its namesake's weights and trained the shorter schedule.
     logs = "".join(path.read_text() for path in Path(config.pipeline_root, "logs").glob("run-*.log"))
     for name in "abc":
-        assert f"member {name}: warm start from {first_ensemble.uri}/Format-Serving, 20 steps" in logs, name
+        assert f"member {name}: warm start from {first_ensemble.uri}/Format-Serving, 5 steps" in logs, name
 
 
 def test_span_3_with_shuffled_labels_was_not_blessed_and_the_serving_folder_is_unchanged(spans):
