@@ -24,6 +24,9 @@ GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 # values below 32768) fits. Unsigned data above 32767 is shifted by this offset, intercept adjusted.
 PIXEL_DTYPE = np.dtype("<i2")
 UNSIGNED_SHIFT = 32768
+# A transfer writes this file into a folder once every slice is there; it and these names are never slices.
+READY_MARKER = "_READY"
+IGNORED_NAMES = (READY_MARKER, "_SUCCESS", "Thumbs.db", "DICOMDIR")
 # Header-only reads leave values larger than this (the pixel data) on disk.
 DEFER_BYTES = 4096
 

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ich_model.dicom import READY_MARKER
 from pipeline.configs import PipelineConfig
 
 DECISIONS = "decisions.jsonl"
 LOCK = "watch.lock"
-READY = "_READY"
 SPAN_FOLDER = re.compile(r"span-(\d+)")
 DECISION_FIELDS = ("span", "blessed", "reason", "metrics", "pushed_to")
 
@@ -65,7 +65,7 @@ def _listed_image_ids(csv_path: Path) -> set[str]:
 
 def span_status(folder: Path) -> str | None:
     """None when the span folder is complete, else why not (for the console)."""
-    if (folder / READY).exists():
+    if (folder / READY_MARKER).exists():
         return None
     csvs, names = [], set()
     for path in folder.rglob("*"):
@@ -75,7 +75,7 @@ def span_status(folder: Path) -> str | None:
             else:
                 names.add(path.name.removesuffix(".dcm"))
     if not csvs:
-        return f"no label CSV yet (or write {READY} when the copy is done)"
+        return f"no label CSV yet (or write {READY_MARKER} when the copy is done)"
     listed = set().union(*(_listed_image_ids(path) for path in csvs))
     missing = listed - names
     if missing:

@@ -34,7 +34,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from ich_model.dicom import DicomRejected, read_header, read_slice
+from ich_model.dicom import IGNORED_NAMES, DicomRejected, read_header, read_slice
 from ich_model.examples import place_slices, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
 
@@ -46,7 +46,6 @@ WRITE_TEMP_DIR = "write_temp"
 GZIP_LEVEL = 1
 DEFAULT_MAX_REJECT_SHARE = 0.05
 # Files that are neither slices nor labels and are never counted as rejects.
-IGNORED_NAMES = ("_READY", "_SUCCESS", "Thumbs.db", "DICOMDIR")
 # Keys of the component's custom config (a protobuf Struct in example_gen_pb2.CustomConfig).
 MAX_REJECT_SHARE = "max_reject_share"
 ID_SALT = "id_salt"

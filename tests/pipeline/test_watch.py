@@ -12,10 +12,10 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
+from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.retraining import WINDOW, SpanWindowStrategy
 from pipeline.watch import (
-    READY,
     WatcherLocked,
     record_decision,
     recorded_spans,
@@ -55,7 +55,7 @@ def test_a_span_is_complete_once_its_csv_and_every_listed_image_are_there(span_s
 def test_a_span_without_a_csv_waits_unless_it_is_marked_ready(span_source, tmp_path):
     copy_span(span_source, tmp_path / "span-2", with_csv=False)
     assert "no label CSV yet" in span_status(tmp_path / "span-2")
-    (tmp_path / "span-2" / READY).touch()
+    (tmp_path / "span-2" / READY_MARKER).touch()
     assert span_status(tmp_path / "span-2") is None
 
 
