@@ -21,16 +21,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from ich_model.dicom import READY_MARKER
 from pipeline.configs import PipelineConfig
+from pipeline.local_runner import run_local
 
 DECISIONS = "decisions.jsonl"
 LOCK = "watch.lock"
 SPAN_FOLDER = re.compile(r"span-(\d+)")
-DECISION_FIELDS = ("span", "blessed", "reason", "metrics", "pushed_to")
+# What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
+SUMMARY_FIELDS = ("blessed", "reason", "metrics", "pushed_to", "baseline", "evaluation")
 
 
 class WatcherLocked(RuntimeError):
@@ -121,13 +123,11 @@ def watch_lock(pipeline_root: str | os.PathLike) -> Iterator[Path]:
 
 
 class Watcher:
-    """Polls `config.input_base` for complete span folders and runs the pipeline (`run`, by default
-    local_runner.run_local) for each one that has no decision yet."""
+    """Polls `config.input_base` for complete span folders and runs the pipeline here (local_runner.run_local)
+    for each one that has no decision yet."""
 
-    def __init__(self, config: PipelineConfig, echo=print, run: Callable[..., dict] | None = None):
-        if run is None:
-            from pipeline.local_runner import run_local as run
-        self.config, self.echo, self.run = config, echo, run
+    def __init__(self, config: PipelineConfig, echo=print):
+        self.config, self.echo = config, echo
         self._waiting: dict[int, str] = {}  # the last reason printed for each incomplete span
         self.failures: dict[int, int] = {}  # failed attempts per span
         self.running: int | None = None  # the span whose run is under way
@@ -158,7 +158,7 @@ class Watcher:
         started = time.monotonic()
         self.running = span
         try:
-            summary = self.run(dataclasses.replace(self.config, span=span), echo=self.echo)
+            summary = run_local(dataclasses.replace(self.config, span=span), echo=self.echo)
         except Exception as error:  # noqa: BLE001 - any failure of a run is retried, never fatal to the watcher
             self.failures[span] = self.failures.get(span, 0) + 1
             self.echo(f"span {span}: run failed ({type(error).__name__}: {error}); attempt "
@@ -166,8 +166,7 @@ class Watcher:
             return None
         finally:
             self.running = None
-        decision = {"span": span, **{key: summary.get(key) for key in DECISION_FIELDS if key != "span"},
-                    "baseline": summary.get("baseline"), "evaluation": summary.get("evaluation"),
+        decision = {"span": span, **{key: summary.get(key) for key in SUMMARY_FIELDS},
                     "wall_time_s": round(time.monotonic() - started, 1),
                     "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record_decision(self.config.pipeline_root, decision)
