@@ -81,6 +81,32 @@ def _watch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _model_dir(path: str) -> str:
+    """A SavedModel folder, or a serving folder of pushed versions (`<timestamp>/`): then its newest."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((name for name in os.listdir(path) if name.isdigit()), key=int) if os.path.isdir(path) else []
+    if not versions:
+        raise ValueError(f"--model {path}: neither a SavedModel nor a serving folder of pushed versions")
+    return os.path.join(path, versions[-1])
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ich_model.predict import predict, write_predictions
+
+    model_dir = _model_dir(args.model)
+    print(f"scoring with {model_dir}", flush=True)
+    predictions = predict(args.paths, model_dir, batch_size=args.batch_size)
+    for skipped in predictions.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason} ({skipped.message})")
+    written = write_predictions(predictions, args.out, args.format)
+    slices = len(predictions.image_ids)
+    rate = slices / predictions.seconds if predictions.seconds else 0.0
+    print(f"scored {slices} slices of {len(predictions.studies())} studies in {predictions.seconds:.1f} s "
+          f"({rate:.1f} slices/s); skipped {len(predictions.skipped)} files; wrote {', '.join(map(str, written))}")
+    return 0
+
+
 def _compile(args: argparse.Namespace) -> int:
     from pipeline.kubeflow_runner import cluster_config, compile_pipeline
 
@@ -140,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--require-blessing", action="store_true", help="exit 1 when the model is not blessed")
     _add_config_options(run, "demo")
     run.set_defaults(handler=_run)
+
+    from ich_model.predict import FORMATS
+
+    predict = commands.add_parser(
+        "predict", help="score DICOM slices with a pushed ensemble",
+        description="Score DICOM files, folders or whole studies with an exported ensemble (its serving_default "
+                    "on raw tf.Examples built by the ExampleGen's own reader). A file that is not a usable CT "
+                    "slice is reported with its reason and skipped.")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders (any depth)")
+    predict.add_argument("--model", required=True,
+                         help="a pushed SavedModel, or a serving folder (then its newest version)")
+    predict.add_argument("--out", default="predictions.csv", help="output file (default predictions.csv)")
+    predict.add_argument("--format", default="rsna", choices=FORMATS,
+                         help="rsna: Kaggle's submission rows (ID_<hex>_<subtype>,p); wide: one row per slice with "
+                              "six probabilities and six spreads; json. The CSV formats add <out>_studies.csv "
+                              "(per study, each subtype's maximum over its slices).")
+    predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
+    predict.set_defaults(handler=_predict)
 
     watch = commands.add_parser(
         "watch", help="retrain when a new span folder of labelled scans is complete",

@@ -1,0 +1,164 @@
+"""Scoring DICOM slices with an exported ensemble (`ich predict`).
+
+The raw tf.Examples are built by the reader and the Example builder that the ExampleGen uses (ich_model.dicom,
+ich_model.examples), slices placed in their study the same way, and scored by the SavedModel's
+`serving_default`: training and serving cannot drift. A file that is not a usable CT slice is reported with its
+reason and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ich_model.constants import LABELS
+from ich_model.dicom import IGNORED_NAMES, DicomRejected, read_header, read_slice
+from ich_model.examples import place_slices, slice_to_example
+
+FORMATS = ("rsna", "wide", "json")
+
+
+def is_ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES or name.lower().endswith(".csv")
+
+
+def dicom_candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Every file named by `paths` or under the folders among them (any depth), in a stable order."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            for folder, subfolders, files in os.walk(path):
+                subfolders.sort()
+                yield from (Path(folder) / name for name in sorted(files) if not is_ignored(name))
+        elif path.exists():
+            yield path
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Predictions:
+    """Per slice (in study order): image and study IDs, probabilities and spread [N, 6]; and the skipped files."""
+
+    image_ids: list[str] = field(default_factory=list)
+    study_uids: list[str] = field(default_factory=list)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
+    spread: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def studies(self) -> dict[str, np.ndarray]:
+        """Per study, the maximum probability of each label over its slices."""
+        rows = defaultdict(list)
+        for study, probabilities in zip(self.study_uids, self.probabilities, strict=True):
+            rows[study].append(probabilities)
+        return {study: np.max(values, axis=0) for study, values in sorted(rows.items())}
+
+
+def _attempt(reader, path: Path, skipped: list[Skipped]):
+    try:
+        return reader(str(path))
+    except DicomRejected as rejected:
+        skipped.append(Skipped(str(path), rejected.reason, rejected.message))
+    except Exception as error:  # noqa: BLE001 - whatever a broken file makes a decoder raise is a skip
+        skipped.append(Skipped(str(path), "unreadable", f"{type(error).__name__}: {error}"))
+    return None
+
+
+def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, batch_size: int = 32,
+            progress: bool = True) -> Predictions:
+    """Score every usable CT slice under `paths` with the SavedModel in `model_dir`."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
+
+    result = Predictions()
+    headers = {}
+    for path in dicom_candidates(paths):
+        header = _attempt(read_header, path, result.skipped)
+        if header is not None:
+            headers[path] = header
+    by_study = defaultdict(list)
+    for path, header in headers.items():
+        by_study[header.study_uid].append((path, header))
+    ordered = []
+    for study in sorted(by_study):
+        placements = place_slices(header for _, header in by_study[study])
+        ordered += sorted(((placements[h.image_id], path) for path, h in by_study[study]),
+                          key=lambda item: item[0].slice_index)
+
+    serve = tf.saved_model.load(str(model_dir)).signatures[SERVING_SIGNATURE]
+    probabilities, spread = [], []
+    started = time.monotonic()
+    with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:
+        for start in range(0, len(ordered), batch_size):
+            batch = []
+            for placement, path in ordered[start:start + batch_size]:
+                ct = _attempt(read_slice, path, result.skipped)
+                if ct is not None:
+                    batch.append(slice_to_example(ct, placement).SerializeToString())
+                    result.image_ids.append(ct.image_id)
+                    result.study_uids.append(ct.study_uid)
+            if batch:
+                outputs = serve(examples=tf.constant(batch))
+                probabilities.append(outputs[PROBABILITIES].numpy())
+                spread.append(outputs[SPREAD].numpy())
+            bar.update(len(ordered[start:start + batch_size]))
+    result.seconds = time.monotonic() - started
+    if probabilities:
+        result.probabilities, result.spread = np.concatenate(probabilities), np.concatenate(spread)
+    return result
+
+
+def write_predictions(predictions: Predictions, out: str | os.PathLike, output_format: str) -> list[Path]:
+    """Write the slices in `output_format` to `out` (and, for the CSV formats, the study summary beside it as
+    `<name>_studies.csv`); returns the files written."""
+    if output_format not in FORMATS:
+        raise ValueError(f"unknown format {output_format!r}; formats are {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    studies = predictions.studies()
+    if output_format == "json":
+        out.write_text(json.dumps({
+            "labels": list(LABELS),
+            "slices": [{"image_id": image_id, "study_uid": study, "probabilities": p.round(6).tolist(),
+                        "spread": s.round(6).tolist()}
+                       for image_id, study, p, s in zip(predictions.image_ids, predictions.study_uids,
+                                                        predictions.probabilities, predictions.spread, strict=True)],
+            "studies": {study: dict(zip(LABELS, p.round(6).tolist(), strict=True)) for study, p in studies.items()},
+            "skipped": [vars(s) for s in predictions.skipped],
+        }, indent=1) + "\n")
+        return [out]
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        if output_format == "rsna":  # Kaggle's submission format: six rows per image, in RSNA's label order
+            writer.writerow(["ID", "Label"])
+            for image_id, p in zip(predictions.image_ids, predictions.probabilities, strict=True):
+                writer.writerows([f"{image_id}_{label}", f"{value:.6f}"]
+                                 for label, value in zip(LABELS, p, strict=True))
+        else:
+            writer.writerow(["image_id", "study_uid", *LABELS, *(f"{label}_spread" for label in LABELS)])
+            for image_id, study, p, s in zip(predictions.image_ids, predictions.study_uids,
+                                             predictions.probabilities, predictions.spread, strict=True):
+                writer.writerow([image_id, study, *(f"{v:.6f}" for v in p), *(f"{v:.6f}" for v in s)])
+    studies_out = out.with_name(f"{out.stem}_studies.csv")
+    with open(studies_out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["study_uid", *(f"{label}_max" for label in LABELS)])
+        writer.writerows([study, *(f"{v:.6f}" for v in p)] for study, p in studies.items())
+    return [out, studies_out]

@@ -1,0 +1,122 @@
+"""`ich predict` on real DICOM files: its probabilities equal the SavedModel's on the ExampleGen's own Examples of
+the same slices, the RSNA CSV has six rows per image in RSNA order, the study summary is the per-study maximum,
+and a broken file is reported and skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from components.dicom_example_gen import DicomExampleGen
+from components.ensemble import Ensemble
+from ich_model.constants import LABELS
+from ich_model.model.cascade import build_cascade
+from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD, ScoringModule
+from ich_model.synth import IMAGES_DIR, generate_dataset
+from tests.pipeline_helpers import read_split, run_example_gen, run_transform
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A synthetic set with one broken file, an ensemble of three tiny members, and `ich predict` on the set."""
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("predict")
+    generate_dataset(root / "rsna", patients=4, slices_per_study=4, seed=17, size=64, positive_fraction=1.0,
+                     progress=False)
+    examples = run_example_gen(DicomExampleGen(str(root / "rsna"), train_share=0.5), root / "examples")
+    (root / "rsna" / IMAGES_DIR / "ID_broken.dcm").write_bytes(b"not a DICOM file at all")
+    run_transform(root / "examples", root / "transform", root / "tft-tmp")
+    members = []
+    for name, seed in zip("abc", (1, 2, 3), strict=True):
+        member = standard_artifacts.Model()
+        member.uri = str(root / f"member_{name}")
+        ScoringModule([build_cascade("tiny", seed=seed)], [name], str(root / "transform")).save(
+            path_utils.serving_model_path(member.uri))
+        members.append(member)
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = str(root / "transform")
+    ensemble = standard_artifacts.Model()
+    ensemble.uri = str(root / "ensemble")
+    Ensemble.test_call(*members, transform_graph, ensemble)
+    serving = root / "serving"  # as the Pusher leaves it: one folder per pushed version
+    serving.mkdir()
+    tf.io.gfile.rename(path_utils.serving_model_path(ensemble.uri), str(serving / "1700000000"))
+
+    outputs = {}
+    for output_format in ("rsna", "wide", "json"):
+        out = root / f"{output_format}.{'json' if output_format == 'json' else 'csv'}"
+        assert main(["predict", str(root / "rsna"), "--model", str(serving), "--format", output_format,
+                     "--out", str(out), "--batch-size", "5"]) == 0
+        outputs[output_format] = out
+    return root, examples, serving / "1700000000", outputs
+
+
+def reference(root, model_dir) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """image ID -> (probabilities, spread, study) from the SavedModel on the ExampleGen's Examples."""
+    examples = read_split(root / "examples", "train") + read_split(root / "examples", "eval")
+    outputs = tf.saved_model.load(str(model_dir)).signatures[SERVING_SIGNATURE](
+        examples=tf.constant([e.SerializeToString() for e in examples]))
+    result = {}
+    for index, example in enumerate(examples):
+        feature = example.features.feature
+        result[feature["image_id"].bytes_list.value[0].decode()] = (
+            outputs[PROBABILITIES].numpy()[index], outputs[SPREAD].numpy()[index],
+            feature["study_uid"].bytes_list.value[0].decode())
+    return result
+
+
+def test_predictions_equal_the_savedmodel_on_the_examplegen_examples(scored):
+    root, _, model_dir, outputs = scored
+    expected = reference(root, model_dir)
+    document = json.loads(outputs["json"].read_text())
+    assert document["labels"] == list(LABELS)
+    assert {s["image_id"] for s in document["slices"]} == set(expected)
+    for row in document["slices"]:
+        probabilities, spread, study = expected[row["image_id"]]
+        np.testing.assert_allclose(row["probabilities"], probabilities, atol=1e-5)
+        np.testing.assert_allclose(row["spread"], spread, atol=1e-5)
+        assert row["study_uid"] == study
+    assert [(s["reason"], s["path"].endswith("ID_broken.dcm")) for s in document["skipped"]] == [("not_dicom", True)]
+
+    # Study summary: per label, the maximum over the study's slices.
+    for study, figures in document["studies"].items():
+        rows = np.array([p for p, _, s in expected.values() if s == study])
+        np.testing.assert_allclose([figures[label] for label in LABELS], rows.max(axis=0), atol=1e-5)
+
+
+def test_the_rsna_csv_has_six_rows_per_image_in_rsna_order(scored):
+    root, _, model_dir, outputs = scored
+    expected = reference(root, model_dir)
+    rows = list(csv.reader(outputs["rsna"].read_text().splitlines()))
+    assert rows[0] == ["ID", "Label"]
+    body = rows[1:]
+    assert len(body) == 6 * len(expected)
+    for start in range(0, len(body), 6):
+        image_ids = {key.rpartition("_")[0] for key, _ in body[start:start + 6]}
+        assert len(image_ids) == 1
+        image_id = image_ids.pop()
+        assert [key.rpartition("_")[2] for key, _ in body[start:start + 6]] == [
+            "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+        np.testing.assert_allclose([float(v) for _, v in body[start:start + 6]], expected[image_id][0], atol=1e-5)
+    studies = list(csv.reader(outputs["rsna"].with_name(f"{outputs['rsna'].stem}_studies.csv").read_text()
+                              .splitlines()))
+    assert studies[0] == ["study_uid", *(f"{label}_max" for label in LABELS)]
+    assert len(studies) - 1 == len({study for *_, study in expected.values()})
+
+
+def test_the_wide_csv_has_one_row_per_slice_with_probabilities_and_spreads(scored):
+    root, _, model_dir, outputs = scored
+    expected = reference(root, model_dir)
+    rows = list(csv.DictReader(outputs["wide"].read_text().splitlines()))
+    assert len(rows) == len(expected)
+    for row in rows:
+        probabilities, spread, _ = expected[row["image_id"]]
+        np.testing.assert_allclose([float(row[label]) for label in LABELS], probabilities, atol=1e-5)
+        np.testing.assert_allclose([float(row[f"{label}_spread"]) for label in LABELS], spread, atol=1e-5)
