@@ -147,6 +147,25 @@ def _floats(value, count: int) -> tuple[float, ...] | None:
     return values if len(values) == count else None
 
 
+def is_ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_NAMES
+
+
+def list_input_files(pattern: str):
+    """Every file under what `pattern` matches, at any depth, in a stable order (local or remote paths)."""
+    import tensorflow as tf  # tf.io.gfile reads gs:// and other remote paths; reading a slice needs no TensorFlow
+
+    for match in sorted(tf.io.gfile.glob(pattern)):
+        if tf.io.gfile.isdir(match):
+            for folder, subfolders, files in tf.io.gfile.walk(match):
+                subfolders.sort()
+                for name in sorted(files):
+                    if not is_ignored(name):
+                        yield os.path.join(folder, name)
+        elif not is_ignored(os.path.basename(match)):
+            yield match
+
+
 def read_slice(source: str | os.PathLike | bytes) -> CtSlice:
     """Read one CT slice from a path or bytes, or raise `DicomRejected` saying why it is unusable."""
     # RSNA writes `ID_<hex>` in UID tags: take values as they are, without a warning per file.

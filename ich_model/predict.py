@@ -20,27 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from ich_model.constants import LABELS
-from ich_model.dicom import IGNORED_NAMES, DicomRejected, read_header, read_slice
+from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
 from ich_model.examples import place_slices, slice_to_example
 
 FORMATS = ("rsna", "wide", "json")
 
 
-def is_ignored(name: str) -> bool:
-    return name.startswith(".") or name in IGNORED_NAMES or name.lower().endswith(".csv")
-
-
 def dicom_candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Every file named by `paths` or under the folders among them (any depth), in a stable order."""
+    """Every file named by `paths` or under the folders among them (any depth), in a stable order, as the
+    ExampleGen lists its input; label CSVs left out."""
     for path in map(Path, paths):
-        if path.is_dir():
-            for folder, subfolders, files in os.walk(path):
-                subfolders.sort()
-                yield from (Path(folder) / name for name in sorted(files) if not is_ignored(name))
-        elif path.exists():
-            yield path
-        else:
+        if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
+        yield from (Path(name) for name in list_input_files(str(path)) if not name.lower().endswith(".csv"))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from ich_model.dicom import IGNORED_NAMES, DicomRejected, read_header, read_slice
+from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
 from ich_model.examples import place_slices, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
 
@@ -79,23 +79,6 @@ def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
 
 def _event(kind: str, reason: str, subject: str, message: str = "") -> str:
     return json.dumps({"kind": kind, "reason": reason, "subject": subject, "message": message}, sort_keys=True)
-
-
-def _is_ignored(name: str) -> bool:
-    return name.startswith(".") or name in IGNORED_NAMES
-
-
-def list_input_files(pattern: str):
-    """Every file under what `pattern` matches, at any depth, in a stable order (local or remote paths)."""
-    for match in sorted(tf.io.gfile.glob(pattern)):
-        if tf.io.gfile.isdir(match):
-            for folder, subfolders, files in tf.io.gfile.walk(match):
-                subfolders.sort()
-                for name in sorted(files):
-                    if not _is_ignored(name):
-                        yield os.path.join(folder, name)
-        elif not _is_ignored(os.path.basename(match)):
-            yield match
 
 
 def _source(path: str) -> str | bytes:
