@@ -13,7 +13,6 @@ pipeline root: `<pipeline root>/watch.lock` is held (flock) while it lives.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import fcntl
 import json
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ich_model.dicom import READY_MARKER
+from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import run_local
 
@@ -53,16 +53,13 @@ def span_folders(input_base: str | os.PathLike) -> dict[int, Path]:
 
 
 def _listed_image_ids(csv_path: Path) -> set[str]:
-    """The image IDs of a long-format RSNA CSV (`ID_<hex>_<subtype>,<0|1>` rows); rows it cannot parse are the
-    ExampleGen's to report, not a reason to wait."""
-    ids = set()
+    """The image IDs of a long-format RSNA CSV; a file or rows that are not RSNA labels list nothing (they are
+    the ExampleGen's to report, not a reason to wait)."""
     with open(csv_path, newline="") as f:
-        for row in csv.reader(f):
-            if row and row[0].strip() != "ID":
-                image_id, _, _ = row[0].strip().rpartition("_")
-                if image_id:
-                    ids.add(image_id)
-    return ids
+        try:
+            return {row.image_id for row in parse_label_rows(f, source=str(csv_path)) if isinstance(row, LabelRow)}
+        except LabelFileError:
+            return set()
 
 
 def span_status(folder: Path) -> str | None:

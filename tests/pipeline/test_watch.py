@@ -57,6 +57,10 @@ def test_a_span_without_a_csv_waits_unless_it_is_marked_ready(span_source, tmp_p
     assert "no label CSV yet" in span_status(tmp_path / "span-2")
     (tmp_path / "span-2" / READY_MARKER).touch()
     assert span_status(tmp_path / "span-2") is None
+    # A CSV that is not an RSNA label file lists nothing to wait for: the run reports it.
+    (tmp_path / "span-3").mkdir()
+    (tmp_path / "span-3" / "labels.csv").write_text("Image,Value\nID_1_any,1\n")
+    assert span_status(tmp_path / "span-3") is None
 
 
 def test_span_folders_are_numbered_and_other_entries_ignored(tmp_path):
