@@ -29,9 +29,13 @@ def _model_name(output: str) -> str:
     return ENSEMBLE if output == PROBABILITIES else output
 
 
-def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
-                      inputs: bool = False) -> dict[str, list]:
-    """Output (or input) artifacts of the newest execution of `node_id`, by key."""
+INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str,
+                      node_id: str) -> tuple[dict[str, list], dict[str, list]]:
+    """The input and the output artifacts of the newest execution of `node_id`, each by key."""
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     if context is None:
         raise LookupError(f"the metadata store has no {node_id} node for pipeline {pipeline_name!r}")
@@ -41,15 +45,16 @@ def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str, n
     if not finished:
         raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}")
     latest = max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
-    kinds = ((metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT) if inputs else
-             (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT))
-    events = [e for e in store.get_events_by_execution_ids([latest.id]) if e.type in kinds]
+    events = store.get_events_by_execution_ids([latest.id])
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    inputs: dict[str, list] = {}
     outputs: dict[str, list] = {}
     for event in events:
-        key = event.path.steps[0].key if event.path.steps else ""
-        outputs.setdefault(key, []).append(artifacts[event.artifact_id])
-    return outputs
+        by_key = inputs if event.type in INPUT_EVENTS else outputs if event.type in OUTPUT_EVENTS else None
+        if by_key is not None:
+            by_key.setdefault(event.path.steps[0].key if event.path.steps else "", []).append(
+                artifacts[event.artifact_id])
+    return inputs, outputs
 
 
 def _metric(metrics: dict, name: str) -> float | None:
@@ -97,7 +102,6 @@ def blessing_reason(evaluation_uri: str, had_baseline: bool) -> tuple[bool, str]
     return False, "; ".join(failures) or "validation failed"
 
 
-
 def _threshold_text(threshold) -> str:
     if threshold.HasField("value_threshold"):
         bounds = threshold.value_threshold
@@ -116,10 +120,11 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     config.sqlite.filename_uri = metadata_path
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
-    evaluation = _latest_artifacts(store, pipeline_name, EVALUATOR)["evaluation"][0]
-    baseline = _latest_artifacts(store, pipeline_name, EVALUATOR, inputs=True).get("baseline_model", [])
+    evaluator_inputs, evaluator_outputs = _latest_artifacts(store, pipeline_name, EVALUATOR)
+    evaluation = evaluator_outputs["evaluation"][0]
+    baseline = evaluator_inputs.get("baseline_model", [])
     blessed, reason = blessing_reason(evaluation.uri, had_baseline=bool(baseline))
-    pushed = _latest_artifacts(store, pipeline_name, PUSHER)["pushed_model"][0]
+    pushed = _latest_artifacts(store, pipeline_name, PUSHER)[1]["pushed_model"][0]
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
