@@ -37,12 +37,15 @@ class ComponentProgress(logging.Handler):
         self.done = 0
         self.started: dict[str, float] = {}
         self.unresolved: dict[str, str] = {}  # node -> the first line of its input resolution error
-        self.empty: dict[str, str] = {}  # resolver -> why it resolved nothing
+        self.empty: set[str] = set()  # resolvers that found nothing
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == INPUT_RESOLUTION_ERROR:
             error = str(record.args[1]).splitlines()[0]
-            (self.empty if error.endswith("returned None.") else self.unresolved)[record.args[0]] = error
+            if error.endswith("returned None."):
+                self.empty.add(record.args[0])
+            else:
+                self.unresolved[record.args[0]] = error
             return
         if record.msg not in ("Component %s is running.", "Component %s is finished."):
             return
