@@ -7,10 +7,12 @@ from pathlib import Path
 
 import tensorflow as tf
 from tfx.types import standard_artifacts, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen.component import DicomExampleGen
 from components.dicom_example_gen.executor import Executor
+from components.ensemble import Ensemble
+from ich_model.serving import ScoringModule
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -59,3 +61,20 @@ def run_transform(examples_dir: Path, transform_dir: Path, temp_dir: Path) -> No
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(transform_dir))
     # As the Transform component does: the raw schema beside the graph (TFTransformOutput.raw_metadata).
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema), str(transform_dir / "metadata"))
+
+
+def export_ensemble(transform_dir: Path, members: list, out: Path) -> str:
+    """Keras members a, b, c exported each on its own, then merged by the Ensemble component from their Model
+    artifacts; returns the ensemble's SavedModel folder."""
+    artifacts = []
+    for name, member in zip("abc", members, strict=True):
+        artifact = standard_artifacts.Model()
+        artifact.uri = str(out / f"member_{name}")
+        ScoringModule([member], [name], str(transform_dir)).save(path_utils.serving_model_path(artifact.uri))
+        artifacts.append(artifact)
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = str(transform_dir)
+    ensemble = standard_artifacts.Model()
+    ensemble.uri = str(out / "ensemble")
+    Ensemble.test_call(*artifacts, transform_graph, ensemble)
+    return path_utils.serving_model_path(ensemble.uri)

@@ -16,7 +16,6 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
-from components.ensemble import Ensemble
 from ich_model.model.cascade import build_cascade
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.serving import (
@@ -24,12 +23,11 @@ from ich_model.serving import (
     PROBABILITIES,
     SERVING_SIGNATURE,
     SPREAD,
-    ScoringModule,
     member_output,
 )
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from ich_model.trainer import warm_start
-from tests.pipeline_helpers import read_split, run_example_gen, run_transform
+from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
 
 
 @pytest.fixture(scope="module")
@@ -50,28 +48,12 @@ def eval_batch(root: Path):
     return tf.constant([e.SerializeToString() for e in examples]), images
 
 
-def export_ensemble(root: Path, members: list, out: Path) -> str:
-    """Each member exported on its own, then merged by the Ensemble component from their Model artifacts."""
-    artifacts = []
-    for name, member in zip("abc", members, strict=True):
-        artifact = standard_artifacts.Model()
-        artifact.uri = str(out / f"member_{name}")
-        ScoringModule([member], [name], str(root / "transform")).save(path_utils.serving_model_path(artifact.uri))
-        artifacts.append(artifact)
-    transform_graph = standard_artifacts.TransformGraph()
-    transform_graph.uri = str(root / "transform")
-    ensemble = standard_artifacts.Model()
-    ensemble.uri = str(out / "ensemble")
-    Ensemble.test_call(*artifacts, transform_graph, ensemble)
-    return path_utils.serving_model_path(ensemble.uri)
-
-
 def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_inputs, tmp_path):
     root, _ = pipeline_inputs
     serialized, images = eval_batch(root)
     members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
     expected = np.stack([m(images, training=False).numpy() for m in members], axis=1)  # [B, 3, 6]
-    ensemble_dir = export_ensemble(root, members, tmp_path)
+    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
 
     served = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE](examples=serialized)
     np.testing.assert_allclose(served[MEMBER_PROBABILITIES].numpy(), expected, atol=1e-5)
@@ -86,7 +68,7 @@ def test_a_member_warm_starts_from_its_namesake_in_the_ensemble(pipeline_inputs,
     root, _ = pipeline_inputs
     _, images = eval_batch(root)
     members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
-    ensemble_dir = export_ensemble(root, members, tmp_path)
+    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
 
     fresh = build_cascade("tiny", seed=99)
     assert not np.allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy())

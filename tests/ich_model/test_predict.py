@@ -10,16 +10,13 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.types import standard_artifacts
-from tfx.utils import path_utils
 
 from components.dicom_example_gen import DicomExampleGen
-from components.ensemble import Ensemble
 from ich_model.constants import LABELS
 from ich_model.model.cascade import build_cascade
-from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD, ScoringModule
+from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.synth import IMAGES_DIR, generate_dataset
-from tests.pipeline_helpers import read_split, run_example_gen, run_transform
+from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +30,11 @@ def scored(tmp_path_factory):
     examples = run_example_gen(DicomExampleGen(str(root / "rsna"), train_share=0.5), root / "examples")
     (root / "rsna" / IMAGES_DIR / "ID_broken.dcm").write_bytes(b"not a DICOM file at all")
     run_transform(root / "examples", root / "transform", root / "tft-tmp")
-    members = []
-    for name, seed in zip("abc", (1, 2, 3), strict=True):
-        member = standard_artifacts.Model()
-        member.uri = str(root / f"member_{name}")
-        ScoringModule([build_cascade("tiny", seed=seed)], [name], str(root / "transform")).save(
-            path_utils.serving_model_path(member.uri))
-        members.append(member)
-    transform_graph = standard_artifacts.TransformGraph()
-    transform_graph.uri = str(root / "transform")
-    ensemble = standard_artifacts.Model()
-    ensemble.uri = str(root / "ensemble")
-    Ensemble.test_call(*members, transform_graph, ensemble)
+    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)],
+                                   root)
     serving = root / "serving"  # as the Pusher leaves it: one folder per pushed version
     serving.mkdir()
-    tf.io.gfile.rename(path_utils.serving_model_path(ensemble.uri), str(serving / "1700000000"))
+    tf.io.gfile.rename(ensemble_dir, str(serving / "1700000000"))
 
     outputs = {}
     for output_format in ("rsna", "wide", "json"):
