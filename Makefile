@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-lock
 PYTHON310 := $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
 	|| ls -d $$HOME/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup run test lint unit e2e compile lock clean
+.PHONY: setup run test lint unit e2e compile report lock clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,23 @@ $(STAMP): requirements.lock pyproject.toml
 # data/demo); artifacts, metadata, logs and last_run.json under build/pipeline.
 run: setup
 	$(VENV)/bin/ich run
+
+# `ich report` on the latest run under PIPELINE_ROOT (build/report/index.html), then the page rendered by headless
+# Chromium to build/report/page.png, to look at as a reader would. Installs Debian's chromium when it is missing.
+PIPELINE_ROOT ?= build/pipeline
+REPORT_DIR := build/report
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --hide-scrollbars \
+	--disable-background-networking --disable-component-update --disable-sync --window-size=1280,7200
+report: setup
+	$(VENV)/bin/ich report $(PIPELINE_ROOT) --out $(REPORT_DIR)
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium (to render the page)"; \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null \
+	    || { echo "error: could not install chromium; run 'apt-get install chromium' as root" >&2; exit 1; }; }
+	chromium $(CHROMIUM_FLAGS) --user-data-dir=$(abspath $(REPORT_DIR))/.chromium \
+	  --screenshot=$(abspath $(REPORT_DIR))/page.png file://$(abspath $(REPORT_DIR))/index.html 2>/dev/null
+	@echo "page rendered to $(REPORT_DIR)/page.png"
 
 # Regenerates pipeline.yaml (the Kubeflow Pipelines v2 spec) after a change to the DAG or the cluster preset.
 compile: setup

@@ -52,6 +52,7 @@ class Predictions:
     spread: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    explained: list[Path] = field(default_factory=list)  # Grad-CAM pictures written
 
     def studies(self) -> dict[str, np.ndarray]:
         """Per study, the maximum probability of each label over its slices."""
@@ -72,8 +73,11 @@ def _attempt(reader, path: Path, skipped: list[Skipped]):
 
 
 def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, batch_size: int = 32,
-            progress: bool = True) -> Predictions:
-    """Score every usable CT slice under `paths` with the SavedModel in `model_dir`."""
+            progress: bool = True, explain_dir: str | os.PathLike | None = None,
+            explain_threshold: float = 0.5) -> Predictions:
+    """Score every usable CT slice under `paths` with the SavedModel in `model_dir`. With `explain_dir`, also
+    write a Grad-CAM picture there for every slice and subtype whose probability reaches `explain_threshold`
+    (ich_model.explain); the paths are in `Predictions.explained`."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -94,24 +98,36 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
         ordered += sorted(((placements[h.image_id], path) for path, h in by_study[study]),
                           key=lambda item: item[0].slice_index)
 
-    serve = tf.saved_model.load(str(model_dir)).signatures[SERVING_SIGNATURE]
+    model = tf.saved_model.load(str(model_dir))
+    serve = model.signatures[SERVING_SIGNATURE]
+    explainer = None
+    if explain_dir is not None:
+        from ich_model.explain import Explainer
+
+        explainer = Explainer(model, explain_dir, explain_threshold)
     probabilities, spread = [], []
     started = time.monotonic()
     with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:
         for start in range(0, len(ordered), batch_size):
-            batch = []
+            batch, batch_ids, batch_studies = [], [], []
             for placement, path in ordered[start:start + batch_size]:
                 ct = _attempt(read_slice, path, result.skipped)
                 if ct is not None:
                     batch.append(slice_to_example(ct, placement).SerializeToString())
-                    result.image_ids.append(ct.image_id)
-                    result.study_uids.append(ct.study_uid)
+                    batch_ids.append(ct.image_id)
+                    batch_studies.append(ct.study_uid)
             if batch:
                 outputs = serve(examples=tf.constant(batch))
                 probabilities.append(outputs[PROBABILITIES].numpy())
                 spread.append(outputs[SPREAD].numpy())
+                result.image_ids += batch_ids
+                result.study_uids += batch_studies
+                if explainer is not None:
+                    explainer.explain(batch, batch_ids, probabilities[-1])
             bar.update(len(ordered[start:start + batch_size]))
     result.seconds = time.monotonic() - started
+    if explainer is not None:
+        result.explained = explainer.written
     if probabilities:
         result.probabilities, result.spread = np.concatenate(probabilities), np.concatenate(spread)
     return result

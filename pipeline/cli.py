@@ -96,7 +96,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model_dir = _model_dir(args.model)
     print(f"scoring with {model_dir}", flush=True)
-    predictions = predict(args.paths, model_dir, batch_size=args.batch_size)
+    predictions = predict(args.paths, model_dir, batch_size=args.batch_size, explain_dir=args.explain,
+                          explain_threshold=args.explain_threshold)
     for skipped in predictions.skipped:
         print(f"skipped {skipped.path}: {skipped.reason} ({skipped.message})")
     written = write_predictions(predictions, args.out, args.format)
@@ -104,6 +105,17 @@ def _predict(args: argparse.Namespace) -> int:
     rate = slices / predictions.seconds if predictions.seconds else 0.0
     print(f"scored {slices} slices of {len(predictions.studies())} studies in {predictions.seconds:.1f} s "
           f"({rate:.1f} slices/s); skipped {len(predictions.skipped)} files; wrote {', '.join(map(str, written))}")
+    if args.explain:
+        print(f"wrote {len(predictions.explained)} Grad-CAM pictures to {args.explain} (slices and subtypes with "
+              f"probability >= {args.explain_threshold:g})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    index = write_report(args.pipeline_root, args.out, args.pipeline_name)
+    print(f"wrote {index} (open it in a browser; its pictures are beside it)")
     return 0
 
 
@@ -183,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "six probabilities and six spreads; json. The CSV formats add <out>_studies.csv "
                               "(per study, each subtype's maximum over its slices).")
     predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
+    predict.add_argument("--explain", metavar="DIR",
+                         help="write DIR/<image_id>_<subtype>.png: the brain window with a Grad-CAM heat map for "
+                              "every slice and subtype called positive")
+    predict.add_argument("--explain-threshold", type=float, default=0.5,
+                         help="probability at which a subtype is called positive for --explain (default 0.5)")
     predict.set_defaults(handler=_predict)
 
     watch = commands.add_parser(
@@ -199,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="handle the complete spans that are pending, then exit (1 if a run failed)")
     _add_config_options(watch, "demo")
     watch.set_defaults(handler=_watch)
+
+    from pipeline.configs import PIPELINE_NAME
+
+    report = commands.add_parser(
+        "report", help="write an HTML review of the latest run",
+        description="Write a static HTML page (pictures beside it, nothing loaded from the network) about the latest "
+                    "run under PIPELINE_ROOT: the blessing decision against the baseline, the ensemble against its "
+                    "members, per-label ROC, precision-recall and calibration plots, confusion counts at the "
+                    "operating threshold, the slice table, training curves and the ingestion report.")
+    report.add_argument("pipeline_root", metavar="PIPELINE_ROOT", help="the pipeline root of `ich run` or `ich watch`")
+    report.add_argument("--out", required=True, help="output folder (index.html and its pictures)")
+    report.add_argument("--pipeline-name", default=PIPELINE_NAME, help=f"(default {PIPELINE_NAME})")
+    report.set_defaults(handler=_report)
 
     compile_ = commands.add_parser(
         "compile", help="write the Kubeflow Pipelines v2 spec (pipeline.yaml)",

@@ -32,16 +32,17 @@ def _ranking_metrics() -> list[tfma.MetricConfig]:
 
 
 def _operating_point_metrics(threshold: float) -> list[tfma.MetricConfig]:
-    """Per-label counts, calibration and the confusion figures at the operating threshold (no macro average:
-    plots and counts do not average)."""
+    """Per-label counts, calibration, the ROC and PR curves (ConfusionMatrixPlot) and the confusion figures at
+    the operating threshold (no macro average: plots and counts do not average)."""
     at_threshold = f'{{"thresholds": [{threshold}]}}'
     return [
         tfma.MetricConfig(class_name="ExampleCount"),
         tfma.MetricConfig(class_name="Calibration"),
         tfma.MetricConfig(class_name="CalibrationPlot"),
-        tfma.MetricConfig(class_name="Precision", config=at_threshold),
-        tfma.MetricConfig(class_name="Recall", config=at_threshold),
-        tfma.MetricConfig(class_name="Specificity", config=at_threshold),
+        tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+        *(tfma.MetricConfig(class_name=name, config=at_threshold) for name in (
+            "Precision", "Recall", "Specificity", "TruePositives", "FalsePositives", "TrueNegatives",
+            "FalseNegatives")),
     ]
 
 

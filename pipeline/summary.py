@@ -33,19 +33,46 @@ INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARE
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
 
-def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str,
-                      node_id: str) -> tuple[dict[str, list], dict[str, list]]:
-    """The input and the output artifacts of the newest execution of `node_id`, each by key."""
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    """The pipeline's SQLite metadata store, read-only."""
+    if not os.path.exists(metadata_path):
+        raise FileNotFoundError(f"{metadata_path}: no metadata store (has the pipeline run here?)")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def latest_execution(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
+                     run_context_id: int | None = None) -> metadata_store_pb2.Execution:
+    """The newest completed (or cached) execution of `node_id`; with `run_context_id`, the one of that run."""
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     if context is None:
         raise LookupError(f"the metadata store has no {node_id} node for pipeline {pipeline_name!r}")
     executions = store.get_executions_by_context(context.id)
+    if run_context_id is not None:
+        in_run = {e.id for e in store.get_executions_by_context(run_context_id)}
+        executions = [e for e in executions if e.id in in_run]
     finished = [e for e in executions if e.last_known_state in (
         metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)]
     if not finished:
-        raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}")
-    latest = max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
-    events = store.get_events_by_execution_ids([latest.id])
+        raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}"
+                          + ("" if run_context_id is None else " in this run"))
+    return max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
+
+
+def run_context_id(store: metadata_store.MetadataStore, execution: metadata_store_pb2.Execution) -> int:
+    """The id of the pipeline run that `execution` belongs to."""
+    runs = [c for c in store.get_contexts_by_execution(execution.id) if c.type == "pipeline_run"]
+    if not runs:
+        raise LookupError(f"execution {execution.id} belongs to no pipeline run")
+    return runs[0].id
+
+
+def execution_artifacts(store: metadata_store.MetadataStore,
+                        execution: metadata_store_pb2.Execution) -> tuple[dict[str, list], dict[str, list]]:
+    """The input and the output artifacts of `execution`, each by key."""
+    events = store.get_events_by_execution_ids([execution.id])
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     inputs: dict[str, list] = {}
     outputs: dict[str, list] = {}
@@ -57,9 +84,13 @@ def _latest_artifacts(store: metadata_store.MetadataStore, pipeline_name: str,
     return inputs, outputs
 
 
-def _metric(metrics: dict, name: str) -> float | None:
+def metric_value(metrics: dict, name: str) -> float | None:
+    """A metric of TFMA's loaded results (`{"doubleValue": v}`, with NaN written as the string "NaN"), or None
+    when it is absent or undefined."""
     value = metrics.get(name, {}).get("doubleValue")
-    return None if value is None or math.isnan(value) else float(value)
+    if value is None or math.isnan(float(value)):
+        return None
+    return float(value)
 
 
 def model_metrics(evaluation_uri: str, had_baseline: bool = False) -> dict[str, dict[str, float | None]]:
@@ -70,11 +101,11 @@ def model_metrics(evaluation_uri: str, had_baseline: bool = False) -> dict[str, 
     summary = {}
     for output in MODEL_OUTPUTS:
         by_sub_key = overall.get(output, {})
-        figures = {label: _metric(by_sub_key.get(f"classId:{index}", {}), "auc")
+        figures = {label: metric_value(by_sub_key.get(f"classId:{index}", {}), "auc")
                    for index, label in enumerate(LABELS)}
         # The unweighted mean over the labels: TFMA's macro average with the EvalConfig's class weights of 1.
         figures[MACRO_AUC] = _mean([figures[label] for label in LABELS])
-        figures[WEIGHTED_LOG_LOSS] = _metric(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
+        figures[WEIGHTED_LOG_LOSS] = metric_value(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
         summary[_model_name(output)] = figures
     return summary
 
@@ -116,15 +147,14 @@ def _threshold_text(threshold) -> str:
 
 
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    evaluator_inputs, evaluator_outputs = _latest_artifacts(store, pipeline_name, EVALUATOR)
+    store = open_store(metadata_path)
+    evaluator = latest_execution(store, pipeline_name, EVALUATOR)
+    evaluator_inputs, evaluator_outputs = execution_artifacts(store, evaluator)
     evaluation = evaluator_outputs["evaluation"][0]
     baseline = evaluator_inputs.get("baseline_model", [])
     blessed, reason = blessing_reason(evaluation.uri, had_baseline=bool(baseline))
-    pushed = _latest_artifacts(store, pipeline_name, PUSHER)[1]["pushed_model"][0]
+    pusher = latest_execution(store, pipeline_name, PUSHER, run_context_id(store, evaluator))
+    pushed = execution_artifacts(store, pusher)[1]["pushed_model"][0]
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value

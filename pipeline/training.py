@@ -10,6 +10,10 @@ from ich_model.members import BATCH_SIZE, MEMBERS
 RUN_FN = "ich_model.trainer.run_fn"
 
 
+def trainer_id(member_name: str) -> str:
+    return f"trainer_{member_name}"
+
+
 def member_trainers(examples, transform_graph, preset: str, train_steps: int, eval_steps: int,
                     batch_size: int = BATCH_SIZE, eval_every_steps: int = 0, cache_examples: bool = True,
                     base_model=None, warm_start_steps: int = 0) -> list:
@@ -29,7 +33,7 @@ def member_trainers(examples, transform_graph, preset: str, train_steps: int, ev
             custom_config={"member": name, "preset": preset, "batch_size": batch_size,
                            "eval_every_steps": eval_every_steps, "cache_examples": cache_examples,
                            "warm_start_steps": warm_start_steps},
-        ).with_id(f"trainer_{name}")
+        ).with_id(trainer_id(name))
         trainers.append(trainer)
     return trainers
 
