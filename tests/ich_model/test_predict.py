@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from components.dicom_example_gen import DicomExampleGen
-from ich_model.constants import LABELS
+from ich_model.constants import LABELS, SUBTYPES
 from ich_model.model.cascade import build_cascade
 from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.synth import IMAGES_DIR, generate_dataset
@@ -107,3 +107,36 @@ def test_the_wide_csv_has_one_row_per_slice_with_probabilities_and_spreads(score
         probabilities, spread, _ = expected[row["image_id"]]
         np.testing.assert_allclose([float(row[label]) for label in LABELS], probabilities, atol=1e-5)
         np.testing.assert_allclose([float(row[f"{label}_spread"]) for label in LABELS], spread, atol=1e-5)
+
+
+def test_members_rebuilt_for_grad_cam_score_as_the_exported_ensemble(scored):
+    from ich_model.explain import member_models
+
+    root, _, model_dir, _ = scored
+    ensemble = tf.saved_model.load(str(model_dir))
+    members = member_models(ensemble)
+    assert list(members) == ["a", "b", "c"]
+    images = tf.random.stateless_uniform([2, 256, 256, 3], seed=(1, 2))
+    exported = ensemble.member_probabilities_from_images(images).numpy()
+    for index, model in enumerate(members.values()):
+        np.testing.assert_allclose(model(images, training=False).numpy(), exported[:, index], atol=1e-5)
+
+
+def test_explain_writes_one_titled_picture_per_slice_and_subtype_called_positive(scored, tmp_path):
+    from PIL import Image
+
+    from ich_model.predict import predict
+
+    root, _, model_dir, _ = scored
+    threshold = 0.5
+    result = predict([root / "rsna"], model_dir, progress=False, explain_dir=tmp_path, explain_threshold=threshold)
+    expected = {f"{image_id}_{subtype}.png"
+                for image_id, probabilities in zip(result.image_ids, result.probabilities, strict=True)
+                for subtype, p in zip(SUBTYPES, probabilities, strict=False) if p >= threshold}
+    assert expected, "untrained members near 0.5 should call some subtypes positive"
+    assert {path.name for path in result.explained} == expected
+    assert {path.name for path in tmp_path.iterdir()} == expected
+    with Image.open(next(iter(result.explained))) as picture:
+        assert picture.format == "PNG" and min(picture.size) >= 400
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert any(r != g or g != b for _, (r, g, b) in colours), "no heat overlaid on the grey slice"

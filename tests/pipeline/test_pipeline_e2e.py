@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,90 @@ def test_every_component_ran_and_tfma_holds_every_subtype_of_every_model_on_ever
         assert {f"classId:{i}" for i in range(len(LABELS))} <= set(sliced[()][output]), output
     assert set(spans["after_span_1"]["metrics"]) == {"ensemble", "member_a", "member_b", "member_c"}
     assert spans["after_span_1"]["blessed"] and spans["after_span_1"]["config"]["span"] == 1
+
+
+class PageReader(HTMLParser):
+    """Sections of a report page by id: their table rows (cell texts), pictures and text."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: dict[str, dict] = {}
+        self.current = None
+        self.row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.current = self.sections.setdefault(attrs["id"], {"rows": [], "images": [], "text": ""})
+        elif self.current is not None and tag == "img":
+            self.current["images"].append(attrs["src"])
+        elif self.current is not None and tag == "tr":
+            self.row = []
+        elif self.row is not None and tag in ("td", "th"):
+            self.row.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "tr" and self.row is not None:
+            self.current["rows"].append(self.row)
+            self.row = None
+        elif tag == "section":
+            self.current = None
+
+    def handle_data(self, data):
+        if self.current is not None:
+            self.current["text"] += data
+        if self.row:
+            self.row[-1] += data.strip()
+
+
+def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figures(spans, tmp_path):
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    config, span_3 = spans["config"], spans["decisions"][3]
+    out = tmp_path / "report"
+    assert main(["report", config.pipeline_root, "--out", str(out)]) == 0
+    page = PageReader()
+    page.feed((out / "index.html").read_text())
+    assert list(page.sections) == ["decision", "models", "curves", "calibration", "confusion", "slices",
+                                   "training", "ingestion"]
+    assert "http" not in (out / "index.html").read_text()  # nothing loaded from the network
+    for section in ("models", "curves", "calibration", "training"):
+        assert page.sections[section]["images"], section
+    for section in page.sections.values():
+        for src in section["images"]:
+            with Image.open(out / src) as picture:
+                assert picture.format == "PNG" and picture.width >= 800, src
+                assert len(set(picture.convert("L").getdata())) > 10, f"{src} is blank"
+
+    # The latest run is span 3's: not blessed, compared with span 2's ensemble; its members warm-started.
+    decision = page.sections["decision"]
+    assert "not blessed" in decision["text"] and span_3["baseline"] in decision["text"]
+    assert [row[0] for row in decision["rows"][1:]] == [f"AUC {label}" for label in LABELS] + ["weighted log loss"]
+    training = page.sections["training"]["rows"][1:]
+    assert [row[0] for row in training] == ["member a", "member b", "member c"]
+    assert all(row[1].startswith("warm start from") for row in training)
+
+    # Counts against span 3's own eval Examples, read here from the ExampleGen's output.
+    store = _store(config)
+    examples = _artifacts(store, _executions(store, config, "DicomExampleGen")[-1], "examples",
+                          metadata_store_pb2.Event.OUTPUT)[0]
+    records = tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*.gz")),
+                                      compression_type="GZIP")
+    labels = np.array([tf.train.Example.FromString(r.numpy()).features.feature["label"].int64_list.value
+                       for r in records])
+    confusion = {row[0]: row for row in page.sections["confusion"]["rows"][1:]}
+    for index, label in enumerate(LABELS):
+        true_pos, false_neg, false_pos, true_neg = (int(v) for v in confusion[label][1:5])
+        assert true_pos + false_neg == labels[:, index].sum(), label
+        assert true_pos + false_neg + false_pos + true_neg == len(labels), label
+    slices = {row[0]: row for row in page.sections["slices"]["rows"][1:]}
+    assert int(slices["overall"][1]) == len(labels)
+    for feature in SLICE_FEATURES:
+        assert any(name.startswith(f"{feature} = ") for name in slices), feature
+    assert "span = 3" in slices
+    ingestion = {row[0]: row[1] for row in page.sections["ingestion"]["rows"][1:] if len(row) == 2}
+    span_3_files = [p for p in (Path(config.input_base) / "span-3" / IMAGES_DIR).iterdir()]
+    assert ingestion["span"] == "3" and int(ingestion["files found"]) == len(span_3_files)
+    assert int(ingestion["slices ingested"]) == len(span_3_files)
