@@ -19,6 +19,9 @@ SUBTYPES: tuple[str, ...] = (
 ANY = "any"
 LABELS: tuple[str, ...] = (*SUBTYPES, ANY)
 NUM_LABELS = len(LABELS)
+# The abbreviations of the RSNA papers' tables, for column headings.
+ABBREVIATIONS: dict[str, str] = {"epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+                                 "subarachnoid": "SAH", "subdural": "SDH", "any": "any"}
 
 
 @dataclass(frozen=True)

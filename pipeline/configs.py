@@ -29,6 +29,11 @@ class SynthSettings:
     subtype_mix: str = "balanced"
 
 
+def metadata_path(pipeline_root: str) -> str:
+    """The local SQLite metadata store of a pipeline root."""
+    return os.path.join(pipeline_root, "metadata.sqlite")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     preset: str
@@ -72,7 +77,7 @@ class PipelineConfig:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.pipeline_root, "metadata.sqlite")
+        return metadata_path(self.pipeline_root)
 
 
 PRESETS = {

@@ -18,10 +18,11 @@ import numpy as np
 
 from components.dicom_example_gen import DicomExampleGen
 from components.dicom_example_gen.executor import REPORT_FILE
-from ich_model.constants import LABELS
+from ich_model.constants import ABBREVIATIONS, LABELS
 from ich_model.members import MEMBERS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
+from pipeline.configs import metadata_path
 from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
 from pipeline.summary import (
     CANDIDATE,
@@ -30,6 +31,7 @@ from pipeline.summary import (
     execution_artifacts,
     latest_execution,
     metric_value,
+    model_name,
     open_store,
     run_context_id,
     run_summary,
@@ -51,12 +53,6 @@ SECTIONS = (
     ("ingestion", "Ingestion"),
 )
 CALIBRATION_BINS = 10
-SHORT = {"epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH", "subarachnoid": "SAH",
-         "subdural": "SDH", "any": "any"}
-
-
-def _model_name(output: str) -> str:
-    return ENSEMBLE if output == PROBABILITIES else output
 
 
 def _class_key(index: int) -> str:
@@ -82,12 +78,11 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     """Read the latest run (the newest Evaluator execution's run) from the pipeline root."""
     import tensorflow_model_analysis as tfma
 
-    metadata_path = os.path.join(pipeline_root, "metadata.sqlite")
-    store = open_store(metadata_path)
+    store = open_store(metadata_path(pipeline_root))
     evaluator = latest_execution(store, pipeline_name, EVALUATOR)
     run = run_context_id(store, evaluator)
     run_id = next(c.name for c in store.get_contexts_by_id([run]))
-    summary = run_summary(metadata_path, pipeline_name)
+    summary = run_summary(metadata_path(pipeline_root), pipeline_name)
     had_baseline = bool(summary["baseline"])
     result = tfma.load_eval_result(summary["evaluation"], model_name=CANDIDATE if had_baseline else None)
     baseline_metrics = None
@@ -147,7 +142,7 @@ def model_figures(slicing_metrics) -> dict[str, dict[str, float | None]]:
         present = [row[label] for label in LABELS if row[label] is not None]
         row[MACRO_AUC] = sum(present) / len(present) if present else None
         row[WEIGHTED_LOG_LOSS] = metric_value(by_class.get("", {}), WEIGHTED_LOG_LOSS)
-        figures[_model_name(output)] = row
+        figures[model_name(output)] = row
     return figures
 
 
@@ -239,7 +234,7 @@ def plot_curves(record: RunRecord, out_dir: Path) -> tuple[str, str]:
                 points = curve_points(plot)
                 ensemble = output == PROBABILITIES
                 ax.plot(points[x_key], points[y_key], linewidth=2.2 if ensemble else 0.9,
-                        alpha=1.0 if ensemble else 0.7, label=_model_name(output))
+                        alpha=1.0 if ensemble else 0.7, label=model_name(output))
             if kind == "roc":
                 ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
             ax.set(title=label, xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.02))
@@ -276,7 +271,7 @@ def plot_models(record: RunRecord, out_dir: Path) -> str:
         ax.bar(np.arange(len(columns)) + i * width, [np.nan if v is None else v for v in values], width,
                label=model, edgecolor="black" if model == ENSEMBLE else None)
     ax.set_xticks(np.arange(len(columns)) + width * (len(models) - 1) / 2,
-                  [SHORT.get(c, "macro") for c in columns])
+                  [ABBREVIATIONS.get(c, "macro") for c in columns])
     ax.set(ylabel="AUC (overall slice)", ylim=(0, 1.05), title="AUC per label: ensemble and members")
     ax.legend(fontsize=8, ncols=len(models))
     return _save(plt, figure, out_dir / "models.png")
@@ -376,7 +371,7 @@ def _models_section(record: RunRecord, image: str) -> str:
             word = "at least as good as" if ensemble_auc >= best_auc else "below"
             note = (f"<p>The ensemble's macro AUC ({ensemble_auc:.4f}) is {word} its best member's "
                     f"({best_member}, {best_auc:.4f}).</p>")
-    headers = ["model", *(SHORT[label] + " AUC" for label in LABELS), "macro AUC", "wLogLoss"]
+    headers = ["model", *(ABBREVIATIONS[label] + " AUC" for label in LABELS), "macro AUC", "wLogLoss"]
     return note + _table(headers, rows) + f'<img src="{image}" alt="AUC per label, ensemble and members">'
 
 
@@ -422,7 +417,7 @@ def _slices_section(record: RunRecord) -> str:
         rows.append(f'<tr><td>{html.escape(_slice_name(key))}</td><td class="num">{count_text}</td>{cells}</tr>')
     return ("<p>Ensemble AUC per label on every slice the Evaluator computed; in each label's column the weakest "
             "slice is highlighted. n/a: the slice has no positive (or no negative) of that label.</p>"
-            + _table(["slice", "slices (examples)", *(SHORT[label] for label in LABELS)], rows, "slices"))
+            + _table(["slice", "slices (examples)", *(ABBREVIATIONS[label] for label in LABELS)], rows, "slices"))
 
 
 def _training_section(record: RunRecord, image: str, series: dict) -> str:

@@ -14,7 +14,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from ich_model.constants import LABELS
+from ich_model.constants import ABBREVIATIONS, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
 from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
@@ -25,7 +25,7 @@ PUSHER = "Pusher"
 CANDIDATE = "candidate"  # TFX's name for the evaluated model when there is a baseline
 
 
-def _model_name(output: str) -> str:
+def model_name(output: str) -> str:
     return ENSEMBLE if output == PROBABILITIES else output
 
 
@@ -106,7 +106,7 @@ def model_metrics(evaluation_uri: str, had_baseline: bool = False) -> dict[str, 
         # The unweighted mean over the labels: TFMA's macro average with the EvalConfig's class weights of 1.
         figures[MACRO_AUC] = _mean([figures[label] for label in LABELS])
         figures[WEIGHTED_LOG_LOSS] = metric_value(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
-        summary[_model_name(output)] = figures
+        summary[model_name(output)] = figures
     return summary
 
 
@@ -167,7 +167,7 @@ def format_summary(summary: dict) -> str:
     """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; then the
     decision."""
     columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
-    headers = ["model", "EDH", "IPH", "IVH", "SAH", "SDH", "any", "macro AUC", "wLogLoss"]
+    headers = ["model", *(ABBREVIATIONS[label] for label in LABELS), "macro AUC", "wLogLoss"]
     widths = [max(10, len(h)) for h in headers]
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
     for model, figures in summary["metrics"].items():
