@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-lock
 PYTHON310 := $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
 	|| ls -d $$HOME/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup run test lint unit e2e compile report lock clean
+.PHONY: setup run test lint unit e2e compile report bench lock clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ report: setup
 	chromium $(CHROMIUM_FLAGS) --user-data-dir=$(abspath $(REPORT_DIR))/.chromium \
 	  --screenshot=$(abspath $(REPORT_DIR))/page.png file://$(abspath $(REPORT_DIR))/index.html 2>/dev/null
 	@echo "page rendered to $(REPORT_DIR)/page.png"
+
+# Every benchmark in bench/ (about an hour on 2 cores), then bench/RESULTS.md; never part of `make test`.
+bench: setup
+	$(PY) bench/run_all.py
 
 # Regenerates pipeline.yaml (the Kubeflow Pipelines v2 spec) after a change to the DAG or the cluster preset.
 compile: setup

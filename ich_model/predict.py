@@ -44,12 +44,14 @@ class Skipped:
 
 @dataclass
 class Predictions:
-    """Per slice (in study order): image and study IDs, probabilities and spread [N, 6]; and the skipped files."""
+    """Per slice (in study order): image and study IDs, probabilities and spread [N, 6] and each member's
+    probabilities [N, M, 6]; and the skipped files."""
 
     image_ids: list[str] = field(default_factory=list)
     study_uids: list[str] = field(default_factory=list)
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
     spread: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
+    member_probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, len(LABELS)), np.float32))
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     explained: list[Path] = field(default_factory=list)  # Grad-CAM pictures written
@@ -81,7 +83,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     import tensorflow as tf
     from tqdm import tqdm
 
-    from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
+    from ich_model.serving import MEMBER_PROBABILITIES, PROBABILITIES, SERVING_SIGNATURE, SPREAD
 
     result = Predictions()
     headers = {}
@@ -105,7 +107,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
         from ich_model.explain import Explainer
 
         explainer = Explainer(model, explain_dir, explain_threshold)
-    probabilities, spread = [], []
+    probabilities, spread, members = [], [], []
     started = time.monotonic()
     with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:
         for start in range(0, len(ordered), batch_size):
@@ -120,6 +122,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
                 outputs = serve(examples=tf.constant(batch))
                 probabilities.append(outputs[PROBABILITIES].numpy())
                 spread.append(outputs[SPREAD].numpy())
+                members.append(outputs[MEMBER_PROBABILITIES].numpy())
                 result.image_ids += batch_ids
                 result.study_uids += batch_studies
                 if explainer is not None:
@@ -130,6 +133,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
         result.explained = explainer.written
     if probabilities:
         result.probabilities, result.spread = np.concatenate(probabilities), np.concatenate(spread)
+        result.member_probabilities = np.concatenate(members)
     return result
 
 

@@ -7,7 +7,8 @@ weights with the best eval macro AUC, writes TensorBoard logs and exports a Scor
 custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
 Examples in memory between epochs; set false for sets larger than memory), `warm_start_steps` (default: the
-training steps).
+training steps), `architecture` (default "cascade"; "efficientnet_only" and "convnext_only" are the ablation's
+single-family networks, for bench/quality.py).
 
 With a base model (the latest blessed ensemble), the member starts from the weights of its namesake in that
 ensemble and trains for `warm_start_steps` on a schedule of that length; without one, or when the base member is
@@ -27,7 +28,8 @@ from tfx_bsl.public import tfxio
 from ich_model.constants import NUM_LABELS
 from ich_model.examples import LABEL
 from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, training_batches
-from ich_model.model.cascade import build_cascade, describe
+from ich_model.model.ablation import build_architecture
+from ich_model.model.cascade import describe
 from ich_model.preprocessing import IMAGE
 from ich_model.serving import ScoringModule, member_weights
 
@@ -110,7 +112,8 @@ def run_fn(fn_args) -> None:
 
     train_steps = int(fn_args.train_steps)
     with _strategy().scope():
-        model = build_cascade(preset, prior=prevalence, seed=recipe.seed, name=f"member_{recipe.name}")
+        model = build_architecture(config.get("architecture", "cascade"), preset, prior=prevalence, seed=recipe.seed,
+                                   name=f"member_{recipe.name}")
         if fn_args.base_model and warm_start(model, fn_args.base_model, recipe.name):
             train_steps = int(config.get("warm_start_steps") or train_steps)
             logging.info("member %s: warm start from %s, %d steps", recipe.name, fn_args.base_model, train_steps)

@@ -1,7 +1,8 @@
 """`ich run`: the pipeline on this machine with LocalDagRunner and the SQLite metadata store.
 
 The console shows one line per component (started, finished, seconds); TFX's full log goes to
-`<pipeline_root>/logs/run-<time>.log`. The run ends with the summary table and `<pipeline_root>/last_run.json`.
+`<pipeline_root>/logs/run-<time>.log`. The run ends with the summary table and `<pipeline_root>/last_run.json`
+(with each component's wall time).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ComponentProgress(logging.Handler):
         self.started: dict[str, float] = {}
         self.unresolved: dict[str, str] = {}  # node -> the first line of its input resolution error
         self.empty: set[str] = set()  # resolvers that found nothing
+        self.seconds: dict[str, float] = {}  # wall time of each component that finished
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == INPUT_RESOLUTION_ERROR:
@@ -56,6 +58,7 @@ class ComponentProgress(logging.Handler):
         else:
             self.done += 1
             seconds = time.monotonic() - self.started.pop(node_id, time.monotonic())
+            self.seconds[node_id] = round(seconds, 1)
             outcome = ("skipped: its inputs could not be resolved" if node_id in self.unresolved else
                        "found nothing yet" if node_id in self.empty else f"finished in {seconds:.0f} s")
             self.echo(f"[{self.done:2d}/{self.total}] {node_id} {outcome}", flush=True)
@@ -124,6 +127,7 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
     summary = run_summary(config.metadata_path, config.pipeline_name)
     summary["config"] = dataclasses.asdict(config)
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
+    summary["component_seconds"] = progress.seconds  # in the order the components finished
     out = Path(config.pipeline_root) / LAST_RUN
     out.write_text(json.dumps(summary, indent=2) + "\n")
     echo("", flush=True)

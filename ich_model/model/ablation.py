@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from ich_model.constants import IMAGE_SIZE, NUM_LABELS
-from ich_model.model.cascade import CascadeSpec, classification_head
+from ich_model.model.cascade import CascadeSpec, build_cascade, classification_head
 from ich_model.model.convnext import convnext_block, downsample, layer_norm
 from ich_model.model.efficientnet import B0_STAGES, FrontEndSpec, efficientnet_v2_features
 
@@ -23,17 +23,18 @@ def _inputs():
 
 
 def build_efficientnet_only(front: FrontEndSpec = EFFICIENTNET_ONLY_TINY, prior: np.ndarray | None = None,
-                            seed: int | None = None, drop_path_rate: float = 0.05) -> tf.keras.Model:
+                            seed: int | None = None, drop_path_rate: float = 0.05,
+                            name: str = "efficientnet_only") -> tf.keras.Model:
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
     image, scaled = _inputs()
     x = efficientnet_v2_features(scaled, front, drop_path_rate)[-1]
     prior = np.full(NUM_LABELS, 0.5) if prior is None else prior
-    return tf.keras.Model(image, classification_head(x, prior, CascadeSpec.head_dropout), name="efficientnet_only")
+    return tf.keras.Model(image, classification_head(x, prior, CascadeSpec.head_dropout), name=name)
 
 
 def build_convnext_only(dims_depths=CONVNEXT_ONLY_TINY, prior: np.ndarray | None = None, seed: int | None = None,
-                        drop_path_rate: float = 0.05) -> tf.keras.Model:
+                        drop_path_rate: float = 0.05, name: str = "convnext_only") -> tf.keras.Model:
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
     dims, depths = dims_depths
@@ -48,4 +49,21 @@ def build_convnext_only(dims_depths=CONVNEXT_ONLY_TINY, prior: np.ndarray | None
             x = convnext_block(x, drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}")
             done += 1
     prior = np.full(NUM_LABELS, 0.5) if prior is None else prior
-    return tf.keras.Model(image, classification_head(x, prior, CascadeSpec.head_dropout), name="convnext_only")
+    return tf.keras.Model(image, classification_head(x, prior, CascadeSpec.head_dropout), name=name)
+
+
+ARCHITECTURES = ("cascade", "efficientnet_only", "convnext_only")
+
+
+def build_architecture(architecture: str, preset: str = "tiny", prior: np.ndarray | None = None,
+                       seed: int | None = None, name: str | None = None) -> tf.keras.Model:
+    """The cascade of `preset`, or one of its single-family rivals (sized to the tiny preset)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; architectures are {', '.join(ARCHITECTURES)}")
+    named = {"name": name} if name else {}
+    if architecture == "cascade":
+        return build_cascade(preset, prior=prior, seed=seed, **named)
+    if preset != "tiny":
+        raise ValueError(f"the single-family networks are sized to the tiny preset, not {preset!r}")
+    build = build_efficientnet_only if architecture == "efficientnet_only" else build_convnext_only
+    return build(prior=prior, seed=seed, **named)

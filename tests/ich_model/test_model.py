@@ -104,3 +104,17 @@ def test_ablation_networks_match_the_tiny_cascade_within_a_quarter():
     for other in (build_efficientnet_only(), build_convnext_only()):
         assert other.output.shape.as_list() == [None, NUM_LABELS]
         assert abs(other.count_params() / cascade.count_params() - 1) <= 0.25, other.name
+
+
+def test_the_trainer_builds_each_ablation_architecture_by_name_and_refuses_others():
+    from ich_model.model.ablation import ARCHITECTURES, build_architecture
+
+    layers = {name: {layer.name for layer in build_architecture(name, "tiny", name=f"member_{name}").layers}
+              for name in ARCHITECTURES}
+    assert any(n.startswith("fuse") for n in layers["cascade"])  # the skip fusion only the cascade has
+    assert not any(n.startswith("convnext") for n in layers["efficientnet_only"])
+    assert not any(n.startswith("effnet") for n in layers["convnext_only"])
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_architecture("resnet")
+    with pytest.raises(ValueError, match="sized to the tiny preset"):
+        build_architecture("convnext_only", "b0")

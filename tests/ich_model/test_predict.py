@@ -133,6 +133,8 @@ def test_explain_writes_one_titled_picture_per_slice_and_subtype_called_positive
     expected = {f"{image_id}_{subtype}.png"
                 for image_id, probabilities in zip(result.image_ids, result.probabilities, strict=True)
                 for subtype, p in zip(SUBTYPES, probabilities, strict=False) if p >= threshold}
+    assert result.member_probabilities.shape == (len(result.image_ids), 3, len(LABELS))
+    np.testing.assert_allclose(result.member_probabilities.mean(axis=1), result.probabilities, atol=1e-6)
     assert expected, "untrained members near 0.5 should call some subtypes positive"
     assert {path.name for path in result.explained} == expected
     assert {path.name for path in tmp_path.iterdir()} == expected

@@ -38,3 +38,5 @@ def test_input_resolution_errors_are_kept_and_empty_resolvers_are_not_errors():
     assert lines[3] == "[ 2/3] Transform skipped: its inputs could not be resolved"
     assert list(progress.unresolved) == ["Transform"]
     assert progress.unresolved["Transform"].endswith("only got 0 artifacts.")
+    assert list(progress.seconds) == ["latest_transform_cache_resolver", "Transform"]
+    assert all(seconds >= 0 for seconds in progress.seconds.values())

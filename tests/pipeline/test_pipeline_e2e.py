@@ -314,6 +314,7 @@ def test_every_component_ran_and_tfma_holds_every_subtype_of_every_model_on_ever
         assert {f"classId:{i}" for i in range(len(LABELS))} <= set(sliced[()][output]), output
     assert set(spans["after_span_1"]["metrics"]) == {"ensemble", "member_a", "member_b", "member_c"}
     assert spans["after_span_1"]["blessed"] and spans["after_span_1"]["config"]["span"] == 1
+    assert set(NODES) - RESOLVERS <= set(spans["after_span_1"]["component_seconds"])
 
 
 class PageReader(HTMLParser):

@@ -1,0 +1,245 @@
+"""Quality on held-out synthetic data: does the cascade earn its place, and does the ensemble?
+
+    .venv/bin/python bench/quality.py [--pipeline-root build/bench/pipeline] [--patients 200]
+
+Uses the latest run under the pipeline root (bench/pipeline.py's demo run): its ensemble, its Examples and its
+transform graph. The held-out set is a separate `ich synth` seed with more patients than the demo set.
+
+- Ablation at one training budget: the cascade, an EfficientNetV2-only and a ConvNeXt-only network (parameter
+  counts within 25% of the cascade's) trained by the Trainer's own run_fn with member A's recipe, on the run's
+  Examples, with the run's steps, batch and schedule. Goal: the cascade's macro AUC and weighted log loss at least
+  as good as the better of the two.
+- The ensemble against each of its members. Goal: at least as good as its best member.
+- Calibration: expected calibration error per label (10 equal-width bins) as exported, and after per-label Platt
+  scaling fitted on the run's eval split (the pipeline has no calibration step; this shows what one would give).
+- Uncertainty: the AUROC of the members' spread on `any` for telling a wrong slice-level `any` call (at 0.5).
+- The per-label AUC table in the RSNA papers' order (any, EDH, IPH, IVH, SAH, SDH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HELD_OUT_SEED = 2026
+CALIBRATION_BINS = 10
+PAPER_ORDER = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+
+
+def figures(labels, probabilities) -> dict:
+    """Per-label AUC (sklearn; None without both classes), macro AUC and the weighted log loss."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from ich_model.constants import LABELS
+    from ich_model.metrics import weighted_log_loss
+
+    auc = {label: (float(roc_auc_score(labels[:, i], probabilities[:, i]))
+                   if 0 < labels[:, i].sum() < len(labels) else None) for i, label in enumerate(LABELS)}
+    defined = [v for v in auc.values() if v is not None]
+    return {"auc": auc, "macro_auc": float(np.mean(defined)),
+            "weighted_log_loss": float(weighted_log_loss(labels, probabilities))}
+
+
+def expected_calibration_error(labels, probabilities, bins: int = CALIBRATION_BINS) -> float:
+    """Sum over equal-width probability bins of |observed share - mean prediction|, weighted by the bin's share."""
+    import numpy as np
+
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            error += inside.mean() * abs(labels[inside].mean() - probabilities[inside].mean())
+    return float(error)
+
+
+def platt_scaled(train_labels, train_probabilities, probabilities):
+    """Per label, a logistic regression on the logit fitted on (train) and applied to `probabilities`."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    def logit(p):
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))[:, None]
+
+    scaled = probabilities.copy()
+    for i in range(probabilities.shape[1]):
+        if 0 < train_labels[:, i].sum() < len(train_labels):
+            model = LogisticRegression(C=1e6).fit(logit(train_probabilities[:, i]), train_labels[:, i])
+            scaled[:, i] = model.predict_proba(logit(probabilities[:, i]))[:, 1]
+    return scaled
+
+
+def scored(paths, model_dir, labels_by_id):
+    """`ich predict`'s scoring of `paths` with the SavedModel, and the labels in the same slice order."""
+    import numpy as np
+
+    from ich_model.predict import predict
+
+    result = predict(paths, model_dir, progress=False)
+    return result, np.array([labels_by_id[i] for i in result.image_ids], np.float64)
+
+
+def eval_split_scores(model_dir: str, eval_split: str):
+    """The SavedModel's probabilities on the run's eval split Examples, and their labels."""
+    import numpy as np
+    import tensorflow as tf
+
+    from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE
+
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(eval_split, "*.gz")),
+                                                          compression_type="GZIP")]
+    labels = np.array([tf.train.Example.FromString(r).features.feature["label"].int64_list.value for r in records])
+    probabilities = np.concatenate([serve(examples=tf.constant(records[i:i + 32]))[PROBABILITIES].numpy()
+                                    for i in range(0, len(records), 32)])
+    return labels, probabilities
+
+
+def train_architecture(architecture: str, run: dict, out_dir: Path) -> str:
+    """One network trained by ich_model.trainer.run_fn on the fn_args that TFX builds from the run's member A
+    Trainer execution (its Examples, transform graph, steps and settings), from scratch and with `architecture`;
+    returns its exported SavedModel."""
+    from tfx.components.trainer import fn_args_utils
+
+    from ich_model.trainer import run_fn
+
+    inputs = {key: artifacts for key, artifacts in run["trainer_inputs"].items() if key != "base_model"}
+    properties = {**run["trainer_properties"],
+                  "custom_config": json.dumps({**run["custom_config"], "architecture": architecture})}
+    fn_args = fn_args_utils.get_common_fn_args(inputs, properties)
+    fn_args.serving_model_dir = str(out_dir / architecture / "serving")
+    fn_args.model_run_dir = str(out_dir / architecture / "run")
+    run_fn(fn_args)
+    return fn_args.serving_model_dir
+
+
+def latest_run(pipeline_root: str, pipeline_name: str) -> dict:
+    """The latest run's ensemble, its eval split, and member A's Trainer execution (input artifacts and
+    properties), from the metadata store."""
+    from tfx.types import artifact_utils
+
+    from pipeline.configs import metadata_path
+    from pipeline.report import EXAMPLE_GEN
+    from pipeline.summary import execution_artifacts, latest_execution, open_store, run_context_id
+    from pipeline.training import trainer_id
+
+    store = open_store(metadata_path(pipeline_root))
+    ensemble = latest_execution(store, pipeline_name, "Ensemble")
+    run = run_context_id(store, ensemble)
+    trainer = latest_execution(store, pipeline_name, trainer_id("a"), run)
+    types = {t.id: t for t in store.get_artifact_types()}
+    trainer_inputs = {key: [artifact_utils.deserialize_artifact(types[a.type_id], a) for a in artifacts]
+                      for key, artifacts in execution_artifacts(store, trainer)[0].items()}
+    properties = {name: value.string_value for name, value in trainer.custom_properties.items()}
+    examples = execution_artifacts(store, latest_execution(store, pipeline_name, EXAMPLE_GEN, run))[1]["examples"][0]
+    return {
+        "ensemble": os.path.join(execution_artifacts(store, ensemble)[1]["model"][0].uri, "Format-Serving"),
+        "eval_split": os.path.join(examples.uri, "Split-eval"),
+        "trainer_inputs": trainer_inputs, "trainer_properties": properties,
+        "custom_config": json.loads(properties["custom_config"]),
+        "train_steps": json.loads(properties["train_args"]).get("num_steps"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-root", default=str(ROOT / "build" / "bench" / "pipeline"))
+    parser.add_argument("--pipeline-name", default="ich")
+    parser.add_argument("--patients", type=int, default=200, help="held-out patients (the demo set has 150)")
+    parser.add_argument("--held-out", type=Path, default=ROOT / "build" / "bench" / "held-out")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    args = parser.parse_args()
+
+    from sklearn.metrics import roc_auc_score
+
+    from ich_model.constants import ABBREVIATIONS, LABELS
+    from ich_model.labels import read_rsna_labels
+    from ich_model.members import MEMBERS
+    from ich_model.synth import LABELS_CSV, generate_dataset
+    from pipeline.configs import preset
+
+    if not (args.held_out / LABELS_CSV).exists():
+        demo = preset("demo").synth
+        print(f"generating the held-out set: {args.patients} patients, seed {HELD_OUT_SEED}", flush=True)
+        generate_dataset(args.held_out, args.patients, demo.slices_per_study, HELD_OUT_SEED,
+                         positive_fraction=demo.positive_fraction, subtype_mix=demo.subtype_mix)
+    labels_by_id = read_rsna_labels(args.held_out / LABELS_CSV).labels
+    run = latest_run(args.pipeline_root, args.pipeline_name)
+    results = {"held_out": {"patients": args.patients, "seed": HELD_OUT_SEED}, "train_steps": run["train_steps"],
+               "batch_size": run["custom_config"].get("batch_size")}
+
+    print(f"scoring the held-out set with the ensemble {run['ensemble']}", flush=True)
+    ensemble, labels = scored([args.held_out], run["ensemble"], labels_by_id)
+    results["held_out"]["slices"] = len(labels)
+    results["held_out"]["positives"] = dict(zip(LABELS, labels.sum(axis=0).astype(int).tolist(), strict=True))
+    models = {"ensemble": figures(labels, ensemble.probabilities)}
+    for index, name in enumerate(MEMBERS):  # the Ensemble component stacks them in this order
+        models[f"member_{name}"] = figures(labels, ensemble.member_probabilities[:, index])
+    results["ensemble_vs_members"] = models
+    best = max((m for m in models if m != "ensemble"), key=lambda m: models[m]["macro_auc"])
+    results["ensemble_goal_met"] = (models["ensemble"]["macro_auc"] >= models[best]["macro_auc"]
+                                    and models["ensemble"]["weighted_log_loss"] <= min(
+                                        models[m]["weighted_log_loss"] for m in models if m != "ensemble"))
+
+    eval_labels, eval_probabilities = eval_split_scores(run["ensemble"], run["eval_split"])
+    calibrated = platt_scaled(eval_labels, eval_probabilities, ensemble.probabilities)
+    results["calibration_ece"] = {
+        label: {"exported": expected_calibration_error(labels[:, i], ensemble.probabilities[:, i]),
+                "platt_on_eval_split": expected_calibration_error(labels[:, i], calibrated[:, i])}
+        for i, label in enumerate(LABELS)}
+    any_index = LABELS.index("any")
+    wrong = (ensemble.probabilities[:, any_index] >= 0.5) != labels[:, any_index].astype(bool)
+    results["spread_flags_errors_auroc"] = (float(roc_auc_score(wrong, ensemble.spread[:, any_index]))
+                                            if 0 < wrong.sum() < len(wrong) else None)
+    results["wrong_any_calls"] = int(wrong.sum())
+
+    from ich_model.model.ablation import ARCHITECTURES, build_architecture
+
+    ablation = {}
+    with tempfile.TemporaryDirectory(prefix="ich-bench-ablation-") as tmp:
+        for architecture in ARCHITECTURES:
+            print(f"training {architecture}: {run['train_steps']} steps, member A's recipe", flush=True)
+            model_dir = train_architecture(architecture, run, Path(tmp))
+            result, _ = scored([args.held_out], model_dir, labels_by_id)
+            ablation[architecture] = {**figures(labels, result.probabilities),
+                                      "parameters": build_architecture(architecture,
+                                                                       run["custom_config"]["preset"]).count_params()}
+    results["ablation"] = ablation
+    rivals = [ablation[a] for a in ARCHITECTURES if a != "cascade"]
+    results["cascade_goal_met"] = (ablation["cascade"]["macro_auc"] >= max(r["macro_auc"] for r in rivals)
+                                   and ablation["cascade"]["weighted_log_loss"] <= min(
+                                       r["weighted_log_loss"] for r in rivals))
+
+    print(f"\nheld-out: {len(labels)} slices of {args.patients} patients (seed {HELD_OUT_SEED})")
+    header = "  ".join(f"{ABBREVIATIONS[label]:>6}" for label in PAPER_ORDER)
+    print(f"  {'model':<20}{header}  {'macro':>6}  {'wLogLoss':>8}  {'params':>7}")
+    rows = {**results["ensemble_vs_members"], **ablation}
+    for name, row in rows.items():
+        aucs = "  ".join("   n/a" if row["auc"][label] is None else f"{row['auc'][label]:6.3f}"
+                         for label in PAPER_ORDER)
+        params = f"{row['parameters'] / 1e6:6.2f}M" if "parameters" in row else ""
+        print(f"  {name:<20}{aucs}  {row['macro_auc']:6.3f}  {row['weighted_log_loss']:8.4f}  {params:>7}")
+    print(f"  ensemble at least as good as its best member: {results['ensemble_goal_met']}")
+    print(f"  cascade at least as good as both single-family networks: {results['cascade_goal_met']}")
+    print("  ECE per label (exported -> Platt on the eval split): " + ", ".join(
+        f"{ABBREVIATIONS[label]} {v['exported']:.3f} -> {v['platt_on_eval_split']:.3f}"
+        for label, v in results["calibration_ece"].items()))
+    print(f"  AUROC of the spread on `any` for its {results['wrong_any_calls']} wrong calls: "
+          f"{results['spread_flags_errors_auroc']}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

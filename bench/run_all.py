@@ -1,0 +1,155 @@
+"""`make bench`: every benchmark in order, then bench/RESULTS.md (date, machine, figures, goals) from their JSON.
+
+    .venv/bin/python bench/run_all.py [--only NAME ...] [--summary-only]
+
+A benchmark that fails is reported in RESULTS.md with its exit status, and the others still run. Each benchmark's
+own figures are in bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+# In this order: pipeline runs `ich run` on the demo set, whose artifacts inference and quality then use.
+BENCHMARKS = ("ingest", "transform", "train", "pipeline", "inference", "quality")
+
+
+def _goal(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "**missed**")
+
+
+def _ingest(r: dict) -> list[str]:
+    overhead = r["executor_overhead_vs_same_work"]
+    return [f"| ingest | Beam overhead, 1 worker, vs the same work in a plain loop | "
+            f"{overhead:+.0%} | <= +30% | {_goal(overhead <= 0.3)} |",
+            f"| ingest | 2 workers vs the plain loop | {r['two_workers_vs_same_work']:.2f}x | >= 1.6x | "
+            f"{_goal(r['two_workers_vs_same_work'] >= 1.6)} |",
+            f"| ingest | peak memory growth for a 4x larger set | {r['peak_rss_growth_4x']:+.0%} | < +20% | "
+            f"{_goal(r['peak_rss_growth_4x'] < 0.2)} |"]
+
+
+def _transform(r: dict) -> list[str]:
+    return [f"| transform | transform graph vs the numpy reference | {r['graph_vs_numpy']:.2f}x | | |"]
+
+
+def _train(r: dict) -> list[str]:
+    tiny = r["networks"]["cascade tiny"]["train_images_per_s"]
+    return [f"| train | tiny cascade training | {tiny:.1f} img/s | >= 15 img/s | {_goal(tiny >= 15)} |"]
+
+
+def _pipeline(r: dict) -> list[str]:
+    top = sorted(r["component_seconds"].items(), key=lambda item: -item[1])[:4]
+    where = ", ".join(f"{node} {seconds:.0f} s" for node, seconds in top)
+    return [f"| pipeline | `ich run` on the demo set ({r['train_steps']} steps per member) | "
+            f"{r['wall_time_s'] / 60:.1f} min | | (largest: {where}) |"]
+
+
+def _inference(r: dict) -> list[str]:
+    return [f"| inference | ensemble cost vs one member, batch {b} | {cost:.2f}x | <= {r['goal_cost_ratio']}x | "
+            f"{_goal(cost <= r['goal_cost_ratio'])} |" for b, cost in r["ensemble_cost_vs_member"].items()]
+
+
+def _quality(r: dict) -> list[str]:
+    ablation = r["ablation"]
+    cascade = ablation["cascade"]
+    rivals = ", ".join(f"{name} {row['macro_auc']:.3f} / {row['weighted_log_loss']:.4f}"
+                       for name, row in ablation.items() if name != "cascade")
+    members = r["ensemble_vs_members"]
+    best = max((m for m in members if m != "ensemble"), key=lambda m: members[m]["macro_auc"])
+    spread = r["spread_flags_errors_auroc"]
+    return [f"| quality | cascade macro AUC / wLogLoss vs single-family networks | "
+            f"{cascade['macro_auc']:.3f} / {cascade['weighted_log_loss']:.4f} ({rivals}) | at least as good as "
+            f"the better | {_goal(r['cascade_goal_met'])} |",
+            f"| quality | ensemble macro AUC / wLogLoss vs its best member ({best}) | "
+            f"{members['ensemble']['macro_auc']:.3f} / {members['ensemble']['weighted_log_loss']:.4f} vs "
+            f"{members[best]['macro_auc']:.3f} / {members[best]['weighted_log_loss']:.4f} | at least as good | "
+            f"{_goal(r['ensemble_goal_met'])} |",
+            f"| quality | AUROC of the spread for wrong `any` calls ({r['wrong_any_calls']} wrong) | "
+            f"{'n/a' if spread is None else f'{spread:.3f}'} | | |"]
+
+
+SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
+             "inference": _inference, "quality": _quality}
+
+
+def _auc_table(r: dict) -> list[str]:
+    order = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+    heads = ("any", "EDH", "IPH", "IVH", "SAH", "SDH")
+    lines = ["| model | " + " | ".join(heads) + " | macro AUC | wLogLoss |", "|---" * (len(heads) + 3) + "|"]
+    for name, row in {**r["ensemble_vs_members"], **r["ablation"]}.items():
+        aucs = " | ".join("n/a" if row["auc"][label] is None else f"{row['auc'][label]:.3f}" for label in order)
+        lines.append(f"| {name} | {aucs} | {row['macro_auc']:.3f} | {row['weighted_log_loss']:.4f} |")
+    lines += ["", "| label | ECE as exported | ECE after Platt scaling on the eval split |", "|---|---|---|"]
+    lines += [f"| {label} | {v['exported']:.3f} | {v['platt_on_eval_split']:.3f} |"
+              for label, v in r["calibration_ece"].items()]
+    return lines
+
+
+def _modified(path: Path) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+
+
+def write_results(statuses: dict[str, str]) -> Path:
+    import tensorflow as tf
+
+    lines = ["# Benchmark results", "",
+             f"Written by `make bench` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
+             "(each benchmark's own time is under the table).", "",
+             f"Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.platform()}; Python "
+             f"{platform.python_version()}, TensorFlow {tf.__version__}; CPU only.", "",
+             "Ratios compare contenders measured in the same run; absolute rates vary with the machine's load.", "",
+             "| benchmark | what | figure | goal | |", "|---|---|---|---|---|"]
+    results = {}
+    for name in BENCHMARKS:
+        path = RESULTS / f"{name}.json"
+        if statuses.get(name, "ok") != "ok" or not path.exists():
+            lines.append(f"| {name} | | not measured: {statuses.get(name, 'no results file')} | | |")
+            continue
+        results[name] = json.loads(path.read_text())
+        lines += SUMMARIES[name](results[name])
+    measured = ", ".join(f"{name} {_modified(RESULTS / f'{name}.json'):%Y-%m-%d %H:%M}" for name in results)
+    lines += ["", f"Measured (UTC): {measured}."]
+    if "quality" in results:
+        held_out = results["quality"]["held_out"]
+        lines += ["", f"## Per-label AUC on held-out synthetic data ({held_out['slices']} slices of "
+                      f"{held_out['patients']} patients, seed {held_out['seed']})", ""]
+        lines += _auc_table(results["quality"])
+    if "pipeline" in results:
+        lines += ["", "## Where `ich run` spends its time", "", "| component | seconds | share |", "|---|---|---|"]
+        lines += [f"| {node} | {seconds:.0f} | {results['pipeline']['share_of_wall_time'][node]:.0%} |"
+                  for node, seconds in sorted(results["pipeline"]["component_seconds"].items(),
+                                              key=lambda item: -item[1])]
+    lines += ["", "Each benchmark's JSON in `bench/results/` holds every figure it measured."]
+    out = ROOT / "bench" / "RESULTS.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these (RESULTS.md keeps the rest)")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite RESULTS.md from the JSON files")
+    args = parser.parse_args()
+    statuses = {}
+    if not args.summary_only:
+        for name in args.only or BENCHMARKS:
+            print(f"\n=== bench/{name}.py", flush=True)
+            started = time.monotonic()
+            code = subprocess.call([sys.executable, str(ROOT / "bench" / f"{name}.py")])
+            statuses[name] = "ok" if code == 0 else f"exit status {code}"
+            print(f"=== bench/{name}.py: {statuses[name]} in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    print(f"wrote {write_results(statuses)}")
+
+
+if __name__ == "__main__":
+    main()
