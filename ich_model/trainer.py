@@ -86,7 +86,7 @@ def run_fn(fn_args) -> None:
     recipe = MEMBERS[config.get("member", "a")]
     preset = config.get("preset", "tiny")
     batch_size = int(config.get("batch_size", BATCH_SIZE))
-    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     train_count, positives = label_counts(fn_args.train_files)
     if train_count == 0:
@@ -137,4 +137,4 @@ def run_fn(fn_args) -> None:
         model.load_weights(best)
     else:  # the eval AUC was never defined (e.g. an eval split without positives): keep the last weights
         logging.warning("no best checkpoint by eval macro AUC; exporting the last weights")
-    ScoringModule([model], [recipe.name], fn_args.transform_output).save(fn_args.serving_model_dir)
+    ScoringModule([model], [recipe.name], fn_args.transform_graph_path).save(fn_args.serving_model_dir)
