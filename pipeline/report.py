@@ -279,7 +279,7 @@ def plot_models(record: RunRecord, out_dir: Path) -> str:
 
 def plot_training(record: RunRecord, out_dir: Path) -> tuple[str, dict[str, dict]]:
     """training.png: per member, loss (train and validation) and validation macro AUC against steps."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     plt = _pyplot()
     figure, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(12, 4), dpi=96)
@@ -302,11 +302,15 @@ def plot_training(record: RunRecord, out_dir: Path) -> tuple[str, dict[str, dict
             steps, values = zip(*points, strict=True)
             auc_ax.plot(steps, values, marker="o", markersize=3, label=f"member {name}",
                         **({"color": line.get_color()} if line is not None else {}))
-    loss_ax.set(title="loss", xlabel="epoch (an evaluation interval of steps)", ylabel="loss")
-    auc_ax.set(title="validation macro AUC", xlabel="epoch (an evaluation interval of steps)", ylabel="AUC",
+    loss_ax.set(title="loss", xlabel="evaluation (one per interval of training steps)", ylabel="loss")
+    auc_ax.set(title="validation macro AUC", xlabel="evaluation (one per interval of training steps)", ylabel="AUC",
                ylim=(0, 1.02))
     for ax in (loss_ax, auc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        steps = sorted({x for line in ax.lines for x in line.get_xdata()})
+        if steps:  # whole epochs only, with room around a single one
+            ax.set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1) if len(steps) > 10
+                                       else FixedLocator(steps))
         if ax.lines:
             ax.legend(fontsize=8)
     return _save(plt, figure, out_dir / "training.png"), series
