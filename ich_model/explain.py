@@ -29,13 +29,16 @@ CAM_STAGE = 3
 _BLOCK_OUTPUT = re.compile(r"convnext_stage(\d+)_block(\d+)_add")
 
 
-def _matching_preset(variables: list[tf.Variable]) -> str:
+def _rebuilt(variables: list[tf.Variable], name: str) -> tf.keras.Model:
+    """The cascade preset whose variables have these shapes, built and given these values."""
     shapes = [tuple(v.shape) for v in variables]
     for preset in PRESETS:  # the cheapest first
-        model = build_cascade(preset)
+        model = build_cascade(preset, name=name)
         if [tuple(v.shape) for v in model.variables] == shapes:
-            return preset
-    raise ValueError(f"no cascade preset ({', '.join(PRESETS)}) has this member's {len(shapes)} variables")
+            for target, value in zip(model.variables, variables, strict=True):
+                target.assign(value)
+            return model
+    raise ValueError(f"no cascade preset ({', '.join(PRESETS)}) has member {name}'s {len(shapes)} variables")
 
 
 def member_models(ensemble) -> dict[str, tf.keras.Model]:
@@ -46,14 +49,8 @@ def member_models(ensemble) -> dict[str, tf.keras.Model]:
     members = getattr(ensemble, "loaded_members", None)
     if not isinstance(members, dict) or not members:
         raise ValueError("the model is not an exported ensemble (it holds no members by name)")
-    models = {}
-    for name, member in sorted(members.items()):
-        variables = list(member.member_variables)
-        model = build_cascade(_matching_preset(variables), name=f"member_{name}")
-        for target, value in zip(model.variables, variables, strict=True):
-            target.assign(value)
-        models[name] = model
-    return models
+    return {name: _rebuilt(list(member.member_variables), f"member_{name}")
+            for name, member in sorted(members.items())}
 
 
 def cam_layer(model: tf.keras.Model, stage: int = CAM_STAGE) -> str:
