@@ -13,7 +13,6 @@ most 3.2x one member.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
 
 GOAL_COST_RATIO = 3.2
 BATCHES = (1, 32)
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--pipeline-name", default="ich")
     parser.add_argument("--slices", type=int, default=64, help="slices scored per contender, round and batch size")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "inference.json")
+    parser.add_argument("--json", type=Path, default=results_path("inference"))
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -108,9 +109,7 @@ def main() -> None:
         verdict = "meets" if cost <= GOAL_COST_RATIO else "misses"
         print(f"  batch {b:>2}: the ensemble costs {cost:.2f}x one member ({verdict} the goal <= {GOAL_COST_RATIO}x); "
               f"three member exports one by one cost {results['naive_cost_vs_member'][str(b)]:.2f}x")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+
 
 def dicom_paths(base: Path) -> list[Path]:
     return sorted((base / "stage_2_train").glob("*.dcm"))
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=24)
     parser.add_argument("--slices-per-study", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    parser.add_argument("--json", type=Path, default=results_path("ingest"))
     args = parser.parse_args()
 
     from ich_model.synth import generate_dataset
@@ -181,9 +183,7 @@ def main() -> None:
           f"{results['two_workers_vs_same_work']:.2f}x the same work (goal >= 1.6x)")
     print(f"  peak RSS, 1 worker: {peak_rss_mb['1x']:.0f} MB for {slices['1x']} slices, {peak_rss_mb['4x']:.0f} MB "
           f"for {slices['4x']}: {results['peak_rss_growth_4x']:+.0%} (goal < +20%)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-root", type=Path, default=ROOT / "build" / "bench" / "pipeline")
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"))
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
+    parser.add_argument("--json", type=Path, default=results_path("pipeline"))
     args = parser.parse_args()
 
     shutil.rmtree(args.pipeline_root, ignore_errors=True)
@@ -44,9 +47,7 @@ def main() -> None:
         print(f"  {node:<34} {s:7.1f} s  {s / total:6.1%}")
     print(f"  {'(start-up, resolvers, summary)':<34} {results['outside_components_s']:7.1f} s  "
           f"{results['outside_components_s'] / total:6.1%}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

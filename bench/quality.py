@@ -29,6 +29,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+
 HELD_OUT_SEED = 2026
 CALIBRATION_BINS = 10
 PAPER_ORDER = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
@@ -157,7 +159,7 @@ def main() -> None:
     parser.add_argument("--pipeline-name", default="ich")
     parser.add_argument("--patients", type=int, default=200, help="held-out patients (the demo set has 150)")
     parser.add_argument("--held-out", type=Path, default=ROOT / "build" / "bench" / "held-out")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    parser.add_argument("--json", type=Path, default=results_path("quality"))
     args = parser.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -236,9 +238,7 @@ def main() -> None:
         for label, v in results["calibration_ece"].items()))
     print(f"  AUROC of the spread on `any` for its {results['wrong_any_calls']} wrong calls: "
           f"{results['spread_flags_errors_auroc']}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+from bench.common import results_path  # noqa: E402 - after the path is set
+
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts inference and quality then use.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "inference", "quality")
 
@@ -111,13 +114,13 @@ def write_results(statuses: dict[str, str]) -> Path:
              "| benchmark | what | figure | goal | |", "|---|---|---|---|---|"]
     results = {}
     for name in BENCHMARKS:
-        path = RESULTS / f"{name}.json"
+        path = results_path(name)
         if statuses.get(name, "ok") != "ok" or not path.exists():
             lines.append(f"| {name} | | not measured: {statuses.get(name, 'no results file')} | | |")
             continue
         results[name] = json.loads(path.read_text())
         lines += SUMMARIES[name](results[name])
-    measured = ", ".join(f"{name} {_modified(RESULTS / f'{name}.json'):%Y-%m-%d %H:%M}" for name in results)
+    measured = ", ".join(f"{name} {_modified(results_path(name)):%Y-%m-%d %H:%M}" for name in results)
     lines += ["", f"Measured (UTC): {measured}."]
     if "quality" in results:
         held_out = results["quality"]["held_out"]

@@ -10,7 +10,6 @@ on 2 CPU cores. `b0` and `s` are GPU presets and run with small batches here.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,11 +19,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    parser.add_argument("--json", type=Path, default=results_path("train"))
     args = parser.parse_args()
 
     import numpy as np
@@ -61,9 +62,7 @@ def main() -> None:
     tiny = results["networks"]["cascade tiny"]["train_images_per_s"]
     results["tiny_vs_goal_15"] = tiny / 15.0
     print(f"tiny: {tiny:.1f} img/s = {tiny / 15:.2f}x the goal of 15 img/s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+
 BATCH = 32
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=12)
     parser.add_argument("--slices-per-study", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "transform.json")
+    parser.add_argument("--json", type=Path, default=results_path("transform"))
     args = parser.parse_args()
 
     import numpy as np
@@ -134,9 +135,7 @@ def main() -> None:
     for key, size in results["bytes_per_slice"].items():
         print(f"  {key:<26} {size:12,.0f} {results['feed_slices_per_s'][key]:10.1f}")
     print(f"  uint8 quantisation error: {uint8_error:.5f} (1/255 = {1 / 255:.5f})")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":
