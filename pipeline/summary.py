@@ -44,20 +44,21 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
 
 
 def latest_execution(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str,
-                     run_context_id: int | None = None) -> metadata_store_pb2.Execution:
-    """The newest completed (or cached) execution of `node_id`; with `run_context_id`, the one of that run."""
+                     run: int | None = None) -> metadata_store_pb2.Execution:
+    """The newest completed (or cached) execution of `node_id`; with `run` (a pipeline run's context id, see
+    run_context_id), the one of that run."""
     context = store.get_context_by_type_and_name("node", f"{pipeline_name}.{node_id}")
     if context is None:
         raise LookupError(f"the metadata store has no {node_id} node for pipeline {pipeline_name!r}")
     executions = store.get_executions_by_context(context.id)
-    if run_context_id is not None:
-        in_run = {e.id for e in store.get_executions_by_context(run_context_id)}
+    if run is not None:
+        in_run = {e.id for e in store.get_executions_by_context(run)}
         executions = [e for e in executions if e.id in in_run]
     finished = [e for e in executions if e.last_known_state in (
         metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)]
     if not finished:
         raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}"
-                          + ("" if run_context_id is None else " in this run"))
+                          + ("" if run is None else " in this run"))
     return max(finished, key=lambda e: (e.create_time_since_epoch, e.id))
 
 
