@@ -9,7 +9,8 @@
 |        |           |                                                       | weigh more than easy ones    |
 
 All three sample balanced batches (every batch holds at least two positives of each subtype, so that rare
-subtypes such as epidural are seen in every step) and train with Adam, the learning rate warmed up linearly over
+subtypes such as epidural are seen in every step; `sampled_prevalence` is the share of positives that this gives,
+which the trainer corrects for before export) and train with Adam, the learning rate warmed up linearly over
 the first 5% of steps then cosine-decayed to zero, batch size 32. Labels and metrics are in the project order
 (`ich_model.constants.LABELS`).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from ich_model.augment import STANDARD, STRONG, Augmentation, augment
@@ -83,18 +85,41 @@ def _positive_for(index: int):
     return lambda features, label: tf.equal(label[index], 1.0)
 
 
+def _present_subtypes(prevalence) -> list[int]:
+    """Subtypes with positives; one without gets no stream of its own (it would never yield)."""
+    return [i for i in range(len(SUBTYPES)) if prevalence[i] > 0]
+
+
+def _slots(present: int) -> list[int]:
+    """Which stream each draw of one window comes from: 0..present-1 are the subtypes' positives (two draws
+    each), `present` is all examples."""
+    slots = [k % present for k in range(2 * present)]
+    return slots + [present] * (BATCH_SIZE - len(slots))
+
+
 def balanced_stream(examples: tf.data.Dataset, prevalence, seed: int) -> tf.data.Dataset:
     """An endless stream of (features, label) pairs, unbatched: in every window of BATCH_SIZE draws, two come
     from each subtype's positives and the rest from all examples, shuffled. `prevalence` is the share of
-    positives per label (project order) in `examples`; a subtype without positives gets no stream of its own
-    (it would never yield)."""
+    positives per label (project order) in `examples`."""
     everything = examples.repeat().shuffle(1024, seed=seed)
-    present = [i for i in range(len(SUBTYPES)) if prevalence[i] > 0]
+    present = _present_subtypes(prevalence)
     positives = [examples.filter(_positive_for(i)).repeat().shuffle(256, seed=seed + i) for i in present]
-    slots = [k % len(present) for k in range(2 * len(present))]
-    slots += [len(present)] * (BATCH_SIZE - len(slots))
-    selector = tf.data.Dataset.from_tensor_slices(tf.constant(slots, tf.int64)).repeat()
+    selector = tf.data.Dataset.from_tensor_slices(tf.constant(_slots(len(present)), tf.int64)).repeat()
     return tf.data.Dataset.choose_from_datasets([*positives, everything], selector)
+
+
+def sampled_prevalence(cooccurrence: np.ndarray, count: int) -> np.ndarray:
+    """The share of positives per label in balanced_stream's output, which is what a member learns to predict.
+    `cooccurrence[i, j]` counts the examples positive for both labels i and j among `count` (its diagonal: the
+    positives per label). A draw from subtype i's positives is positive for label j with the share
+    cooccurrence[i, j] / cooccurrence[i, i]; a draw from all examples with the plain prevalence."""
+    cooccurrence = np.asarray(cooccurrence, dtype=np.float64)
+    prevalence = np.diag(cooccurrence) / count
+    present = _present_subtypes(prevalence)
+    slots = _slots(len(present))
+    rows = [cooccurrence[present[s]] / cooccurrence[present[s], present[s]] if s < len(present) else prevalence
+            for s in slots]
+    return np.mean(rows, axis=0)
 
 
 def training_batches(examples: tf.data.Dataset, recipe: Recipe, prevalence, batch_size: int = BATCH_SIZE,

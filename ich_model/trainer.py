@@ -2,7 +2,10 @@
 
 Reads the raw Examples, applies the saved transform graph in the input pipeline (the Transform component does not
 materialise images; see ich_model/preprocessing.py), samples and augments as the member's recipe says, keeps the
-weights with the best eval macro AUC, writes TensorBoard logs and exports a ScoringModule SavedModel.
+weights with the best eval macro AUC, writes TensorBoard logs and exports a ScoringModule SavedModel. The
+balanced batches show the member more positives than the data holds, so before export its output is moved from
+the batches' prevalence back to the data's (`correct_label_prior`): exported probabilities are calibrated to the
+data, not to the sampler.
 
 custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
@@ -27,9 +30,9 @@ from tfx_bsl.public import tfxio
 
 from ich_model.constants import NUM_LABELS
 from ich_model.examples import LABEL
-from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, training_batches
+from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, sampled_prevalence, training_batches
 from ich_model.model.ablation import build_architecture
-from ich_model.model.cascade import describe
+from ich_model.model.cascade import correct_label_prior, describe
 from ich_model.preprocessing import IMAGE
 from ich_model.serving import ScoringModule, member_weights
 
@@ -37,16 +40,18 @@ BEST_WEIGHTS = "best.weights.h5"
 
 
 def label_counts(file_patterns: list[str]) -> tuple[int, np.ndarray]:
-    """The number of Examples and of positives per label, from the label feature alone (no pixels decoded)."""
+    """The number of Examples and the label co-occurrence counts ([i, j]: positive for both labels i and j; the
+    diagonal is the positives per label), from the label feature alone (no pixels decoded)."""
     files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
     spec = {LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64)}
     labels = (tf.data.TFRecordDataset(files, compression_type="GZIP")
               .batch(256).map(lambda records: tf.io.parse_example(records, spec)[LABEL]))
-    total, count = np.zeros(NUM_LABELS), 0
+    cooccurrence, count = np.zeros((NUM_LABELS, NUM_LABELS)), 0
     for batch in labels:
-        total += batch.numpy().sum(axis=0)
+        values = batch.numpy().astype(np.float64)
+        cooccurrence += values.T @ values
         count += int(batch.shape[0])
-    return count, total
+    return count, cooccurrence
 
 
 def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
@@ -88,14 +93,18 @@ def run_fn(fn_args) -> None:
     batch_size = int(config.get("batch_size", BATCH_SIZE))
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
-    train_count, positives = label_counts(fn_args.train_files)
+    train_count, cooccurrence = label_counts(fn_args.train_files)
     if train_count == 0:
         raise ValueError(f"no training examples in {fn_args.train_files}")
-    prevalence = positives / train_count
+    prevalence = np.diag(cooccurrence) / train_count
+    # Balanced batches hold more positives than the data: the member learns that prevalence, and its output is
+    # moved back to the data's own before export.
+    sampled = sampled_prevalence(cooccurrence, train_count)
     # Validate on at most the whole eval split: Keras stops validating for good once a finite set runs out.
     eval_count, _ = label_counts(fn_args.eval_files)
     validation_steps = min(int(fn_args.eval_steps), max(1, -(-eval_count // batch_size)))
-    logging.info("member %s (%s preset): label prevalence %s", recipe.name, preset, np.round(prevalence, 4))
+    logging.info("member %s (%s preset): label prevalence %s, in balanced batches %s", recipe.name, preset,
+                 np.round(prevalence, 4), np.round(sampled, 4))
     tft_layer = tft_output.transform_features_layer()
 
     def to_images(raw_batch):
@@ -112,9 +121,11 @@ def run_fn(fn_args) -> None:
 
     train_steps = int(fn_args.train_steps)
     with _strategy().scope():
-        model = build_architecture(config.get("architecture", "cascade"), preset, prior=prevalence, seed=recipe.seed,
+        model = build_architecture(config.get("architecture", "cascade"), preset, prior=sampled, seed=recipe.seed,
                                    name=f"member_{recipe.name}")
         if fn_args.base_model and warm_start(model, fn_args.base_model, recipe.name):
+            # The base member was exported at the data's prevalence; training resumes on balanced batches.
+            correct_label_prior(model, trained_on=prevalence, actual=sampled)
             train_steps = int(config.get("warm_start_steps") or train_steps)
             logging.info("member %s: warm start from %s, %d steps", recipe.name, fn_args.base_model, train_steps)
         else:
@@ -137,4 +148,5 @@ def run_fn(fn_args) -> None:
         model.load_weights(best)
     else:  # the eval AUC was never defined (e.g. an eval split without positives): keep the last weights
         logging.warning("no best checkpoint by eval macro AUC; exporting the last weights")
+    correct_label_prior(model, trained_on=sampled, actual=prevalence)
     ScoringModule([model], [recipe.name], fn_args.transform_graph_path).save(fn_args.serving_model_dir)

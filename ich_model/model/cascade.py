@@ -28,6 +28,8 @@ from ich_model.model.convnext import convnext_block, downsample, layer_norm
 from ich_model.model.efficientnet import B0_STAGES, S_STAGES, FrontEndSpec, efficientnet_v2_features
 from ich_model.model.pretrained import load_front_end_weights
 
+OUTPUT_LAYER = "probabilities"
+
 
 @dataclass(frozen=True)
 class CascadeSpec:
@@ -52,10 +54,23 @@ PRESETS: dict[str, CascadeSpec] = {
 }
 
 
+def log_odds(prior: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
 def label_prior_bias(prior: np.ndarray) -> tf.keras.initializers.Initializer:
     """Output bias log(p / (1 - p)), so that an untrained model already predicts each label's prevalence."""
-    p = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
-    return tf.keras.initializers.Constant(np.log(p / (1 - p)))
+    return tf.keras.initializers.Constant(log_odds(prior))
+
+
+def correct_label_prior(model: tf.keras.Model, trained_on: np.ndarray, actual: np.ndarray) -> None:
+    """Move a trained model's output from the label prevalence it was trained on to the actual one: adding
+    log-odds(actual) - log-odds(trained_on) to each output logit is Bayes' rule for a change of prior when the
+    images of each class look alike in both (true of resampling; Saerens et al., Neural Computation 2002)."""
+    layer = model.get_layer(OUTPUT_LAYER)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + (log_odds(actual) - log_odds(trained_on)).astype(bias.dtype)])
 
 
 def classification_head(x, prior: np.ndarray, dropout: float):
@@ -63,7 +78,7 @@ def classification_head(x, prior: np.ndarray, dropout: float):
     x = layer_norm("head_ln")(x)
     x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
     return tf.keras.layers.Dense(NUM_LABELS, activation="sigmoid", bias_initializer=label_prior_bias(prior),
-                                 name="probabilities")(x)
+                                 name=OUTPUT_LAYER)(x)
 
 
 def build_cascade(preset: str | CascadeSpec, prior: np.ndarray | None = None, seed: int | None = None,

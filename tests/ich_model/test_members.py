@@ -19,9 +19,10 @@ from ich_model.members import (
     balanced_stream,
     compile_member,
     learning_rate_schedule,
+    sampled_prevalence,
     training_batches,
 )
-from ich_model.model.cascade import build_cascade
+from ich_model.model.cascade import build_cascade, classification_head, correct_label_prior
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 
@@ -65,6 +66,34 @@ def test_balanced_sampling_puts_every_subtype_in_every_batch():
     for _, labels in stream:
         per_subtype = labels.numpy()[:, :-1].sum(axis=0)
         assert (per_subtype >= 2).all(), per_subtype
+
+
+def test_sampled_prevalence_is_the_share_of_positives_that_balanced_batches_hold():
+    examples, prevalence = label_only_examples(1000)
+    labels = np.stack([label.numpy() for _, label in examples])
+    expected = sampled_prevalence(labels.T @ labels, len(labels))
+    windows = 400
+    drawn = np.concatenate([batch.numpy() for _, batch in
+                            balanced_stream(examples, prevalence, seed=0).batch(BATCH_SIZE).take(windows)])
+    assert np.allclose(drawn.mean(axis=0), expected, atol=0.01), (drawn.mean(axis=0), expected)
+    assert (expected > prevalence + 0.05).all()  # every label, `any` included, is over-represented
+
+
+def test_correcting_the_label_prior_moves_each_logit_by_the_change_of_log_odds():
+    trained_on, actual = np.array([0.3, 0.2, 0.25, 0.1, 0.4, 0.6]), np.array([0.02, 0.05, 0.0, 0.01, 0.1, 0.2])
+    images = tf.keras.Input((8, 8, 3))
+    model = tf.keras.Model(images, classification_head(tf.keras.layers.Conv2D(4, 3)(images), trained_on, 0.0))
+    x = np.random.default_rng(4).random((16, 8, 8, 3)).astype(np.float32)
+    before = model.predict(x, verbose=0).astype(np.float64)
+    correct_label_prior(model, trained_on, actual)
+    after = model.predict(x, verbose=0).astype(np.float64)
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    clipped = np.clip(actual, 1e-4, 1 - 1e-4)  # a label without positives gets the floor, not -inf
+    shift = logit(clipped) - logit(trained_on)
+    assert np.allclose(logit(after) - logit(before), shift, atol=1e-3)
 
 
 def test_flip_only_augmentation_gives_the_image_or_its_mirror():
