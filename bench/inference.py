@@ -32,16 +32,21 @@ BATCHES = (1, 32)
 def run_models(pipeline_root: str, pipeline_name: str) -> tuple[str, dict[str, str], str]:
     """The latest Ensemble's SavedModel, the member exports it was built from, and that run's eval split."""
     from pipeline.configs import metadata_path
-    from pipeline.report import EXAMPLE_GEN
-    from pipeline.summary import execution_artifacts, latest_execution, open_store, run_context_id
+    from pipeline.summary import (
+        EXAMPLE_GEN,
+        execution_artifacts,
+        latest_execution,
+        open_store,
+        output_artifact,
+        run_context_id,
+    )
 
     store = open_store(metadata_path(pipeline_root))
     ensemble = latest_execution(store, pipeline_name, "Ensemble")
     inputs, outputs = execution_artifacts(store, ensemble)
     members = {key.removeprefix("model_"): os.path.join(artifacts[0].uri, "Format-Serving")
                for key, artifacts in sorted(inputs.items()) if key.startswith("model_")}
-    run = run_context_id(store, ensemble)
-    examples = execution_artifacts(store, latest_execution(store, pipeline_name, EXAMPLE_GEN, run))[1]["examples"][0]
+    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run_context_id(store, ensemble))
     return os.path.join(outputs["model"][0].uri, "Format-Serving"), members, os.path.join(examples.uri, "Split-eval")
 
 

@@ -131,8 +131,14 @@ def latest_run(pipeline_root: str, pipeline_name: str) -> dict:
     from tfx.types import artifact_utils
 
     from pipeline.configs import metadata_path
-    from pipeline.report import EXAMPLE_GEN
-    from pipeline.summary import execution_artifacts, latest_execution, open_store, run_context_id
+    from pipeline.summary import (
+        EXAMPLE_GEN,
+        execution_artifacts,
+        latest_execution,
+        open_store,
+        output_artifact,
+        run_context_id,
+    )
     from pipeline.training import trainer_id
 
     store = open_store(metadata_path(pipeline_root))
@@ -143,9 +149,9 @@ def latest_run(pipeline_root: str, pipeline_name: str) -> dict:
     trainer_inputs = {key: [artifact_utils.deserialize_artifact(types[a.type_id], a) for a in artifacts]
                       for key, artifacts in execution_artifacts(store, trainer)[0].items()}
     properties = {name: value.string_value for name, value in trainer.custom_properties.items()}
-    examples = execution_artifacts(store, latest_execution(store, pipeline_name, EXAMPLE_GEN, run))[1]["examples"][0]
+    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
     return {
-        "ensemble": os.path.join(execution_artifacts(store, ensemble)[1]["model"][0].uri, "Format-Serving"),
+        "ensemble": os.path.join(output_artifact(store, pipeline_name, "Ensemble", "model", run).uri, "Format-Serving"),
         "eval_split": os.path.join(examples.uri, "Split-eval"),
         "trainer_inputs": trainer_inputs, "trainer_properties": properties,
         "custom_config": json.loads(properties["custom_config"]),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from components.dicom_example_gen import DicomExampleGen
 from components.dicom_example_gen.executor import REPORT_FILE
 from ich_model.constants import ABBREVIATIONS, LABELS
 from ich_model.members import MEMBERS
@@ -25,21 +24,19 @@ from ich_model.serving import PROBABILITIES
 from pipeline.configs import metadata_path
 from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
 from pipeline.summary import (
-    CANDIDATE,
     ENSEMBLE,
-    EVALUATOR,
+    EXAMPLE_GEN,
     execution_artifacts,
+    latest_evaluation,
     latest_execution,
     metric_value,
     model_name,
     open_store,
-    run_context_id,
-    run_summary,
+    output_artifact,
 )
 from pipeline.training import trainer_id
 
 INDEX = "index.html"
-EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 BASELINE = "baseline"  # TFX's name for the baseline model in an evaluation with one
 # Sections of the page, in order: (anchor, heading). Tests check that each is present.
 SECTIONS = (
@@ -79,14 +76,10 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     import tensorflow_model_analysis as tfma
 
     store = open_store(metadata_path(pipeline_root))
-    evaluator = latest_execution(store, pipeline_name, EVALUATOR)
-    run = run_context_id(store, evaluator)
+    summary, result, run = latest_evaluation(store, pipeline_name)
     run_id = next(c.name for c in store.get_contexts_by_id([run]))
-    summary = run_summary(metadata_path(pipeline_root), pipeline_name)
-    had_baseline = bool(summary["baseline"])
-    result = tfma.load_eval_result(summary["evaluation"], model_name=CANDIDATE if had_baseline else None)
     baseline_metrics = None
-    if had_baseline:
+    if summary["baseline"]:
         baseline = tfma.load_eval_result(summary["evaluation"], model_name=BASELINE)
         baseline_metrics = next(m for key, m in baseline.slicing_metrics if key == ())
     trainers = {}
@@ -95,7 +88,7 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
         base = inputs.get("base_model", [])
         trainers[name] = {"warm_start": base[0].uri if base else None,
                           "logs": os.path.join(outputs["model_run"][0].uri, "logs")}
-    examples = execution_artifacts(store, latest_execution(store, pipeline_name, EXAMPLE_GEN, run))[1]["examples"][0]
+    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,

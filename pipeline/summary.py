@@ -3,6 +3,8 @@
 `run_summary` finds the latest Evaluator and Pusher executions in MLMD, loads their artifacts and returns the
 `last_run.json` document: per model (`ensemble`, `member_a`, ...) and label the AUC, plus the macro AUC and
 the weighted log loss; `blessed`, `reason` and `pushed_to`. `format_summary` renders it as the closing table.
+`latest_evaluation` gives the same with TFMA's loaded result and the run, for readers that need more of the
+run (`ich report`, the benchmarks); `output_artifact` finds what another node of that run wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
@@ -21,6 +24,7 @@ from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
 
 ENSEMBLE = "ensemble"
 EVALUATOR = "Evaluator"
+EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 PUSHER = "Pusher"
 CANDIDATE = "candidate"  # TFX's name for the evaluated model when there is a baseline
 
@@ -85,6 +89,12 @@ def execution_artifacts(store: metadata_store.MetadataStore,
     return inputs, outputs
 
 
+def output_artifact(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str, key: str,
+                    run: int | None = None) -> metadata_store_pb2.Artifact:
+    """The (first) `key` artifact that `node_id` output in its latest execution, of pipeline run `run` if given."""
+    return execution_artifacts(store, latest_execution(store, pipeline_name, node_id, run))[1][key][0]
+
+
 def metric_value(metrics: dict, name: str) -> float | None:
     """A metric of TFMA's loaded results (`{"doubleValue": v}`, with NaN written as the string "NaN"), or None
     when it is absent or undefined."""
@@ -94,10 +104,8 @@ def metric_value(metrics: dict, name: str) -> float | None:
     return float(value)
 
 
-def model_metrics(evaluation_uri: str, had_baseline: bool = False) -> dict[str, dict[str, float | None]]:
-    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}. An
-    evaluation with a baseline stores the evaluated model under the name `candidate`."""
-    result = tfma.load_eval_result(evaluation_uri, model_name=CANDIDATE if had_baseline else None)
+def model_metrics(result: tfma.EvalResult) -> dict[str, dict[str, float | None]]:
+    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}."""
     overall = next(metrics for slice_key, metrics in result.slicing_metrics if slice_key == ())
     summary = {}
     for output in MODEL_OUTPUTS:
@@ -147,21 +155,28 @@ def _threshold_text(threshold) -> str:
     return f"change {change.absolute.value:+g} ({tfma.MetricDirection.Name(change.direction).lower()})"
 
 
-def run_summary(metadata_path: str, pipeline_name: str) -> dict:
-    store = open_store(metadata_path)
+def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str) -> tuple[dict, tfma.EvalResult, int]:
+    """The run of the newest Evaluator execution: its summary (the `run_summary` document), TFMA's loaded result
+    of the evaluated model and the run's context id. An evaluation with a baseline stores the evaluated model
+    under the name `candidate`."""
     evaluator = latest_execution(store, pipeline_name, EVALUATOR)
+    run = run_context_id(store, evaluator)
     evaluator_inputs, evaluator_outputs = execution_artifacts(store, evaluator)
     evaluation = evaluator_outputs["evaluation"][0]
     baseline = evaluator_inputs.get("baseline_model", [])
+    result = tfma.load_eval_result(evaluation.uri, model_name=CANDIDATE if baseline else None)
     blessed, reason = blessing_reason(evaluation.uri, had_baseline=bool(baseline))
-    pusher = latest_execution(store, pipeline_name, PUSHER, run_context_id(store, evaluator))
-    pushed = execution_artifacts(store, pusher)[1]["pushed_model"][0]
+    pushed = output_artifact(store, pipeline_name, PUSHER, "pushed_model", run)
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
-    return {"metrics": model_metrics(evaluation.uri, had_baseline=bool(baseline)), "blessed": blessed,
-            "reason": reason, "pushed_to": pushed_to, "evaluation": evaluation.uri,
-            "baseline": baseline[0].uri if baseline else None}
+    summary = {"metrics": model_metrics(result), "blessed": blessed, "reason": reason, "pushed_to": pushed_to,
+               "evaluation": evaluation.uri, "baseline": baseline[0].uri if baseline else None}
+    return summary, result, run
+
+
+def run_summary(metadata_path: str, pipeline_name: str) -> dict:
+    return latest_evaluation(open_store(metadata_path), pipeline_name)[0]
 
 
 def format_summary(summary: dict) -> str:
