@@ -109,6 +109,7 @@ def executor_once(base: str, out: str, beam_args: list[str]) -> float:
 
     from components.dicom_example_gen.component import DicomExampleGen
     from components.dicom_example_gen.executor import Executor
+    from pipeline.configs import beam_args_with_workers_image  # as `ich run` passes them
 
     properties = dict(DicomExampleGen(base).exec_properties)
     for key, value in properties.items():
@@ -117,7 +118,7 @@ def executor_once(base: str, out: str, beam_args: list[str]) -> float:
     examples = standard_artifacts.Examples()
     examples.uri = out
     start = time.perf_counter()
-    Executor(Executor.Context(beam_pipeline_args=beam_args)).Do(
+    Executor(Executor.Context(beam_pipeline_args=beam_args_with_workers_image(beam_args))).Do(
         {}, {standard_component_specs.EXAMPLES_KEY: [examples]}, properties)
     return time.perf_counter() - start
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 
-from pipeline.configs import PipelineConfig
+from pipeline.configs import IMAGE, PipelineConfig
 from pipeline.pipeline import create_pipeline
 
-DEFAULT_IMAGE = "ghcr.io/ich-pipeline/ich:latest"
 DEFAULT_OUTPUT = "pipeline.yaml"
 # The cluster defaults that the committed pipeline.yaml is compiled with (`ich compile` with no options).
 DEFAULT_PIPELINE_ROOT = "gs://ich-pipeline/root"
@@ -31,7 +30,7 @@ def cluster_config(config: PipelineConfig, pipeline_root: str = DEFAULT_PIPELINE
         input_pattern=config.input_pattern or CLUSTER_INPUT_PATTERN)
 
 
-def compile_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, output: str = DEFAULT_OUTPUT) -> Path:
+def compile_pipeline(config: PipelineConfig, image: str = IMAGE, output: str = DEFAULT_OUTPUT) -> Path:
     """Writes the KFP v2 spec for `config` to `output` and returns its path."""
     if config.span_window != 1:
         raise ValueError(

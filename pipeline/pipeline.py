@@ -12,7 +12,7 @@ import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from components.dicom_example_gen import DicomExampleGen
-from pipeline.configs import PipelineConfig
+from pipeline.configs import PipelineConfig, beam_args_with_workers_image
 from pipeline.evaluation import EVAL_SPLIT, eval_config
 from pipeline.retraining import WINDOW, span_window_resolver, transform_cache_resolver
 from pipeline.training import ensemble_of, member_trainers
@@ -87,5 +87,5 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         components=create_components(config),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.beam_pipeline_args),
+        beam_pipeline_args=beam_args_with_workers_image(config.beam_pipeline_args),
     )

@@ -13,6 +13,7 @@ from components.dicom_example_gen.component import DicomExampleGen
 from components.dicom_example_gen.executor import Executor
 from components.ensemble import Ensemble
 from ich_model.serving import ScoringModule
+from pipeline.configs import beam_args_with_workers_image
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -25,7 +26,7 @@ def run_example_gen(component: DicomExampleGen, out: Path) -> standard_artifacts
             exec_properties[key] = proto_utils.proto_to_json(value)
     examples = standard_artifacts.Examples()
     examples.uri = str(out)
-    Executor(Executor.Context(beam_pipeline_args=BEAM_ARGS)).Do(
+    Executor(Executor.Context(beam_pipeline_args=beam_args_with_workers_image(BEAM_ARGS))).Do(
         {}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
     return examples
 

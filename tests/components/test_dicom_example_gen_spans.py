@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 from components.dicom_example_gen import DicomExampleGen
 from components.dicom_example_gen.component import SPAN_PATTERN, default_input_pattern
 from ich_model.synth import generate_dataset
+from pipeline.configs import beam_args_with_workers_image
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,8 @@ def test_latest_span_is_ingested_and_recorded(tmp_path):
         components=[example_gen],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(metadata_path)),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        beam_pipeline_args=beam_args_with_workers_image(["--direct_running_mode=in_memory",
+                                                         "--direct_num_workers=1"]),
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
-from pipeline.configs import PRESETS, preset, with_overrides
+from pipeline.configs import IMAGE, PRESETS, beam_args_with_workers_image, preset, with_overrides
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
@@ -73,3 +75,21 @@ def test_cli_rejects_a_bad_setting_before_running_anything(capsys, tmp_path):
     assert exit_info.value.code == 2
     assert "train_steps=lots: not a valid int" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no demo set was generated, nothing ran
+
+
+def test_local_beam_components_do_not_package_tfx_into_the_temp_folder(tmp_path, monkeypatch):
+    """TFX copies its installation into a new temporary folder for each Beam executor whose arguments do not say
+    where workers get their dependencies; a direct run never uses the copy, and nothing removes it."""
+    from components.dicom_example_gen.executor import Executor
+
+    local = preset("demo").beam_pipeline_args
+    for temp, args in (("as_given", list(local)), ("with_image", beam_args_with_workers_image(local))):
+        (tmp_path / temp).mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / temp))
+        Executor(Executor.Context(beam_pipeline_args=args))
+    assert list((tmp_path / "as_given").glob("*/build/tfx")), "TFX no longer packages itself: this shows nothing"
+    assert not list((tmp_path / "with_image").iterdir())
+
+    assert beam_args_with_workers_image(local) == [*local, f"--sdk_container_image={IMAGE}"]
+    assert beam_args_with_workers_image(["--setup_file=./setup.py"]) == ["--setup_file=./setup.py"]
+    assert beam_args_with_workers_image(preset("cluster").beam_pipeline_args) == []

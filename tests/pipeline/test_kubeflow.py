@@ -10,8 +10,8 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline.configs import preset
-from pipeline.kubeflow_runner import DEFAULT_IMAGE, DEFAULT_OUTPUT, cluster_config, compile_pipeline
+from pipeline.configs import IMAGE, preset
+from pipeline.kubeflow_runner import DEFAULT_OUTPUT, cluster_config, compile_pipeline
 
 COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_OUTPUT
 # The latest-blessed-model resolver compiles to two KFP resolver tasks (its model and its blessing query).
@@ -32,7 +32,7 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
     assert set(spec.root.dag.tasks) == TASKS
     executors = document["deploymentSpec"]["executors"].values()
     images = {executor["container"]["image"] for executor in executors if "container" in executor}
-    assert images == {DEFAULT_IMAGE}
+    assert images == {IMAGE}
     # The trainers depend on the Examples, the Transform and the base model only, so a cluster runs them side by
     # side; each warm-starts from the latest blessed ensemble (its base_model input).
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):
