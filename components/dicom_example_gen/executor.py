@@ -18,13 +18,14 @@ import gzip
 import json
 import logging
 import os
+import struct
 from collections import Counter
 from typing import Any
 
 import apache_beam as beam
+import google_crc32c
 import tensorflow as tf
 from apache_beam.io import fileio
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.options.value_provider import StaticValueProvider
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor, utils
@@ -261,14 +262,24 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
     return report
 
 
+def _masked_crc32c(data: bytes) -> bytes:
+    """TFRecord's checksum: CRC-32C, rotated and offset ("masked"), little-endian."""
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
 class _GzipTFRecordSink(fileio.FileSink):
-    """TFRecord framing inside a gzip stream, at a compression level chosen for speed (see GZIP_LEVEL)."""
+    """TFRecord framing (length, its checksum, data, its checksum) inside a gzip stream, at a compression level
+    chosen for speed (see GZIP_LEVEL)."""
 
     def open(self, fh):
         self._file = gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
 
     def write(self, record: bytes):
-        _TFRecordUtil.write_record(self._file, record)
+        length = struct.pack("<Q", len(record))
+        self._file.write(length + _masked_crc32c(length))
+        self._file.write(record)
+        self._file.write(_masked_crc32c(record))
 
     def flush(self):
         self._file.close()  # writes the gzip trailer; fileio closes the underlying file

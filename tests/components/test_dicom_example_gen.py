@@ -27,7 +27,7 @@ from ich_model.constants import LABELS
 from ich_model.examples import example_pixels
 from ich_model.reference import is_rsna_wrapped, rsna_hounsfield
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
-from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen
+from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen, split_files
 
 BROKEN = {  # file name in the input -> expected reject reason
     "MR_truncated.dcm": "not_ct",
@@ -174,6 +174,20 @@ def test_splits_are_by_patient(ingested, input_base):
     assert not patients["train"] & patients["eval"]
     total = sum(len(read_split(out, split)) for split in ("train", "eval"))
     assert total == len(dicom_files(input_base))
+
+
+def test_split_files_are_gzip_streams_of_exactly_what_tensorflow_s_tfrecord_writer_writes(ingested, tmp_path):
+    out, _ = ingested
+    files = split_files(out, "train") + split_files(out, "eval")
+    assert files
+    for path in files:
+        written = gzip.decompress(Path(path).read_bytes())
+        records = [r.numpy() for r in tf.data.TFRecordDataset([path], compression_type="GZIP")]
+        reference = tmp_path / "reference.tfrecord"
+        with tf.io.TFRecordWriter(str(reference)) as writer:  # TensorFlow's framing and CRC-32C checksums
+            for record in records:
+                writer.write(record)
+        assert records and written == reference.read_bytes(), path
 
 
 def test_no_identifying_tag_reaches_the_outputs(ingested):
