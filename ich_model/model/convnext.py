@@ -12,6 +12,7 @@ import tensorflow as tf
 from ich_model.model.efficientnet import StochasticDepth
 
 LAYER_NORM_EPSILON = 1e-6
+# The paper's layer-scale start, for deep stacks trained for hundreds of epochs (a preset may choose another).
 LAYER_SCALE_INIT = 1e-6
 
 
@@ -42,7 +43,7 @@ def layer_norm(name: str) -> tf.keras.layers.LayerNormalization:
     return tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
 
 
-def convnext_block(x, drop_rate: float, name: str):
+def convnext_block(x, drop_rate: float, name: str, layer_scale_init: float = LAYER_SCALE_INIT):
     channels = x.shape[-1]
     inputs = x
     x = tf.keras.layers.DepthwiseConv2D(7, padding="same", depthwise_initializer=trunc_normal(),
@@ -51,7 +52,7 @@ def convnext_block(x, drop_rate: float, name: str):
     x = tf.keras.layers.Dense(4 * channels, kernel_initializer=trunc_normal(), name=f"{name}_mlp1")(x)
     x = tf.keras.layers.Activation("gelu", name=f"{name}_gelu")(x)
     x = tf.keras.layers.Dense(channels, kernel_initializer=trunc_normal(), name=f"{name}_mlp2")(x)
-    x = LayerScale(LAYER_SCALE_INIT, name=f"{name}_scale")(x)
+    x = LayerScale(layer_scale_init, name=f"{name}_scale")(x)
     x = StochasticDepth(drop_rate, name=f"{name}_drop")(x)
     return tf.keras.layers.Add(name=f"{name}_add")([inputs, x])
 
