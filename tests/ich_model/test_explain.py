@@ -1,8 +1,9 @@
 """Grad-CAM on synthetic slices whose lesion masks are known: a member trained briefly on lesion-rich studies puts
 its heat for the true subtype on the lesion (mean heat inside the mask at least twice the mean outside).
 
-The whole-image ratio alone is easy (the air around the head is cold, and bright blood raises any network's
-activations: the untrained network below reaches it too), so the test also asks for what only learning gives:
+The whole-image ratio alone proves little (the air around the head is cold, and bright blood raises any network's
+activations: an untrained tiny network has come close to it or reached it), so the test also asks for what only
+learning gives:
 more heat on the lesion than on the rest of the head than before training, and little heat on the lesion for a
 subtype that the slice does not show."""
 
