@@ -1,9 +1,13 @@
-"""What every benchmark shares: where its JSON goes and how it is written."""
+"""What every benchmark shares: where its JSON goes and how it is written, and the run that the inference and
+quality benchmarks read (bench/pipeline.py's demo run)."""
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -17,3 +21,37 @@ def write_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {path}")
+
+
+@dataclass
+class EnsembleRun:
+    """The latest Ensemble execution under a pipeline root and what its run wrote."""
+
+    store: Any  # the metadata store, read-only
+    ensemble: Any  # the Ensemble's MLMD execution
+    run: int  # its pipeline run's context id
+    ensemble_dir: str  # the ensemble's SavedModel
+    eval_split: str  # the folder of that run's eval split Examples
+
+
+def latest_ensemble_run(pipeline_root: str, pipeline_name: str) -> EnsembleRun:
+    from tfx.utils import path_utils
+
+    from pipeline.configs import metadata_path
+    from pipeline.evaluation import EVAL_SPLIT
+    from pipeline.summary import (
+        EXAMPLE_GEN,
+        execution_artifacts,
+        latest_execution,
+        open_store,
+        output_artifact,
+        run_context_id,
+    )
+
+    store = open_store(metadata_path(pipeline_root))
+    ensemble = latest_execution(store, pipeline_name, "Ensemble")
+    run = run_context_id(store, ensemble)
+    model = execution_artifacts(store, ensemble)[1]["model"][0]
+    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
+    return EnsembleRun(store, ensemble, run, path_utils.serving_model_path(model.uri),
+                       os.path.join(examples.uri, f"Split-{EVAL_SPLIT}"))  # TFX's split folder

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import latest_ensemble_run, results_path, write_results  # noqa: E402 - after the path is set
 
 GOAL_COST_RATIO = 3.2
 BATCHES = (1, 32)
@@ -31,23 +31,15 @@ BATCHES = (1, 32)
 
 def run_models(pipeline_root: str, pipeline_name: str) -> tuple[str, dict[str, str], str]:
     """The latest Ensemble's SavedModel, the member exports it was built from, and that run's eval split."""
-    from pipeline.configs import metadata_path
-    from pipeline.summary import (
-        EXAMPLE_GEN,
-        execution_artifacts,
-        latest_execution,
-        open_store,
-        output_artifact,
-        run_context_id,
-    )
+    from tfx.utils import path_utils
 
-    store = open_store(metadata_path(pipeline_root))
-    ensemble = latest_execution(store, pipeline_name, "Ensemble")
-    inputs, outputs = execution_artifacts(store, ensemble)
-    members = {key.removeprefix("model_"): os.path.join(artifacts[0].uri, "Format-Serving")
+    from pipeline.summary import execution_artifacts
+
+    run = latest_ensemble_run(pipeline_root, pipeline_name)
+    inputs = execution_artifacts(run.store, run.ensemble)[0]
+    members = {key.removeprefix("model_"): path_utils.serving_model_path(artifacts[0].uri)
                for key, artifacts in sorted(inputs.items()) if key.startswith("model_")}
-    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run_context_id(store, ensemble))
-    return os.path.join(outputs["model"][0].uri, "Format-Serving"), members, os.path.join(examples.uri, "Split-eval")
+    return run.ensemble_dir, members, run.eval_split
 
 
 def timed(call, batches) -> float:

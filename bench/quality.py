@@ -29,7 +29,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import latest_ensemble_run, results_path, write_results  # noqa: E402 - after the path is set
 
 HELD_OUT_SEED = 2026
 CALIBRATION_BINS = 10
@@ -130,29 +130,17 @@ def latest_run(pipeline_root: str, pipeline_name: str) -> dict:
     properties), from the metadata store."""
     from tfx.types import artifact_utils
 
-    from pipeline.configs import metadata_path
-    from pipeline.summary import (
-        EXAMPLE_GEN,
-        execution_artifacts,
-        latest_execution,
-        open_store,
-        output_artifact,
-        run_context_id,
-    )
+    from pipeline.summary import execution_artifacts, latest_execution
     from pipeline.training import trainer_id
 
-    store = open_store(metadata_path(pipeline_root))
-    ensemble = latest_execution(store, pipeline_name, "Ensemble")
-    run = run_context_id(store, ensemble)
-    trainer = latest_execution(store, pipeline_name, trainer_id("a"), run)
-    types = {t.id: t for t in store.get_artifact_types()}
+    run = latest_ensemble_run(pipeline_root, pipeline_name)
+    trainer = latest_execution(run.store, pipeline_name, trainer_id("a"), run.run)
+    types = {t.id: t for t in run.store.get_artifact_types()}
     trainer_inputs = {key: [artifact_utils.deserialize_artifact(types[a.type_id], a) for a in artifacts]
-                      for key, artifacts in execution_artifacts(store, trainer)[0].items()}
+                      for key, artifacts in execution_artifacts(run.store, trainer)[0].items()}
     properties = {name: value.string_value for name, value in trainer.custom_properties.items()}
-    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
     return {
-        "ensemble": os.path.join(output_artifact(store, pipeline_name, "Ensemble", "model", run).uri, "Format-Serving"),
-        "eval_split": os.path.join(examples.uri, "Split-eval"),
+        "ensemble": run.ensemble_dir, "eval_split": run.eval_split,
         "trainer_inputs": trainer_inputs, "trainer_properties": properties,
         "custom_config": json.loads(properties["custom_config"]),
         "train_steps": json.loads(properties["train_args"]).get("num_steps"),
