@@ -23,6 +23,12 @@ def write_results(path: Path, results: dict) -> None:
     print(f"results: {path}")
 
 
+def with_sd(row: dict, key: str, digits: int) -> str:
+    """row[key], with its standard deviation over seeds (row[key + "_sd"]) when it was measured over several."""
+    sd = row.get(f"{key}_sd")
+    return f"{row[key]:.{digits}f}" + ("" if sd is None else f" ±{sd:.{digits}f}")
+
+
 @dataclass
 class EnsembleRun:
     """The latest Ensemble execution under a pipeline root and what its run wrote."""

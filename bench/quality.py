@@ -7,8 +7,10 @@ transform graph. The held-out set is a separate `ich synth` seed with more patie
 
 - Ablation at one training budget: the cascade, an EfficientNetV2-only and a ConvNeXt-only network (parameter
   counts within 25% of the cascade's) trained by the Trainer's own run_fn with member A's recipe, on the run's
-  Examples, with the run's steps, batch and schedule. Goal: the cascade's macro AUC and weighted log loss at least
-  as good as the better of the two.
+  Examples, with the run's steps, batch and schedule, once per seed (`--seeds`, default 3: seeds 1..3 set the
+  initialisation and the sampler's order; training on CPU is not bit-reproducible, so one training says little).
+  Goal: the cascade's mean macro AUC and mean weighted log loss over the seeds at least as good as the better of
+  the two.
 - The ensemble against each of its members. Goal: at least as good as its best member.
 - Calibration: expected calibration error per label (10 equal-width bins) as exported, and after per-label Platt
   scaling fitted on the run's eval split (the pipeline has no calibration step; this shows what one would give).
@@ -29,7 +31,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import latest_ensemble_run, results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import latest_ensemble_run, results_path, with_sd, write_results  # noqa: E402 - after the path is set
 
 HELD_OUT_SEED = 2026
 CALIBRATION_BINS = 10
@@ -107,20 +109,39 @@ def eval_split_scores(model_dir: str, eval_split: str):
     return labels, probabilities
 
 
-def train_architecture(architecture: str, run: dict, out_dir: Path) -> str:
+def over_seeds(per_seed: list[dict]) -> dict:
+    """The mean of `figures` over trainings with different seeds, the sample standard deviation of the two
+    summary figures, and each training's own figures."""
+    import numpy as np
+
+    def mean(values):
+        defined = [v for v in values if v is not None]
+        return float(np.mean(defined)) if defined else None
+
+    def sd(values):
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    macro = [f["macro_auc"] for f in per_seed]
+    loss = [f["weighted_log_loss"] for f in per_seed]
+    return {"auc": {label: mean([f["auc"][label] for f in per_seed]) for label in per_seed[0]["auc"]},
+            "macro_auc": mean(macro), "weighted_log_loss": mean(loss),
+            "macro_auc_sd": sd(macro), "weighted_log_loss_sd": sd(loss), "per_seed": per_seed}
+
+
+def train_architecture(architecture: str, seed: int, run: dict, out_dir: Path) -> str:
     """One network trained by ich_model.trainer.run_fn on the fn_args that TFX builds from the run's member A
-    Trainer execution (its Examples, transform graph, steps and settings), from scratch and with `architecture`;
-    returns its exported SavedModel."""
+    Trainer execution (its Examples, transform graph, steps and settings), from scratch, with `architecture` and
+    `seed`; returns its exported SavedModel."""
     from tfx.components.trainer import fn_args_utils
 
     from ich_model.trainer import run_fn
 
     inputs = {key: artifacts for key, artifacts in run["trainer_inputs"].items() if key != "base_model"}
     properties = {**run["trainer_properties"],
-                  "custom_config": json.dumps({**run["custom_config"], "architecture": architecture})}
+                  "custom_config": json.dumps({**run["custom_config"], "architecture": architecture, "seed": seed})}
     fn_args = fn_args_utils.get_common_fn_args(inputs, properties)
-    fn_args.serving_model_dir = str(out_dir / architecture / "serving")
-    fn_args.model_run_dir = str(out_dir / architecture / "run")
+    fn_args.serving_model_dir = str(out_dir / architecture / f"seed{seed}" / "serving")
+    fn_args.model_run_dir = str(out_dir / architecture / f"seed{seed}" / "run")
     run_fn(fn_args)
     return fn_args.serving_model_dir
 
@@ -152,6 +173,7 @@ def main() -> None:
     parser.add_argument("--pipeline-root", default=str(ROOT / "build" / "bench" / "pipeline"))
     parser.add_argument("--pipeline-name", default="ich")
     parser.add_argument("--patients", type=int, default=200, help="held-out patients (the demo set has 150)")
+    parser.add_argument("--seeds", type=int, default=3, help="trainings of each ablation network (seeds 1..N)")
     parser.add_argument("--held-out", type=Path, default=ROOT / "build" / "bench" / "held-out")
     parser.add_argument("--json", type=Path, default=results_path("quality"))
     args = parser.parse_args()
@@ -204,13 +226,20 @@ def main() -> None:
     ablation = {}
     with tempfile.TemporaryDirectory(prefix="ich-bench-ablation-") as tmp:
         for architecture in ARCHITECTURES:
-            print(f"training {architecture}: {run['train_steps']} steps, member A's recipe", flush=True)
-            model_dir = train_architecture(architecture, run, Path(tmp))
-            result, _ = scored([args.held_out], model_dir, labels_by_id)
-            ablation[architecture] = {**figures(labels, result.probabilities),
+            per_seed = []
+            for seed in range(1, args.seeds + 1):
+                print(f"training {architecture}, seed {seed} of {args.seeds}: {run['train_steps']} steps, "
+                      "member A's recipe", flush=True)
+                model_dir = train_architecture(architecture, seed, run, Path(tmp))
+                result, _ = scored([args.held_out], model_dir, labels_by_id)
+                per_seed.append(figures(labels, result.probabilities))
+                print(f"  {architecture}, seed {seed}: macro AUC {per_seed[-1]['macro_auc']:.3f}, weighted log "
+                      f"loss {per_seed[-1]['weighted_log_loss']:.4f}", flush=True)
+            ablation[architecture] = {**over_seeds(per_seed),
                                       "parameters": build_architecture(architecture,
                                                                        run["custom_config"]["preset"]).count_params()}
     results["ablation"] = ablation
+    results["ablation_seeds"] = args.seeds
     rivals = [ablation[a] for a in ARCHITECTURES if a != "cascade"]
     results["cascade_goal_met"] = (ablation["cascade"]["macro_auc"] >= max(r["macro_auc"] for r in rivals)
                                    and ablation["cascade"]["weighted_log_loss"] <= min(
@@ -218,15 +247,18 @@ def main() -> None:
 
     print(f"\nheld-out: {len(labels)} slices of {args.patients} patients (seed {HELD_OUT_SEED})")
     header = "  ".join(f"{ABBREVIATIONS[label]:>6}" for label in PAPER_ORDER)
-    print(f"  {'model':<20}{header}  {'macro':>6}  {'wLogLoss':>8}  {'params':>7}")
-    rows = {**results["ensemble_vs_members"], **ablation}
+    print(f"  {'model':<24}{header}  {'macro':>12}  {'wLogLoss':>15}  {'params':>7}")
+    rows = {**results["ensemble_vs_members"],
+            **{f"{name} (mean of {args.seeds})": row for name, row in ablation.items()}}
     for name, row in rows.items():
         aucs = "  ".join("   n/a" if row["auc"][label] is None else f"{row['auc'][label]:6.3f}"
                          for label in PAPER_ORDER)
         params = f"{row['parameters'] / 1e6:6.2f}M" if "parameters" in row else ""
-        print(f"  {name:<20}{aucs}  {row['macro_auc']:6.3f}  {row['weighted_log_loss']:8.4f}  {params:>7}")
+        print(f"  {name:<24}{aucs}  {with_sd(row, 'macro_auc', 3):>12}  {with_sd(row, 'weighted_log_loss', 4):>15}"
+              f"  {params:>7}")
     print(f"  ensemble at least as good as its best member: {results['ensemble_goal_met']}")
-    print(f"  cascade at least as good as both single-family networks: {results['cascade_goal_met']}")
+    print(f"  cascade at least as good as both single-family networks (means over {args.seeds} seeds): "
+          f"{results['cascade_goal_met']}")
     print("  ECE per label (exported -> Platt on the eval split): " + ", ".join(
         f"{ABBREVIATIONS[label]} {v['exported']:.3f} -> {v['platt_on_eval_split']:.3f}"
         for label, v in results["calibration_ece"].items()))

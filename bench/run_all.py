@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path  # noqa: E402 - after the path is set
+from bench.common import results_path, with_sd  # noqa: E402 - after the path is set
 
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts inference and quality then use.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "inference", "quality")
@@ -62,17 +62,21 @@ def _inference(r: dict) -> list[str]:
             f"{_goal(cost <= r['goal_cost_ratio'])} |" for b, cost in r["ensemble_cost_vs_member"].items()]
 
 
+def _macro_and_loss(row: dict) -> str:
+    return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
+
+
 def _quality(r: dict) -> list[str]:
     ablation = r["ablation"]
     cascade = ablation["cascade"]
-    rivals = ", ".join(f"{name} {row['macro_auc']:.3f} / {row['weighted_log_loss']:.4f}"
-                       for name, row in ablation.items() if name != "cascade")
+    seeds = r.get("ablation_seeds", 1)
+    rivals = ", ".join(f"{name} {_macro_and_loss(row)}" for name, row in ablation.items() if name != "cascade")
     members = r["ensemble_vs_members"]
     best = max((m for m in members if m != "ensemble"), key=lambda m: members[m]["macro_auc"])
     spread = r["spread_flags_errors_auroc"]
-    return [f"| quality | cascade macro AUC / wLogLoss vs single-family networks | "
-            f"{cascade['macro_auc']:.3f} / {cascade['weighted_log_loss']:.4f} ({rivals}) | at least as good as "
-            f"the better | {_goal(r['cascade_goal_met'])} |",
+    return [f"| quality | cascade macro AUC / wLogLoss vs single-family networks, mean ± sd over {seeds} "
+            f"seeds | {_macro_and_loss(cascade)} ({rivals}) | at least as good as the better | "
+            f"{_goal(r['cascade_goal_met'])} |",
             f"| quality | ensemble macro AUC / wLogLoss vs its best member ({best}) | "
             f"{members['ensemble']['macro_auc']:.3f} / {members['ensemble']['weighted_log_loss']:.4f} vs "
             f"{members[best]['macro_auc']:.3f} / {members[best]['weighted_log_loss']:.4f} | at least as good | "
@@ -88,10 +92,14 @@ SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipel
 def _auc_table(r: dict) -> list[str]:
     order = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
     heads = ("any", "EDH", "IPH", "IVH", "SAH", "SDH")
+    seeds = r.get("ablation_seeds", 1)
     lines = ["| model | " + " | ".join(heads) + " | macro AUC | wLogLoss |", "|---" * (len(heads) + 3) + "|"]
-    for name, row in {**r["ensemble_vs_members"], **r["ablation"]}.items():
+    rows = {**r["ensemble_vs_members"],
+            **{f"{name} (mean of {seeds} seeds)": row for name, row in r["ablation"].items()}}
+    for name, row in rows.items():
         aucs = " | ".join("n/a" if row["auc"][label] is None else f"{row['auc'][label]:.3f}" for label in order)
-        lines.append(f"| {name} | {aucs} | {row['macro_auc']:.3f} | {row['weighted_log_loss']:.4f} |")
+        lines.append(f"| {name} | {aucs} | {with_sd(row, 'macro_auc', 3)} | "
+                     f"{with_sd(row, 'weighted_log_loss', 4)} |")
     lines += ["", "| label | ECE as exported | ECE after Platt scaling on the eval split |", "|---|---|---|"]
     lines += [f"| {label} | {v['exported']:.3f} | {v['platt_on_eval_split']:.3f} |"
               for label, v in r["calibration_ece"].items()]

@@ -11,7 +11,8 @@ custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `b
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
 Examples in memory between epochs; set false for sets larger than memory), `warm_start_steps` (default: the
 training steps), `architecture` (default "cascade"; "efficientnet_only" and "convnext_only" are the ablation's
-single-family networks, for bench/quality.py).
+single-family networks, for bench/quality.py), `seed` (default: the member's recipe seed; sets the weights'
+initialisation and the sampler's order, for repeating a training over seeds).
 
 With a base model (the latest blessed ensemble), the member starts from the weights of its namesake in that
 ensemble and trains for `warm_start_steps` on a schedule of that length; without one, or when the base member is
@@ -91,6 +92,7 @@ def run_fn(fn_args) -> None:
     recipe = MEMBERS[config.get("member", "a")]
     preset = config.get("preset", "tiny")
     batch_size = int(config.get("batch_size", BATCH_SIZE))
+    seed = int(config.get("seed", recipe.seed))
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     train_count, cooccurrence = label_counts(fn_args.train_files)
@@ -113,7 +115,7 @@ def run_fn(fn_args) -> None:
     train_raw = raw_examples(fn_args.train_files, fn_args.data_accessor, tft_output)
     if config.get("cache_examples", True):  # small sets: keep the raw Examples in memory between epochs
         train_raw = train_raw.cache()
-    train = training_batches(train_raw, recipe, prevalence, batch_size, to_images=to_images)
+    train = training_batches(train_raw, recipe, prevalence, batch_size, seed=seed, to_images=to_images)
     evaluation = (raw_examples(fn_args.eval_files, fn_args.data_accessor, tft_output)
                   .batch(batch_size).take(validation_steps).map(lambda raw, labels: (to_images(raw), labels)))
     if config.get("cache_examples", True):
@@ -121,7 +123,7 @@ def run_fn(fn_args) -> None:
 
     train_steps = int(fn_args.train_steps)
     with _strategy().scope():
-        model = build_architecture(config.get("architecture", "cascade"), preset, prior=sampled, seed=recipe.seed,
+        model = build_architecture(config.get("architecture", "cascade"), preset, prior=sampled, seed=seed,
                                    name=f"member_{recipe.name}")
         if fn_args.base_model and warm_start(model, fn_args.base_model, recipe.name):
             # The base member was exported at the data's prevalence; training resumes on balanced batches.
