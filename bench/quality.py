@@ -247,14 +247,14 @@ def main() -> None:
 
     print(f"\nheld-out: {len(labels)} slices of {args.patients} patients (seed {HELD_OUT_SEED})")
     header = "  ".join(f"{ABBREVIATIONS[label]:>6}" for label in PAPER_ORDER)
-    print(f"  {'model':<24}{header}  {'macro':>12}  {'wLogLoss':>15}  {'params':>7}")
+    print(f"  {'model':<31}{header}  {'macro':>12}  {'wLogLoss':>15}  {'params':>7}")
     rows = {**results["ensemble_vs_members"],
             **{f"{name} (mean of {args.seeds})": row for name, row in ablation.items()}}
     for name, row in rows.items():
         aucs = "  ".join("   n/a" if row["auc"][label] is None else f"{row['auc'][label]:6.3f}"
                          for label in PAPER_ORDER)
         params = f"{row['parameters'] / 1e6:6.2f}M" if "parameters" in row else ""
-        print(f"  {name:<24}{aucs}  {with_sd(row, 'macro_auc', 3):>12}  {with_sd(row, 'weighted_log_loss', 4):>15}"
+        print(f"  {name:<31}{aucs}  {with_sd(row, 'macro_auc', 3):>12}  {with_sd(row, 'weighted_log_loss', 4):>15}"
               f"  {params:>7}")
     print(f"  ensemble at least as good as its best member: {results['ensemble_goal_met']}")
     print(f"  cascade at least as good as both single-family networks (means over {args.seeds} seeds): "
