@@ -56,7 +56,7 @@ report: setup
 	  --screenshot=$(abspath $(REPORT_DIR))/page.png file://$(abspath $(REPORT_DIR))/index.html 2>/dev/null
 	@echo "page rendered to $(REPORT_DIR)/page.png"
 
-# Every benchmark in bench/ (about an hour on 2 cores), then bench/RESULTS.md; never part of `make test`.
+# Every benchmark in bench/ (about 70 minutes on 2 cores), then bench/RESULTS.md; never part of `make test`.
 bench: setup
 	$(PY) bench/run_all.py
 
