@@ -37,6 +37,7 @@ class EnsembleRun:
     ensemble: Any  # the Ensemble's MLMD execution
     run: int  # its pipeline run's context id
     ensemble_dir: str  # the ensemble's SavedModel
+    member_dirs: dict[str, str]  # member name -> the member export the ensemble was built from
     eval_split: str  # the folder of that run's eval split Examples
 
 
@@ -57,7 +58,9 @@ def latest_ensemble_run(pipeline_root: str, pipeline_name: str) -> EnsembleRun:
     store = open_store(metadata_path(pipeline_root))
     ensemble = latest_execution(store, pipeline_name, "Ensemble")
     run = run_context_id(store, ensemble)
-    model = execution_artifacts(store, ensemble)[1]["model"][0]
+    inputs, outputs = execution_artifacts(store, ensemble)
+    members = {key.removeprefix("model_"): path_utils.serving_model_path(artifacts[0].uri)
+               for key, artifacts in sorted(inputs.items()) if key.startswith("model_")}
     examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
-    return EnsembleRun(store, ensemble, run, path_utils.serving_model_path(model.uri),
+    return EnsembleRun(store, ensemble, run, path_utils.serving_model_path(outputs["model"][0].uri), members,
                        os.path.join(examples.uri, f"Split-{EVAL_SPLIT}"))  # TFX's split folder

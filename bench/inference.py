@@ -31,15 +31,8 @@ BATCHES = (1, 32)
 
 def run_models(pipeline_root: str, pipeline_name: str) -> tuple[str, dict[str, str], str]:
     """The latest Ensemble's SavedModel, the member exports it was built from, and that run's eval split."""
-    from tfx.utils import path_utils
-
-    from pipeline.summary import execution_artifacts
-
     run = latest_ensemble_run(pipeline_root, pipeline_name)
-    inputs = execution_artifacts(run.store, run.ensemble)[0]
-    members = {key.removeprefix("model_"): path_utils.serving_model_path(artifacts[0].uri)
-               for key, artifacts in sorted(inputs.items()) if key.startswith("model_")}
-    return run.ensemble_dir, members, run.eval_split
+    return run.ensemble_dir, run.member_dirs, run.eval_split
 
 
 def timed(call, batches) -> float:
