@@ -101,7 +101,7 @@ def run_fn(fn_args) -> None:
     prevalence = np.diag(cooccurrence) / train_count
     # Balanced batches hold more positives than the data: the member learns that prevalence, and its output is
     # moved back to the data's own before export.
-    sampled = sampled_prevalence(cooccurrence, train_count)
+    sampled = sampled_prevalence(cooccurrence, train_count, recipe.hard_subtypes)
     # Validate on at most the whole eval split: Keras stops validating for good once a finite set runs out.
     eval_count, _ = label_counts(fn_args.eval_files)
     validation_steps = min(int(fn_args.eval_steps), max(1, -(-eval_count // batch_size)))

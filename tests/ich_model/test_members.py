@@ -1,4 +1,4 @@
-"""Member recipes: losses and schedules against numpy/sklearn, samplers by counting, and a real short fit."""
+"""Member recipes: schedules against the formula, samplers by counting, and a real short fit."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from sklearn.metrics import log_loss
 
 from ich_model.augment import Augmentation, augment
-from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
 from ich_model.labels import read_rsna_labels
 from ich_model.members import (
     BATCH_SIZE,
     MEMBERS,
-    FocalBinaryCrossentropy,
     balanced_stream,
     compile_member,
     learning_rate_schedule,
@@ -25,17 +23,6 @@ from ich_model.members import (
 from ich_model.model.cascade import build_cascade, classification_head, correct_label_prior
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
-
-
-def test_focal_loss_without_focus_is_sklearn_log_loss_and_focus_lowers_easy_terms():
-    rng = np.random.default_rng(0)
-    y = (rng.random((64, NUM_LABELS)) < 0.3).astype(np.float32)
-    p = rng.uniform(0.01, 0.99, (64, NUM_LABELS)).astype(np.float32)
-    plain = float(FocalBinaryCrossentropy(gamma=0.0)(y, p))
-    assert plain == pytest.approx(log_loss(y.ravel(), p.ravel()), rel=1e-5)
-    p_t = np.where(y == 1, p, 1 - p)
-    expected = np.mean(-((1 - p_t) ** 2) * np.log(p_t))
-    assert float(FocalBinaryCrossentropy(gamma=2.0)(y, p)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
@@ -60,21 +47,46 @@ def label_only_examples(n: int, epidural_every: int = 50) -> tuple[tf.data.Datas
     return tf.data.Dataset.from_tensor_slices((images, labels)), labels.mean(axis=0)
 
 
-def test_balanced_sampling_puts_every_subtype_in_every_batch():
+@pytest.mark.parametrize("member", ["a", "c"])
+def test_balanced_sampling_puts_every_subtype_in_every_batch_and_hard_ones_twice_as_often(member):
     examples, prevalence = label_only_examples(1000)
-    stream = balanced_stream(examples, prevalence, seed=0).batch(BATCH_SIZE).take(30)
+    hard = MEMBERS[member].hard_subtypes
+    least = np.array([4 if name in hard else 2 for name in SUBTYPES])
+    stream = balanced_stream(examples, prevalence, seed=0, hard_subtypes=hard).batch(BATCH_SIZE).take(30)
     for _, labels in stream:
         per_subtype = labels.numpy()[:, :-1].sum(axis=0)
-        assert (per_subtype >= 2).all(), per_subtype
+        assert (per_subtype >= least).all(), per_subtype
 
 
-def test_sampled_prevalence_is_the_share_of_positives_that_balanced_batches_hold():
+def test_member_c_draws_more_epidural_positives_than_member_a():
     examples, prevalence = label_only_examples(1000)
+    epidural = LABELS.index("epidural")
+
+    def drawn(member):
+        stream = balanced_stream(examples, prevalence, seed=0, hard_subtypes=MEMBERS[member].hard_subtypes)
+        return np.concatenate([labels.numpy() for _, labels in stream.batch(BATCH_SIZE).take(100)])[:, epidural]
+
+    # Two more draws per batch from epidural's positives; the other draws hold epidural 2% of the time.
+    extra_per_batch = (drawn("c").mean() - drawn("a").mean()) * BATCH_SIZE
+    assert extra_per_batch == pytest.approx(2.0, abs=0.25)
+
+
+def test_an_unknown_hard_subtype_is_a_clear_error():
+    examples, prevalence = label_only_examples(100)
+    with pytest.raises(ValueError, match="'cerebellar'"):
+        balanced_stream(examples, prevalence, seed=0, hard_subtypes=("cerebellar",))
+
+
+@pytest.mark.parametrize("member", ["a", "c"])
+def test_sampled_prevalence_is_the_share_of_positives_that_balanced_batches_hold(member):
+    examples, prevalence = label_only_examples(1000)
+    hard = MEMBERS[member].hard_subtypes
     labels = np.stack([label.numpy() for _, label in examples])
-    expected = sampled_prevalence(labels.T @ labels, len(labels))
+    expected = sampled_prevalence(labels.T @ labels, len(labels), hard)
     windows = 400
     drawn = np.concatenate([batch.numpy() for _, batch in
-                            balanced_stream(examples, prevalence, seed=0).batch(BATCH_SIZE).take(windows)])
+                            balanced_stream(examples, prevalence, seed=0, hard_subtypes=hard)
+                            .batch(BATCH_SIZE).take(windows)])
     assert np.allclose(drawn.mean(axis=0), expected, atol=0.01), (drawn.mean(axis=0), expected)
     assert (expected > prevalence + 0.05).all()  # every label, `any` included, is over-represented
 
@@ -128,16 +140,19 @@ def test_a_member_fit_lowers_its_loss(tmp_path):
     assert after < 0.75 * before, (before, after)
 
 
-def test_eval_macro_auc_ranks_rare_subtypes_as_sklearn_does():
+def test_every_member_trains_on_sklearn_log_loss_and_its_eval_macro_auc_ranks_rare_subtypes_as_sklearn_does():
     """Rare-subtype probabilities sit far below 0.01; the checkpoint metric must still rank them."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
 
     rng = np.random.default_rng(3)
     labels = (rng.random((400, NUM_LABELS)) < 0.1).astype(np.float32)
     logits = rng.normal(-7.0, 1.0, labels.shape) + 1.5 * labels  # all probabilities around 0.001
     probabilities = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-    model = compile_member(tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x, input_shape=(NUM_LABELS,))]),
-                           MEMBERS["a"], total_steps=10)
-    measured = model.evaluate(probabilities, labels, batch_size=64, verbose=0, return_dict=True)["macro_auc"]
     expected = np.mean([roc_auc_score(labels[:, k], probabilities[:, k]) for k in range(NUM_LABELS)])
-    assert measured == pytest.approx(expected, abs=0.01)
+    for recipe in MEMBERS.values():
+        model = compile_member(
+            tf.keras.Sequential([tf.keras.layers.Lambda(lambda x: x, input_shape=(NUM_LABELS,))]), recipe,
+            total_steps=10)
+        measured = model.evaluate(probabilities, labels, batch_size=400, verbose=0, return_dict=True)
+        assert measured["macro_auc"] == pytest.approx(expected, abs=0.01)
+        assert measured["loss"] == pytest.approx(log_loss(labels.ravel(), probabilities.ravel()), rel=1e-4)
