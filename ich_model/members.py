@@ -76,7 +76,9 @@ def _slots(present: list[int], hard_subtypes: tuple[str, ...]) -> list[int]:
     if unknown:
         raise ValueError(f"hard_subtypes {sorted(unknown)} are not subtypes; expected some of {SUBTYPES}")
     hard = {SUBTYPES.index(name) for name in hard_subtypes}
-    slots = [k for k, subtype in enumerate(present) for _ in range(POSITIVE_DRAWS * (2 if subtype in hard else 1))]
+    draws = [POSITIVE_DRAWS * (2 if subtype in hard else 1) for subtype in present]
+    # Round-robin over the subtypes, so that a batch smaller than the window still mixes them.
+    slots = [k for turn in range(max(draws, default=0)) for k, count in enumerate(draws) if turn < count]
     return slots + [len(present)] * (BATCH_SIZE - len(slots))
 
 
