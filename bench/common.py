@@ -3,6 +3,7 @@ quality benchmarks read (bench/pipeline.py's demo run)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MEASURED_AT = "measured_at"  # UTC, "YYYY-MM-DD HH:MM": a file's own time is lost when it is cloned or copied
 
 
 def results_path(name: str) -> Path:
@@ -19,7 +21,8 @@ def results_path(name: str) -> Path:
 
 def write_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    stamped = {**results, MEASURED_AT: f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"}
+    path.write_text(json.dumps(stamped, indent=2) + "\n")
     print(f"results: {path}")
 
 

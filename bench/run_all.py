@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, with_sd  # noqa: E402 - after the path is set
+from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - after the path is set
 
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts inference and quality then use.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "inference", "quality")
@@ -106,10 +106,6 @@ def _auc_table(r: dict) -> list[str]:
     return lines
 
 
-def _modified(path: Path) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
-
-
 def write_results(statuses: dict[str, str]) -> Path:
     import tensorflow as tf
 
@@ -128,7 +124,7 @@ def write_results(statuses: dict[str, str]) -> Path:
             continue
         results[name] = json.loads(path.read_text())
         lines += SUMMARIES[name](results[name])
-    measured = ", ".join(f"{name} {_modified(results_path(name)):%Y-%m-%d %H:%M}" for name in results)
+    measured = ", ".join(f"{name} {figures.get(MEASURED_AT, 'time not recorded')}" for name, figures in results.items())
     lines += ["", f"Measured (UTC): {measured}."]
     if "quality" in results:
         held_out = results["quality"]["held_out"]
