@@ -420,13 +420,15 @@ def _slices_section(record: RunRecord) -> str:
 def _training_section(record: RunRecord, image: str, series: dict) -> str:
     rows = []
     for name, trainer in record.trainers.items():
-        validation = series[name]["validation"].get("epoch_macro_auc", [])
-        best = max((v for _, v in validation), default=None)
+        losses = series[name]["validation"].get("epoch_loss", [])
+        aucs = dict(series[name]["validation"].get("epoch_macro_auc", []))
+        # The Trainer exports the weights of the evaluation with the lowest validation loss.
+        kept_step, kept_loss = min(losses, key=lambda point: point[1], default=(None, None))
         start = f"warm start from <code>{html.escape(trainer['warm_start'])}</code>" if trainer["warm_start"] \
             else "from scratch"
-        rows.append(f"<tr><td>member {name}</td><td>{start}</td><td class=\"num\">{len(validation)}</td>"
-                    f"{_cell(best)}</tr>")
-    return (_table(["member", "start", "evaluations", "best validation macro AUC"], rows)
+        rows.append(f"<tr><td>member {name}</td><td>{start}</td><td class=\"num\">{len(losses)}</td>"
+                    f"{_cell(kept_loss)}{_cell(aucs.get(kept_step))}</tr>")
+    return (_table(["member", "start", "evaluations", "kept: validation loss", "kept: validation macro AUC"], rows)
             + f'<img src="{image}" alt="training curves">')
 
 

@@ -379,6 +379,7 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     training = page.sections["training"]["rows"][1:]
     assert [row[0] for row in training] == ["member a", "member b", "member c"]
     assert all(row[1].startswith("warm start from") for row in training)
+    assert all(float(row[3]) > 0 and 0 <= float(row[4]) <= 1 for row in training)  # the kept checkpoint's figures
 
     # Counts against span 3's own eval Examples, read here from the ExampleGen's output.
     store = _store(config)
