@@ -31,7 +31,14 @@ from tfx_bsl.public import tfxio
 
 from ich_model.constants import NUM_LABELS
 from ich_model.examples import LABEL
-from ich_model.members import BATCH_SIZE, MEMBERS, compile_member, sampled_prevalence, training_batches
+from ich_model.members import (
+    BATCH_SIZE,
+    CHECKPOINT_METRIC,
+    MEMBERS,
+    compile_member,
+    sampled_prevalence,
+    training_batches,
+)
 from ich_model.model.ablation import build_architecture
 from ich_model.model.cascade import correct_label_prior, describe
 from ich_model.preprocessing import IMAGE
@@ -140,10 +147,8 @@ def run_fn(fn_args) -> None:
         train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),
         validation_data=evaluation, validation_steps=validation_steps,
         callbacks=[
-            # Eval loss, not eval AUC: on a small eval split the AUC of rare subtypes is noisy and can peak at an
-            # early, poorly calibrated checkpoint (bench/quality.py: log loss 0.18 against 0.12 from the loss).
-            tf.keras.callbacks.ModelCheckpoint(best, monitor="val_loss", mode="min", save_best_only=True,
-                                               save_weights_only=True),
+            tf.keras.callbacks.ModelCheckpoint(best, monitor=f"val_{CHECKPOINT_METRIC}", mode="min",
+                                               save_best_only=True, save_weights_only=True),
             tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
         ],
         verbose=2,

@@ -18,7 +18,7 @@ import numpy as np
 
 from components.dicom_example_gen.executor import REPORT_FILE
 from ich_model.constants import ABBREVIATIONS, LABELS
-from ich_model.members import MEMBERS
+from ich_model.members import CHECKPOINT_METRIC, MEMBERS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
 from pipeline.configs import metadata_path
@@ -420,16 +420,15 @@ def _slices_section(record: RunRecord) -> str:
 def _training_section(record: RunRecord, image: str, series: dict) -> str:
     rows = []
     for name, trainer in record.trainers.items():
-        losses = series[name]["validation"].get("epoch_loss", [])
+        losses = series[name]["validation"].get(f"epoch_{CHECKPOINT_METRIC}", [])
         aucs = dict(series[name]["validation"].get("epoch_macro_auc", []))
-        # The Trainer exports the weights of the evaluation with the lowest validation loss.
-        kept_step, kept_loss = min(losses, key=lambda point: point[1], default=(None, None))
+        kept_step, kept_loss = min(losses, key=lambda point: point[1], default=(None, None))  # as the Trainer keeps
         start = f"warm start from <code>{html.escape(trainer['warm_start'])}</code>" if trainer["warm_start"] \
             else "from scratch"
         rows.append(f"<tr><td>member {name}</td><td>{start}</td><td class=\"num\">{len(losses)}</td>"
                     f"{_cell(kept_loss)}{_cell(aucs.get(kept_step))}</tr>")
-    return (_table(["member", "start", "evaluations", "kept: validation loss", "kept: validation macro AUC"], rows)
-            + f'<img src="{image}" alt="training curves">')
+    headers = ["member", "start", "evaluations", f"kept: validation {CHECKPOINT_METRIC}", "kept: validation macro AUC"]
+    return _table(headers, rows) + f'<img src="{image}" alt="training curves">'
 
 
 def _ingestion_section(ingestion: dict) -> str:
