@@ -10,7 +10,7 @@ Everything runs on a set and on a set 4x larger: slices/s are reported as wall-c
 rates (the extra slices of the larger set over the extra time, which removes fixed start-up costs), and
 memory as the one-worker executor's peak RSS on both sets. Each contender runs `--repeats` times on each set,
 the contenders taking turns, and its fastest time counts: on a shared machine other load only ever adds time,
-and the two-worker start-up (about 10 s) varied by seconds between single runs, which moved the marginal
+and the two-worker start-up (12 to 16 s) varied by seconds between single runs, which moved the marginal
 two-worker rate by half. Every figure is measured in this run; ratios are what to compare across machines.
 """
 
