@@ -152,7 +152,7 @@ def main() -> None:
         peak_rss_mb: dict[str, float] = {}
         for name, base in sets.items():
             read_loop(base)  # warm the page cache: every contender reads from memory
-            timings[name] = {"read_loop": [], "same_work_loop": [], "executor_1_worker": [], "executor_2_workers": []}
+            timings[name] = {}
             peaks = []
             for repeat in range(1, args.repeats + 1):
                 print(f"timing on the {name} set ({slices[name]} slices), round {repeat} of {args.repeats} ...",
@@ -161,10 +161,10 @@ def main() -> None:
                 (out / "loop").mkdir(parents=True)
                 one = run_executor(base, out / "one", one_worker)
                 two = run_executor(base, out / "two", two_workers)
-                for key, value in (("read_loop", read_loop(base)),
-                                   ("same_work_loop", same_work_loop(base, out / "loop")),
-                                   ("executor_1_worker", one["seconds"]), ("executor_2_workers", two["seconds"])):
-                    timings[name][key].append(value)
+                this_round = {"read_loop": read_loop(base), "same_work_loop": same_work_loop(base, out / "loop"),
+                              "executor_1_worker": one["seconds"], "executor_2_workers": two["seconds"]}
+                for key, value in this_round.items():
+                    timings[name].setdefault(key, []).append(value)
                 peaks.append(one["peak_rss_mb"])
             peak_rss_mb[name] = max(peaks)
     seconds = {name: {key: min(values) for key, values in contenders.items()} for name, contenders in timings.items()}
