@@ -29,14 +29,20 @@ def weighted_log_loss(labels, probabilities) -> float:
 class WeightedLogLoss(tf.keras.metrics.Metric):
     """`weighted_log_loss` accumulated over batches (float64 sums, so a large eval set loses no precision)."""
 
-    def __init__(self, name: str = WEIGHTED_LOG_LOSS, **kwargs):
+    def __init__(self, name: str = WEIGHTED_LOG_LOSS, logit_shift=None, **kwargs):
+        """`logit_shift` ([6], optional) is added to the log-odds of every prediction before it is scored: the
+        Trainer scores a member, whose output is at its balanced batches' prevalence, as it will be exported."""
         super().__init__(name=name, **kwargs)
+        self.logit_shift = None if logit_shift is None else [float(v) for v in np.asarray(logit_shift).ravel()]
         self.loss_sum = self.add_weight(name="loss_sum", shape=(), initializer="zeros", dtype=tf.float64)
         self.weight_sum = self.add_weight(name="weight_sum", shape=(), initializer="zeros", dtype=tf.float64)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y = tf.reshape(tf.cast(y_true, tf.float64), [-1, NUM_LABELS])
         p = tf.clip_by_value(tf.reshape(tf.cast(y_pred, tf.float64), [-1, NUM_LABELS]), EPSILON, 1.0 - EPSILON)
+        if self.logit_shift is not None:
+            shifted = tf.math.log(p) - tf.math.log(1.0 - p) + tf.constant(self.logit_shift, tf.float64)
+            p = tf.clip_by_value(tf.sigmoid(shifted), EPSILON, 1.0 - EPSILON)
         weights = tf.broadcast_to(tf.constant(LABEL_WEIGHTS, tf.float64), tf.shape(y))
         if sample_weight is not None:
             weights *= tf.reshape(tf.cast(sample_weight, tf.float64), [-1, 1])
@@ -50,3 +56,6 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
     def reset_state(self):
         self.loss_sum.assign(0.0)
         self.weight_sum.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "logit_shift": self.logit_shift}

@@ -2,10 +2,10 @@
 
 Reads the raw Examples, applies the saved transform graph in the input pipeline (the Transform component does not
 materialise images; see ich_model/preprocessing.py), samples and augments as the member's recipe says, keeps the
-weights with the lowest eval loss, writes TensorBoard logs and exports a ScoringModule SavedModel. The
-balanced batches show the member more positives than the data holds, so before export its output is moved from
-the batches' prevalence back to the data's (`correct_label_prior`): exported probabilities are calibrated to the
-data, not to the sampler.
+weights with the lowest eval weighted log loss of the output as exported (members.CHECKPOINT_METRIC), writes
+TensorBoard logs and exports a ScoringModule SavedModel. The balanced batches show the member more positives
+than the data holds, so before export its output is moved from the batches' prevalence back to the data's
+(`correct_label_prior`): exported probabilities are calibrated to the data, not to the sampler.
 
 custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
@@ -139,7 +139,7 @@ def run_fn(fn_args) -> None:
             logging.info("member %s: warm start from %s, %d steps", recipe.name, fn_args.base_model, train_steps)
         else:
             logging.info("member %s: from scratch, %d steps", recipe.name, train_steps)
-        compile_member(model, recipe, train_steps)
+        compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
     logging.info(describe(model))
     eval_every = min(train_steps, int(config.get("eval_every_steps") or max(1, train_steps // 5)))
     best = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
@@ -155,7 +155,7 @@ def run_fn(fn_args) -> None:
     )
     if tf.io.gfile.exists(best):
         model.load_weights(best)
-    else:  # the eval loss was never finite: keep the last weights
-        logging.warning("no best checkpoint by eval loss; exporting the last weights")
+    else:  # the eval metric was never finite: keep the last weights
+        logging.warning("no best checkpoint by eval %s; exporting the last weights", CHECKPOINT_METRIC)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)
     ScoringModule([model], [recipe.name], fn_args.transform_graph_path).save(fn_args.serving_model_dir)

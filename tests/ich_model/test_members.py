@@ -13,6 +13,7 @@ from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
 from ich_model.labels import read_rsna_labels
 from ich_model.members import (
     BATCH_SIZE,
+    CHECKPOINT_METRIC,
     MEMBERS,
     balanced_stream,
     compile_member,
@@ -20,6 +21,7 @@ from ich_model.members import (
     sampled_prevalence,
     training_batches,
 )
+from ich_model.metrics import weighted_log_loss
 from ich_model.model.cascade import build_cascade, classification_head, correct_label_prior
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
@@ -122,13 +124,18 @@ def test_strong_augmentation_keeps_images_in_range():
     assert out.shape == (8, 64, 64, 3) and out.min() >= 0.0 and out.max() <= 1.0
 
 
-def test_a_member_fit_lowers_its_loss(tmp_path):
-    generate_dataset(tmp_path, patients=6, slices_per_study=8, seed=12, size=128, positive_fraction=1.0,
-                     progress=False)
-    table = read_rsna_labels(tmp_path / LABELS_CSV)
-    paths = sorted((tmp_path / IMAGES_DIR).glob("*.dcm"))
+def synthetic_images(directory, patients: int, slices_per_study: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed images of a generated DICOM set (every study positive) and their labels, as float32."""
+    generate_dataset(directory, patients=patients, slices_per_study=slices_per_study, seed=seed, size=128,
+                     positive_fraction=1.0, progress=False)
+    table = read_rsna_labels(directory / LABELS_CSV)
+    paths = sorted((directory / IMAGES_DIR).glob("*.dcm"))
     images = np.stack([preprocess_dicom(p) for p in paths])
-    labels = np.stack([table.labels[p.stem] for p in paths]).astype(np.float32)
+    return images, np.stack([table.labels[p.stem] for p in paths]).astype(np.float32)
+
+
+def test_a_member_fit_lowers_its_loss(tmp_path):
+    images, labels = synthetic_images(tmp_path, patients=6, slices_per_study=8, seed=12)
     examples = tf.data.Dataset.from_tensor_slices((images, labels))
     recipe, steps = MEMBERS["a"], 40
     model = compile_member(build_cascade("tiny", seed=recipe.seed), recipe, total_steps=steps)
@@ -156,3 +163,20 @@ def test_every_member_trains_on_sklearn_log_loss_and_its_eval_macro_auc_ranks_ra
         measured = model.evaluate(probabilities, labels, batch_size=400, verbose=0, return_dict=True)
         assert measured["macro_auc"] == pytest.approx(expected, abs=0.01)
         assert measured["loss"] == pytest.approx(log_loss(labels.ravel(), probabilities.ravel()), rel=1e-4)
+        assert measured[CHECKPOINT_METRIC] == pytest.approx(weighted_log_loss(labels, probabilities), rel=1e-4)
+
+
+def test_the_checkpoint_metric_scores_a_member_as_it_will_be_exported(tmp_path):
+    """Trained on balanced batches, a member predicts their prevalence; the Trainer keeps the checkpoint whose
+    output after correct_label_prior (what is exported) has the lowest weighted log loss on the eval split."""
+    images, labels = synthetic_images(tmp_path, patients=2, slices_per_study=4, seed=5)
+    balanced = np.array([0.12, 0.2, 0.15, 0.1, 0.2, 0.55])  # project order, `any` last
+    data = np.array([0.01, 0.06, 0.03, 0.02, 0.05, 0.14])
+    model = compile_member(build_cascade("tiny", prior=balanced, seed=4), MEMBERS["c"], total_steps=10,
+                           trained_on=balanced, actual=data)
+    measured = model.evaluate(images, labels, batch_size=4, verbose=0, return_dict=True)[CHECKPOINT_METRIC]
+    as_trained = model.predict(images, batch_size=4, verbose=0).astype(np.float64)
+    correct_label_prior(model, trained_on=balanced, actual=data)
+    exported = model.predict(images, batch_size=4, verbose=0).astype(np.float64)
+    assert measured == pytest.approx(weighted_log_loss(labels, exported), rel=1e-4)
+    assert abs(measured - weighted_log_loss(labels, as_trained)) > 0.05

@@ -3,6 +3,7 @@ sample weights."""
 
 import numpy as np
 import pytest
+from scipy.special import expit, logit
 from sklearn.metrics import log_loss
 
 from ich_model.metrics import WeightedLogLoss, weighted_log_loss
@@ -45,3 +46,20 @@ def test_keras_metric_for_tfma_accumulates_batches_to_the_sklearn_figure():
     assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
     metric.reset_state()
     assert float(metric.result()) == 0.0
+
+
+def test_keras_metric_with_a_logit_shift_scores_the_shifted_probabilities_as_sklearn_does():
+    """The Trainer's checkpoint metric: a member's output moved to the data's prevalence before it is scored."""
+    rng = np.random.default_rng(2)
+    labels = (rng.random((250, 6)) < 0.1).astype(np.int64)
+    probabilities = rng.uniform(0.02, 0.98, (250, 6)).astype(np.float32)
+    shift = np.array([-2.5, -1.0, 0.0, 0.5, -3.0, -1.5])
+    metric = WeightedLogLoss(logit_shift=shift)
+    for start in range(0, 250, 64):
+        metric.update_state(labels[start:start + 64], probabilities[start:start + 64])
+    shifted = expit(logit(probabilities.astype(np.float64)) + shift)
+    expected = log_loss(labels.ravel(), shifted.ravel(), sample_weight=np.tile([1, 1, 1, 1, 1, 2], 250))
+    assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
+    unshifted = log_loss(labels.ravel(), probabilities.ravel().astype(np.float64),
+                         sample_weight=np.tile([1, 1, 1, 1, 1, 2], 250))
+    assert abs(float(metric.result()) - unshifted) > 0.05  # the shift changes the figure
