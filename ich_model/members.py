@@ -27,19 +27,21 @@ import tensorflow as tf
 
 from ich_model.augment import STANDARD, STRONG, Augmentation, augment
 from ich_model.constants import NUM_LABELS, SUBTYPES
-from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss
+from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss, WeightedLogLossStandardError
 from ich_model.model.cascade import log_odds
 
 BATCH_SIZE = 32
 WARMUP_SHARE = 0.05
 POSITIVE_DRAWS = 2  # per subtype in every batch
 HARD_DRAWS = 4  # per hard subtype (a recipe's hard_subtypes) in every batch
-# The Trainer keeps the weights of the evaluation where this compiled metric is lowest on the eval split: the
-# competition's weighted log loss of the output as it will be exported (moved from the balanced batches'
-# prevalence to the data's), not the training loss, which scores the output at the batches' prevalence against
-# the eval split's labels, and not the macro AUC, which on a small eval split is noisy for rare subtypes and
-# peaked at early, poorly calibrated weights (bench/quality.py: held-out log loss 0.18 against 0.12).
+# The Trainer keeps the weights of the latest evaluation whose figure on the eval split is within one standard
+# error of the lowest (kept_evaluation). The figure is the competition's weighted log loss of the output as it
+# will be exported (moved from the balanced batches' prevalence to the data's): not the training loss, which
+# scores the batches' prevalence against the eval split's labels and penalised member C's emphasis, and not the
+# macro AUC, which on a small eval split is noisy for rare subtypes and peaked at early, poorly calibrated
+# weights (bench/quality.py: held-out log loss 0.18 against 0.12).
 CHECKPOINT_METRIC = WEIGHTED_LOG_LOSS
+CHECKPOINT_METRIC_SE = f"{CHECKPOINT_METRIC}_se"
 # The eval AUC's thresholds, evenly spaced in logit space: rare subtypes' probabilities sit far below 0.01, where
 # Keras' default (200 thresholds evenly spaced in [0, 1]) cannot rank them and reports a much lower AUC.
 AUC_THRESHOLDS = [float(t) for t in tf.sigmoid(tf.linspace(-12.0, 12.0, 481)).numpy()]
@@ -134,15 +136,55 @@ def training_batches(examples: tf.data.Dataset, recipe: Recipe, prevalence, batc
 
 def compile_member(model: tf.keras.Model, recipe: Recipe, total_steps: int, trained_on=None,
                    actual=None) -> tf.keras.Model:
-    """Binary cross-entropy, Adam on the recipe's schedule, and two metrics: the macro AUC and the weighted log
-    loss of the output moved from the prevalence it is `trained_on` (the balanced batches') to the `actual`
-    one (the data's), as `correct_label_prior` does before export; without them, of the output as it is."""
+    """Binary cross-entropy, Adam on the recipe's schedule, and as metrics the macro AUC and the weighted log
+    loss (with its standard error) of the output moved from the prevalence it is `trained_on` (the balanced
+    batches') to the `actual` one (the data's), as `correct_label_prior` does before export; without them, of
+    the output as it is."""
     shift = None if trained_on is None else log_odds(actual) - log_odds(trained_on)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(recipe, total_steps)),
         loss=tf.keras.losses.BinaryCrossentropy(),
         metrics=[tf.keras.metrics.AUC(multi_label=True, num_labels=NUM_LABELS, thresholds=AUC_THRESHOLDS,
                                       name="macro_auc"),
-                 WeightedLogLoss(name=CHECKPOINT_METRIC, logit_shift=shift)],
+                 WeightedLogLoss(name=CHECKPOINT_METRIC, logit_shift=shift),
+                 WeightedLogLossStandardError(name=CHECKPOINT_METRIC_SE, logit_shift=shift)],
     )
     return model
+
+
+def kept_evaluation(losses: list[float], standard_errors: list[float]) -> int | None:
+    """The index of the evaluation whose weights the Trainer keeps: the latest one whose loss is within one
+    standard error of the lowest loss up to it (Breiman's one-standard-error rule). Late in the schedule the
+    learning rate has decayed and the weights have seen more data; an earlier evaluation that is better only by
+    eval-split noise does not replace them, while a rise of more than the noise (overfitting) still does. None
+    when no loss is finite."""
+    kept, best, best_se = None, None, None
+    for index, (loss, se) in enumerate(zip(losses, standard_errors, strict=True)):
+        if not np.isfinite(loss):
+            continue
+        if best is None or loss < best:
+            kept, best, best_se = index, loss, se if np.isfinite(se) else 0.0
+        elif loss <= best + best_se:
+            kept = index
+    return kept
+
+
+class KeepWithinOneStandardError(tf.keras.callbacks.Callback):
+    """Saves the weights at each evaluation that `kept_evaluation` would keep, so that `path` ends up holding
+    the kept ones."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.losses: list[float] = []
+        self.standard_errors: list[float] = []
+        self.kept: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.losses.append(float(logs.get(f"val_{CHECKPOINT_METRIC}", np.nan)))
+        self.standard_errors.append(float(logs.get(f"val_{CHECKPOINT_METRIC_SE}", np.nan)))
+        kept = kept_evaluation(self.losses, self.standard_errors)
+        if kept is not None and kept == len(self.losses) - 1:
+            self.model.save_weights(self.path)
+            self.kept = kept

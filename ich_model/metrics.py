@@ -37,7 +37,8 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
         self.loss_sum = self.add_weight(name="loss_sum", shape=(), initializer="zeros", dtype=tf.float64)
         self.weight_sum = self.add_weight(name="weight_sum", shape=(), initializer="zeros", dtype=tf.float64)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def _weighted_losses(self, y_true, y_pred, sample_weight=None):
+        """[B, 6] weighted binary cross-entropies and their [B, 6] weights."""
         y = tf.reshape(tf.cast(y_true, tf.float64), [-1, NUM_LABELS])
         p = tf.clip_by_value(tf.reshape(tf.cast(y_pred, tf.float64), [-1, NUM_LABELS]), EPSILON, 1.0 - EPSILON)
         if self.logit_shift is not None:
@@ -46,8 +47,11 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
         weights = tf.broadcast_to(tf.constant(LABEL_WEIGHTS, tf.float64), tf.shape(y))
         if sample_weight is not None:
             weights *= tf.reshape(tf.cast(sample_weight, tf.float64), [-1, 1])
-        losses = -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
-        self.loss_sum.assign_add(tf.reduce_sum(losses * weights))
+        return -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p)) * weights, weights
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        losses, weights = self._weighted_losses(y_true, y_pred, sample_weight)
+        self.loss_sum.assign_add(tf.reduce_sum(losses))
         self.weight_sum.assign_add(tf.reduce_sum(weights))
 
     def result(self):
@@ -59,3 +63,33 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "logit_shift": self.logit_shift}
+
+
+class WeightedLogLossStandardError(WeightedLogLoss):
+    """The standard error of `WeightedLogLoss`'s figure on an unweighted set of slices: the sample standard
+    deviation of the slices' own weighted log losses over the square root of their number. The Trainer uses it
+    to tell a better checkpoint from eval-split noise (ich_model.members.kept_evaluation)."""
+
+    def __init__(self, name: str = f"{WEIGHTED_LOG_LOSS}_se", logit_shift=None, **kwargs):
+        super().__init__(name=name, logit_shift=logit_shift, **kwargs)
+        self.square_sum = self.add_weight(name="square_sum", shape=(), initializer="zeros", dtype=tf.float64)
+        self.count = self.add_weight(name="count", shape=(), initializer="zeros", dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("WeightedLogLossStandardError is defined for unweighted slices only")
+        losses, weights = self._weighted_losses(y_true, y_pred)
+        per_slice = tf.reduce_sum(losses, axis=1) / tf.reduce_sum(weights, axis=1)
+        self.loss_sum.assign_add(tf.reduce_sum(per_slice))
+        self.square_sum.assign_add(tf.reduce_sum(tf.square(per_slice)))
+        self.count.assign_add(tf.cast(tf.size(per_slice), tf.float64))
+
+    def result(self):
+        mean = tf.math.divide_no_nan(self.loss_sum, self.count)
+        variance = tf.math.divide_no_nan(self.square_sum - self.count * tf.square(mean), self.count - 1.0)
+        return tf.sqrt(tf.maximum(variance, 0.0) / tf.maximum(self.count, 1.0))
+
+    def reset_state(self):
+        super().reset_state()
+        self.square_sum.assign(0.0)
+        self.count.assign(0.0)

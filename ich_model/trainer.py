@@ -2,10 +2,11 @@
 
 Reads the raw Examples, applies the saved transform graph in the input pipeline (the Transform component does not
 materialise images; see ich_model/preprocessing.py), samples and augments as the member's recipe says, keeps the
-weights with the lowest eval weighted log loss of the output as exported (members.CHECKPOINT_METRIC), writes
-TensorBoard logs and exports a ScoringModule SavedModel. The balanced batches show the member more positives
-than the data holds, so before export its output is moved from the batches' prevalence back to the data's
-(`correct_label_prior`): exported probabilities are calibrated to the data, not to the sampler.
+weights of the latest evaluation within one standard error of the lowest eval weighted log loss of the output as
+exported (members.kept_evaluation), writes TensorBoard logs and exports a ScoringModule SavedModel. The
+balanced batches show the member more positives than the data holds, so before export its output is moved from
+the batches' prevalence back to the data's (`correct_label_prior`): exported probabilities are calibrated to the
+data, not to the sampler.
 
 custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
 `eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
@@ -35,6 +36,7 @@ from ich_model.members import (
     BATCH_SIZE,
     CHECKPOINT_METRIC,
     MEMBERS,
+    KeepWithinOneStandardError,
     compile_member,
     sampled_prevalence,
     training_batches,
@@ -44,7 +46,7 @@ from ich_model.model.cascade import correct_label_prior, describe
 from ich_model.preprocessing import IMAGE
 from ich_model.serving import ScoringModule, member_weights
 
-BEST_WEIGHTS = "best.weights.h5"
+KEPT_WEIGHTS = "kept.weights.h5"
 
 
 def label_counts(file_patterns: list[str]) -> tuple[int, np.ndarray]:
@@ -142,19 +144,22 @@ def run_fn(fn_args) -> None:
         compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
     logging.info(describe(model))
     eval_every = min(train_steps, int(config.get("eval_every_steps") or max(1, train_steps // 5)))
-    best = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
+    kept_weights = os.path.join(fn_args.model_run_dir, KEPT_WEIGHTS)
+    keeper = KeepWithinOneStandardError(kept_weights)
     model.fit(
         train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),
         validation_data=evaluation, validation_steps=validation_steps,
         callbacks=[
-            tf.keras.callbacks.ModelCheckpoint(best, monitor=f"val_{CHECKPOINT_METRIC}", mode="min",
-                                               save_best_only=True, save_weights_only=True),
+            keeper,
             tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
         ],
         verbose=2,
     )
-    if tf.io.gfile.exists(best):
-        model.load_weights(best)
+    if keeper.kept is not None:
+        logging.info("member %s: keeping evaluation %d of %d (eval %s %s, standard errors %s)", recipe.name,
+                     keeper.kept + 1, len(keeper.losses), CHECKPOINT_METRIC, np.round(keeper.losses, 4),
+                     np.round(keeper.standard_errors, 4))
+        model.load_weights(kept_weights)
     else:  # the eval metric was never finite: keep the last weights
         logging.warning("no best checkpoint by eval %s; exporting the last weights", CHECKPOINT_METRIC)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)

@@ -18,7 +18,7 @@ import numpy as np
 
 from components.dicom_example_gen.executor import REPORT_FILE
 from ich_model.constants import ABBREVIATIONS, LABELS
-from ich_model.members import CHECKPOINT_METRIC, MEMBERS
+from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, kept_evaluation
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
 from pipeline.configs import metadata_path
@@ -421,8 +421,10 @@ def _training_section(record: RunRecord, image: str, series: dict) -> str:
     rows = []
     for name, trainer in record.trainers.items():
         losses = series[name]["validation"].get(f"epoch_{CHECKPOINT_METRIC}", [])
+        errors = dict(series[name]["validation"].get(f"epoch_{CHECKPOINT_METRIC_SE}", []))
         aucs = dict(series[name]["validation"].get("epoch_macro_auc", []))
-        kept_step, kept_loss = min(losses, key=lambda point: point[1], default=(None, None))  # as the Trainer keeps
+        kept = kept_evaluation([loss for _, loss in losses], [errors.get(step, np.nan) for step, _ in losses])
+        kept_step, kept_loss = (None, None) if kept is None else losses[kept]  # as the Trainer keeps
         start = f"warm start from <code>{html.escape(trainer['warm_start'])}</code>" if trainer["warm_start"] \
             else "from scratch"
         rows.append(f"<tr><td>member {name}</td><td>{start}</td><td class=\"num\">{len(losses)}</td>"

@@ -14,9 +14,12 @@ from ich_model.labels import read_rsna_labels
 from ich_model.members import (
     BATCH_SIZE,
     CHECKPOINT_METRIC,
+    CHECKPOINT_METRIC_SE,
     MEMBERS,
+    KeepWithinOneStandardError,
     balanced_stream,
     compile_member,
+    kept_evaluation,
     learning_rate_schedule,
     sampled_prevalence,
     training_batches,
@@ -180,3 +183,38 @@ def test_the_checkpoint_metric_scores_a_member_as_it_will_be_exported(tmp_path):
     exported = model.predict(images, batch_size=4, verbose=0).astype(np.float64)
     assert measured == pytest.approx(weighted_log_loss(labels, exported), rel=1e-4)
     assert abs(measured - weighted_log_loss(labels, as_trained)) > 0.05
+
+
+@pytest.mark.parametrize(("losses", "standard_errors", "kept"), [
+    ([0.30, 0.20, 0.21, 0.25], [0.01, 0.02, 0.02, 0.02], 2),  # 0.21 is within 0.20 + 0.02; 0.25 is not
+    ([0.30, 0.20, 0.19], [0.01, 0.02, 0.02], 2),  # a new lowest
+    ([0.20, 0.30], [0.01, 0.01], 0),  # a rise of more than the noise: overfitting
+    ([float("nan"), 0.20, 0.205], [float("nan"), 0.01, 0.01], 2),
+    ([float("nan"), float("nan")], [float("nan"), float("nan")], None),
+])
+def test_the_kept_evaluation_is_the_latest_within_one_standard_error_of_the_lowest(losses, standard_errors, kept):
+    assert kept_evaluation(losses, standard_errors) == kept
+
+
+def test_the_checkpoint_callback_leaves_the_kept_evaluations_weights(tmp_path):
+    """A real fit with validation: the saved weights are those of the evaluation kept_evaluation picks from the
+    logged figures."""
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(256, 8)).astype(np.float32)
+    labels = (features[:, :NUM_LABELS] + rng.normal(size=(256, NUM_LABELS)) > 1.0).astype(np.float32)
+    model = compile_member(tf.keras.Sequential([tf.keras.layers.Dense(NUM_LABELS, activation="sigmoid",
+                                                                      input_shape=(8,))]),
+                           MEMBERS["a"], total_steps=60)
+    snapshots = []
+    keeper = KeepWithinOneStandardError(str(tmp_path / "kept.weights.h5"))
+    history = model.fit(features[:192], labels[:192], batch_size=32, epochs=10, verbose=0,
+                        validation_data=(features[192:], labels[192:]),
+                        callbacks=[keeper, tf.keras.callbacks.LambdaCallback(
+                            on_epoch_end=lambda epoch, logs: snapshots.append(model.get_weights()))])
+    expected = kept_evaluation(history.history[f"val_{CHECKPOINT_METRIC}"],
+                               history.history[f"val_{CHECKPOINT_METRIC_SE}"])
+    assert keeper.kept == expected
+    assert all(se > 0 for se in history.history[f"val_{CHECKPOINT_METRIC_SE}"])
+    model.load_weights(str(tmp_path / "kept.weights.h5"))
+    for kept, snapshot in zip(model.get_weights(), snapshots[expected], strict=True):
+        np.testing.assert_array_equal(kept, snapshot)

@@ -6,7 +6,7 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import log_loss
 
-from ich_model.metrics import WeightedLogLoss, weighted_log_loss
+from ich_model.metrics import WeightedLogLoss, WeightedLogLossStandardError, weighted_log_loss
 
 
 def test_weighted_log_loss_is_sklearn_log_loss_with_any_weighted_twice():
@@ -63,3 +63,19 @@ def test_keras_metric_with_a_logit_shift_scores_the_shifted_probabilities_as_skl
     unshifted = log_loss(labels.ravel(), probabilities.ravel().astype(np.float64),
                          sample_weight=np.tile([1, 1, 1, 1, 1, 2], 250))
     assert abs(float(metric.result()) - unshifted) > 0.05  # the shift changes the figure
+
+
+def test_standard_error_metric_is_the_spread_of_per_slice_sklearn_log_losses():
+    rng = np.random.default_rng(4)
+    labels = (rng.random((180, 6)) < 0.2).astype(np.int64)
+    probabilities = rng.uniform(0.02, 0.98, (180, 6)).astype(np.float32)
+    shift = np.array([-1.0, 0.5, 0.0, -2.0, 1.0, -0.5])
+    metric = WeightedLogLossStandardError(logit_shift=shift)
+    for start in range(0, 180, 50):
+        metric.update_state(labels[start:start + 50], probabilities[start:start + 50])
+    shifted = expit(logit(probabilities.astype(np.float64)) + shift)
+    per_slice = [log_loss(labels[i], shifted[i], labels=[0, 1], sample_weight=[1, 1, 1, 1, 1, 2])
+                 for i in range(180)]
+    assert float(metric.result()) == pytest.approx(np.std(per_slice, ddof=1) / np.sqrt(180), rel=1e-6)
+    with pytest.raises(ValueError, match="unweighted slices"):
+        metric.update_state(labels[:2], probabilities[:2], sample_weight=np.ones(2))
