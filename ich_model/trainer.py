@@ -161,6 +161,7 @@ def run_fn(fn_args) -> None:
                      np.round(keeper.standard_errors, 4))
         model.load_weights(kept_weights)
     else:  # the eval metric was never finite: keep the last weights
-        logging.warning("no best checkpoint by eval %s; exporting the last weights", CHECKPOINT_METRIC)
+        logging.warning("no kept checkpoint (the eval %s was never finite); exporting the last weights",
+                        CHECKPOINT_METRIC)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)
     ScoringModule([model], [recipe.name], fn_args.transform_graph_path).save(fn_args.serving_model_dir)
