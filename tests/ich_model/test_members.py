@@ -170,8 +170,8 @@ def test_every_member_trains_on_sklearn_log_loss_and_its_eval_macro_auc_ranks_ra
 
 
 def test_the_checkpoint_metric_scores_a_member_as_it_will_be_exported(tmp_path):
-    """Trained on balanced batches, a member predicts their prevalence; the Trainer keeps the checkpoint whose
-    output after correct_label_prior (what is exported) has the lowest weighted log loss on the eval split."""
+    """Trained on balanced batches, a member predicts their prevalence; the Trainer judges its checkpoints by
+    the weighted log loss on the eval split of the output after correct_label_prior, which is what is exported."""
     images, labels = synthetic_images(tmp_path, patients=2, slices_per_study=4, seed=5)
     balanced = np.array([0.12, 0.2, 0.15, 0.1, 0.2, 0.55])  # project order, `any` last
     data = np.array([0.01, 0.06, 0.03, 0.02, 0.05, 0.14])
