@@ -28,7 +28,7 @@ import tensorflow as tf
 from ich_model.augment import STANDARD, STRONG, Augmentation, augment
 from ich_model.constants import NUM_LABELS, SUBTYPES
 from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss, WeightedLogLossStandardError
-from ich_model.model.cascade import log_odds
+from ich_model.model.cascade import prior_shift
 
 BATCH_SIZE = 32
 WARMUP_SHARE = 0.05
@@ -138,9 +138,9 @@ def compile_member(model: tf.keras.Model, recipe: Recipe, total_steps: int, trai
                    actual=None) -> tf.keras.Model:
     """Binary cross-entropy, Adam on the recipe's schedule, and as metrics the macro AUC and the weighted log
     loss (with its standard error) of the output moved from the prevalence it is `trained_on` (the balanced
-    batches') to the `actual` one (the data's), as `correct_label_prior` does before export; without them, of
-    the output as it is."""
-    shift = None if trained_on is None else log_odds(actual) - log_odds(trained_on)
+    batches') to the `actual` one (the data's; `prior_shift`, which `correct_label_prior` applies before
+    export); without them, of the output as it is."""
+    shift = None if trained_on is None else prior_shift(trained_on, actual)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(recipe, total_steps)),
         loss=tf.keras.losses.BinaryCrossentropy(),

@@ -50,7 +50,9 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
         return -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p)) * weights, weights
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        losses, weights = self._weighted_losses(y_true, y_pred, sample_weight)
+        self._add(*self._weighted_losses(y_true, y_pred, sample_weight))
+
+    def _add(self, losses, weights):
         self.loss_sum.assign_add(tf.reduce_sum(losses))
         self.weight_sum.assign_add(tf.reduce_sum(weights))
 
@@ -68,28 +70,28 @@ class WeightedLogLoss(tf.keras.metrics.Metric):
 class WeightedLogLossStandardError(WeightedLogLoss):
     """The standard error of `WeightedLogLoss`'s figure on an unweighted set of slices: the sample standard
     deviation of the slices' own weighted log losses over the square root of their number. The Trainer uses it
-    to tell a better checkpoint from eval-split noise (ich_model.members.kept_evaluation)."""
+    to tell a better checkpoint from eval-split noise (ich_model.members.kept_evaluation). Every slice carries
+    the same label weights, so the slice count and the mean come from the parent's sums; only the sum of squared
+    slice losses is added."""
 
     def __init__(self, name: str = f"{WEIGHTED_LOG_LOSS}_se", logit_shift=None, **kwargs):
         super().__init__(name=name, logit_shift=logit_shift, **kwargs)
         self.square_sum = self.add_weight(name="square_sum", shape=(), initializer="zeros", dtype=tf.float64)
-        self.count = self.add_weight(name="count", shape=(), initializer="zeros", dtype=tf.float64)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("WeightedLogLossStandardError is defined for unweighted slices only")
         losses, weights = self._weighted_losses(y_true, y_pred)
+        self._add(losses, weights)
         per_slice = tf.reduce_sum(losses, axis=1) / tf.reduce_sum(weights, axis=1)
-        self.loss_sum.assign_add(tf.reduce_sum(per_slice))
         self.square_sum.assign_add(tf.reduce_sum(tf.square(per_slice)))
-        self.count.assign_add(tf.cast(tf.size(per_slice), tf.float64))
 
     def result(self):
-        mean = tf.math.divide_no_nan(self.loss_sum, self.count)
-        variance = tf.math.divide_no_nan(self.square_sum - self.count * tf.square(mean), self.count - 1.0)
-        return tf.sqrt(tf.maximum(variance, 0.0) / tf.maximum(self.count, 1.0))
+        count = self.weight_sum / float(LABEL_WEIGHTS.sum())
+        mean = super().result()
+        variance = tf.math.divide_no_nan(self.square_sum - count * tf.square(mean), count - 1.0)
+        return tf.sqrt(tf.maximum(variance, 0.0) / tf.maximum(count, 1.0))
 
     def reset_state(self):
         super().reset_state()
         self.square_sum.assign(0.0)
-        self.count.assign(0.0)

@@ -69,13 +69,19 @@ def label_prior_bias(prior: np.ndarray) -> tf.keras.initializers.Initializer:
     return tf.keras.initializers.Constant(log_odds(prior))
 
 
+def prior_shift(trained_on: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Per label, what to add to an output logit to move it from the label prevalence it was trained on to the
+    actual one: log-odds(actual) - log-odds(trained_on), Bayes' rule for a change of prior when the images of
+    each class look alike in both (true of resampling; Saerens et al., Neural Computation 2002)."""
+    return log_odds(actual) - log_odds(trained_on)
+
+
 def correct_label_prior(model: tf.keras.Model, trained_on: np.ndarray, actual: np.ndarray) -> None:
-    """Move a trained model's output from the label prevalence it was trained on to the actual one: adding
-    log-odds(actual) - log-odds(trained_on) to each output logit is Bayes' rule for a change of prior when the
-    images of each class look alike in both (true of resampling; Saerens et al., Neural Computation 2002)."""
+    """Move a trained model's output from the label prevalence it was trained on to the actual one (prior_shift
+    added to the output bias)."""
     layer = model.get_layer(OUTPUT_LAYER)
     kernel, bias = layer.get_weights()
-    layer.set_weights([kernel, bias + (log_odds(actual) - log_odds(trained_on)).astype(bias.dtype)])
+    layer.set_weights([kernel, bias + prior_shift(trained_on, actual).astype(bias.dtype)])
 
 
 def classification_head(x, prior: np.ndarray, dropout: float):
