@@ -252,7 +252,10 @@ def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study
             results = map(_write_study_task, tasks)
             pool = None
         else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            # Spawned, not forked: a fork copies the caller's locks but not its threads, and a caller that ran
+            # TensorFlow (a test, a notebook) can hand a worker a tf.data lock that is never released (seen: a
+            # worker hung in a garbage-collected iterator's destructor).
+            pool = multiprocessing.get_context("spawn").Pool(workers)
             results = pool.imap_unordered(_write_study_task, tasks)
         try:
             for plan, rows in results:
