@@ -38,7 +38,7 @@ def _ingest(r: dict) -> list[str]:
             f"{overhead:+.0%} | <= +30% | {_goal(overhead <= 0.3)} |",
             f"| ingest | 2 workers vs the plain loop{fastest} | {r['two_workers_vs_same_work']:.2f}x | >= 1.6x | "
             f"{_goal(r['two_workers_vs_same_work'] >= 1.6)} |",
-            f"| ingest | peak memory growth for a {r['scale']}x larger set | {r['peak_rss_growth']:+.0%} | < +20% | "
+            f"| ingest | peak memory growth on a set {r['scale']}x larger | {r['peak_rss_growth']:+.0%} | < +20% | "
             f"{_goal(r['peak_rss_growth'] < 0.2)} |"]
 
 

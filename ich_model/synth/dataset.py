@@ -235,7 +235,9 @@ def _write_study_task(args: tuple[StudyPlan, Path]) -> tuple[StudyPlan, list[tup
 def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: int, seed: int,
                      size: int = 512, positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
                      subtype_mix: str = "rsna", workers: int | None = None, progress: bool = True) -> SynthSummary:
-    """Write a synthetic RSNA-format training set to `out_dir` and return what it holds."""
+    """Write a synthetic RSNA-format training set to `out_dir` and return what it holds. With more than one worker
+    the writers are spawned processes, which import the calling script: call this under
+    `if __name__ == "__main__":` in a script."""
     from tqdm import tqdm
 
     plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction, subtype_mix)
