@@ -19,7 +19,6 @@ from pipeline.configs import PipelineConfig
 EVAL_SPLIT = "eval"
 MODEL_OUTPUTS = (PROBABILITIES, *(member_output(name) for name in MEMBERS))
 SLICE_FEATURES = (INTERCEPT_GROUP, IMAGE_SIZE, POSITION_BAND, SPAN)
-MACRO_AUC = "macro_auc"  # in run summaries: the mean of the six per-label AUCs
 
 
 def _class_ids(indices) -> tfma.BinarizationOptions:

@@ -22,15 +22,22 @@ from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, 
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
 from pipeline.configs import metadata_path
-from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
-from pipeline.summary import (
+from pipeline.evaluation import MODEL_OUTPUTS
+from pipeline.figures import (
     ENSEMBLE,
+    MACRO_AUC,
+    class_key,
+    metric_value,
+    model_figures,
+    model_name,
+    overall_slice,
+    undefined_note,
+)
+from pipeline.summary import (
     EXAMPLE_GEN,
     execution_artifacts,
     latest_evaluation,
     latest_execution,
-    metric_value,
-    model_name,
     open_store,
     output_artifact,
 )
@@ -52,17 +59,13 @@ SECTIONS = (
 CALIBRATION_BINS = 10
 
 
-def _class_key(index: int) -> str:
-    return f"classId:{index}"
-
-
 @dataclass
 class RunRecord:
     """What the latest run stored, gathered from the metadata store."""
 
     pipeline_name: str
     run_id: str
-    summary: dict  # pipeline.summary.run_summary
+    summary: dict  # pipeline.summary.run_summary; its "metrics" are pipeline.figures.evaluation_figures
     metrics: list  # TFMA slicing metrics of the evaluated model: [(slice key, {output: {sub key: metrics}})]
     plots: list  # TFMA plots of the evaluated model, same shape
     baseline_metrics: dict | None  # overall slice of the baseline, or None without one
@@ -81,7 +84,7 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     baseline_metrics = None
     if summary["baseline"]:
         baseline = tfma.load_eval_result(summary["evaluation"], model_name=BASELINE)
-        baseline_metrics = next(m for key, m in baseline.slicing_metrics if key == ())
+        baseline_metrics = overall_slice(baseline.slicing_metrics)
     trainers = {}
     for name in MEMBERS:
         inputs, outputs = execution_artifacts(store, latest_execution(store, pipeline_name, trainer_id(name), run))
@@ -103,40 +106,6 @@ def _operating_threshold(eval_config) -> float | None:
                 thresholds = json.loads(metric.config).get("thresholds") or [None]
                 return thresholds[0]
     return None
-
-
-def _overall(slicing) -> dict:
-    return next((m for key, m in slicing if key == ()), {})
-
-
-def _count(metrics: dict, name: str) -> float:
-    return metric_value(metrics, name) or 0.0
-
-
-def defined_auc(metrics: dict) -> float | None:
-    """One label's AUC from TFMA's metrics of a slice, or None when the slice holds no positive or no negative
-    of that label (TFMA then reports 0.0 or 1.0, which ranks nothing). Results without the confusion counts
-    (evaluations from before they were configured) give TFMA's figure as it is."""
-    if "true_positives" not in metrics:
-        return metric_value(metrics, "auc")
-    positives = _count(metrics, "true_positives") + _count(metrics, "false_negatives")
-    negatives = _count(metrics, "false_positives") + _count(metrics, "true_negatives")
-    return metric_value(metrics, "auc") if positives and negatives else None
-
-
-def model_figures(slicing_metrics) -> dict[str, dict[str, float | None]]:
-    """Overall slice, per model (ensemble, member_a, ...): each label's defined AUC, their mean (macro AUC) and
-    the weighted log loss."""
-    overall = _overall(slicing_metrics)
-    figures = {}
-    for output in MODEL_OUTPUTS:
-        by_class = overall.get(output, {})
-        row = {label: defined_auc(by_class.get(_class_key(i), {})) for i, label in enumerate(LABELS)}
-        present = [row[label] for label in LABELS if row[label] is not None]
-        row[MACRO_AUC] = sum(present) / len(present) if present else None
-        row[WEIGHTED_LOG_LOSS] = metric_value(by_class.get("", {}), WEIGHTED_LOG_LOSS)
-        figures[model_name(output)] = row
-    return figures
 
 
 def scalar_series(log_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -214,14 +183,14 @@ def _save(plt, figure, out: Path) -> str:
 def plot_curves(record: RunRecord, out_dir: Path) -> tuple[str, str]:
     """roc.png and pr.png: per label, the ensemble (thick) and each member (thin), overall slice."""
     plt = _pyplot()
-    overall = _overall(record.plots)
+    overall = overall_slice(record.plots)
     names = []
     for kind, x_key, y_key, x_label, y_label in (("roc", "fpr", "recall", "false-positive rate", "sensitivity"),
                                                  ("pr", "recall", "precision", "recall", "precision")):
         figure, axes = _label_grid(plt, "ROC curves" if kind == "roc" else "Precision-recall curves")
         for index, (label, ax) in enumerate(zip(LABELS, axes, strict=True)):
             for output in MODEL_OUTPUTS:
-                plot = overall.get(output, {}).get(_class_key(index), {})
+                plot = overall.get(output, {}).get(class_key(index), {})
                 if not plot:
                     continue
                 points = curve_points(plot)
@@ -238,11 +207,11 @@ def plot_curves(record: RunRecord, out_dir: Path) -> tuple[str, str]:
 
 def plot_calibration(record: RunRecord, out_dir: Path) -> str:
     plt = _pyplot()
-    overall = _overall(record.plots).get(PROBABILITIES, {})
+    overall = overall_slice(record.plots).get(PROBABILITIES, {})
     figure, axes = _label_grid(plt, f"Calibration of the ensemble ({CALIBRATION_BINS} bins of predicted "
                                     "probability; marker area = slices)")
     for index, (label, ax) in enumerate(zip(LABELS, axes, strict=True)):
-        predicted, observed, count = calibration_bins(overall.get(_class_key(index), {}))
+        predicted, observed, count = calibration_bins(overall.get(class_key(index), {}))
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         if len(count):
             ax.plot(predicted, observed, color="tab:blue", linewidth=1)
@@ -254,7 +223,7 @@ def plot_calibration(record: RunRecord, out_dir: Path) -> str:
 
 def plot_models(record: RunRecord, out_dir: Path) -> str:
     plt = _pyplot()
-    metrics = model_figures(record.metrics)
+    metrics = record.summary["metrics"]
     models = list(metrics)
     columns = [*LABELS, MACRO_AUC]
     figure, ax = plt.subplots(figsize=(12, 4), dpi=96)
@@ -329,21 +298,15 @@ def _decision_section(record: RunRecord) -> str:
              f'{html.escape(summary["reason"])}</p>',
              f'<p>Pushed to: <code>{html.escape(summary["pushed_to"] or "nothing pushed")}</code></p>',
              f'<p>Compared with: <code>{html.escape(summary["baseline"] or "no blessed model yet")}</code></p>']
-    candidate = _overall(record.metrics).get(PROBABILITIES, {})
+    now = model_figures(overall_slice(record.metrics).get(PROBABILITIES, {}))
+    before = model_figures(record.baseline_metrics.get(PROBABILITIES, {})) if record.baseline_metrics else {}
     rows = []
-    for index, label in enumerate(LABELS):
-        now = defined_auc(candidate.get(_class_key(index), {}))
-        before = (defined_auc(record.baseline_metrics.get(PROBABILITIES, {}).get(_class_key(index), {}))
-                  if record.baseline_metrics else None)
-        change = None if now is None or before is None else now - before
-        rows.append(f"<tr><td>AUC {label}</td>{_cell(before)}{_cell(now)}"
-                    f"{_cell(change, css='bad' if change is not None and change < 0 else '')}</tr>")
-    now = metric_value(candidate.get("", {}), WEIGHTED_LOG_LOSS)
-    before = (metric_value(record.baseline_metrics.get(PROBABILITIES, {}).get("", {}), WEIGHTED_LOG_LOSS)
-              if record.baseline_metrics else None)
-    change = None if now is None or before is None else now - before
-    rows.append(f"<tr><td>weighted log loss</td>{_cell(before)}{_cell(now)}"
-                f"{_cell(change, css='bad' if change is not None and change > 0 else '')}</tr>")
+    for name, title, higher_is_better in ([(label, f"AUC {label}", True) for label in LABELS]
+                                          + [(WEIGHTED_LOG_LOSS, "weighted log loss", False)]):
+        change = None if now[name] is None or before.get(name) is None else now[name] - before[name]
+        worse = change is not None and (change < 0 if higher_is_better else change > 0)
+        rows.append(f"<tr><td>{title}</td>{_cell(before.get(name))}{_cell(now[name])}"
+                    f"{_cell(change, css='bad' if worse else '')}</tr>")
     parts.append(_table(["metric (ensemble, overall)", "baseline", "candidate", "change"], rows))
     parts.append("<p>n/a: the evaluated slices hold no positive (or no negative) of that label, so its AUC is "
                  "undefined; TFMA reports 0 for it, which is what the gate compares.</p>")
@@ -351,7 +314,7 @@ def _decision_section(record: RunRecord) -> str:
 
 
 def _models_section(record: RunRecord, image: str) -> str:
-    metrics = model_figures(record.metrics)
+    metrics = record.summary["metrics"]
     columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
     best_member = max((m for m in metrics if m != ENSEMBLE),
                       key=lambda m: metrics[m].get(MACRO_AUC) or -1.0, default=None)
@@ -368,15 +331,18 @@ def _models_section(record: RunRecord, image: str) -> str:
             word = "at least as good as" if ensemble_auc >= best_auc else "below"
             note = (f"<p>The ensemble's macro AUC ({ensemble_auc:.4f}) is {word} its best member's "
                     f"({best_member}, {best_auc:.4f}).</p>")
+    undefined = undefined_note(metrics)
+    if undefined:
+        note += f"<p>{html.escape(undefined)}</p>"
     headers = ["model", *(ABBREVIATIONS[label] + " AUC" for label in LABELS), "macro AUC", "wLogLoss"]
     return note + _table(headers, rows) + f'<img src="{image}" alt="AUC per label, ensemble and members">'
 
 
 def _confusion_section(record: RunRecord) -> str:
-    overall = _overall(record.metrics).get(PROBABILITIES, {})
+    overall = overall_slice(record.metrics).get(PROBABILITIES, {})
     rows = []
     for index, label in enumerate(LABELS):
-        m = overall.get(_class_key(index), {})
+        m = overall.get(class_key(index), {})
         tp, fp, tn, fn = (metric_value(m, name) for name in ("true_positives", "false_positives", "true_negatives",
                                                              "false_negatives"))
         counts = "".join(f'<td class="num">{"n/a" if v is None else int(v)}</td>' for v in (tp, fn, fp, tn))
@@ -398,8 +364,9 @@ def _slices_section(record: RunRecord) -> str:
     table = []
     for key, metrics in slices:
         ensemble = metrics.get(PROBABILITIES, {})
-        count = metric_value(ensemble.get(_class_key(0), {}), "example_count")
-        aucs = [defined_auc(ensemble.get(_class_key(i), {})) for i in range(len(LABELS))]
+        count = metric_value(ensemble.get(class_key(0), {}), "example_count")
+        figures = model_figures(ensemble)
+        aucs = [figures[label] for label in LABELS]
         table.append((key, count, aucs))
     # The weakest slice per label: the lowest AUC among the feature slices (the overall row is not a candidate).
     weakest = {}

@@ -1,15 +1,15 @@
 """What a run measured and decided, read back from the metadata store and TFMA's stored results.
 
 `run_summary` finds the latest Evaluator and Pusher executions in MLMD, loads their artifacts and returns the
-`last_run.json` document: per model (`ensemble`, `member_a`, ...) and label the AUC, plus the macro AUC and
-the weighted log loss; `blessed`, `reason` and `pushed_to`. `format_summary` renders it as the closing table.
+`last_run.json` document: per model (`ensemble`, `member_a`, ...) the figures of pipeline.figures (each label's
+AUC, the macro AUC over the defined ones, the undefined labels, the weighted log loss); `blessed`, `reason` and
+`pushed_to`. `format_summary` renders it as the closing table.
 `latest_evaluation` gives the same with TFMA's loaded result and the run, for readers that need more of the
 run (`ich report`, the benchmarks); `output_artifact` finds what another node of that run wrote.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import tensorflow_model_analysis as tfma
@@ -19,19 +19,12 @@ from ml_metadata.proto import metadata_store_pb2
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
-from ich_model.serving import PROBABILITIES
-from pipeline.evaluation import MACRO_AUC, MODEL_OUTPUTS
+from pipeline.figures import MACRO_AUC, evaluation_figures, undefined_note
 
-ENSEMBLE = "ensemble"
 EVALUATOR = "Evaluator"
 EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 PUSHER = "Pusher"
 CANDIDATE = "candidate"  # TFX's name for the evaluated model when there is a baseline
-
-
-def model_name(output: str) -> str:
-    return ENSEMBLE if output == PROBABILITIES else output
-
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -95,35 +88,6 @@ def output_artifact(store: metadata_store.MetadataStore, pipeline_name: str, nod
     return execution_artifacts(store, latest_execution(store, pipeline_name, node_id, run))[1][key][0]
 
 
-def metric_value(metrics: dict, name: str) -> float | None:
-    """A metric of TFMA's loaded results (`{"doubleValue": v}`, with NaN written as the string "NaN"), or None
-    when it is absent or undefined."""
-    value = metrics.get(name, {}).get("doubleValue")
-    if value is None or math.isnan(float(value)):
-        return None
-    return float(value)
-
-
-def model_metrics(result: tfma.EvalResult) -> dict[str, dict[str, float | None]]:
-    """Overall-slice metrics of the evaluated model: model -> {label AUCs, macro_auc, weighted_log_loss}."""
-    overall = next(metrics for slice_key, metrics in result.slicing_metrics if slice_key == ())
-    summary = {}
-    for output in MODEL_OUTPUTS:
-        by_sub_key = overall.get(output, {})
-        figures = {label: metric_value(by_sub_key.get(f"classId:{index}", {}), "auc")
-                   for index, label in enumerate(LABELS)}
-        # The unweighted mean over the labels: TFMA's macro average with the EvalConfig's class weights of 1.
-        figures[MACRO_AUC] = _mean([figures[label] for label in LABELS])
-        figures[WEIGHTED_LOG_LOSS] = metric_value(by_sub_key.get("", {}), WEIGHTED_LOG_LOSS)
-        summary[model_name(output)] = figures
-    return summary
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
 def blessing_reason(evaluation_uri: str, had_baseline: bool) -> tuple[bool, str]:
     """Whether TFMA's validation passed, and why not: each failed gate with its value and threshold."""
     validation = tfma.load_validation_result(evaluation_uri)
@@ -170,8 +134,8 @@ def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str) -
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
-    summary = {"metrics": model_metrics(result), "blessed": blessed, "reason": reason, "pushed_to": pushed_to,
-               "evaluation": evaluation.uri, "baseline": baseline[0].uri if baseline else None}
+    summary = {"metrics": evaluation_figures(result.slicing_metrics), "blessed": blessed, "reason": reason,
+               "pushed_to": pushed_to, "evaluation": evaluation.uri, "baseline": baseline[0].uri if baseline else None}
     return summary, result, run
 
 
@@ -180,8 +144,8 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; then the
-    decision."""
+    """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; the labels whose
+    AUC is undefined; then the decision."""
     columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
     headers = ["model", *(ABBREVIATIONS[label] for label in LABELS), "macro AUC", "wLogLoss"]
     widths = [max(10, len(h)) for h in headers]
@@ -192,6 +156,9 @@ def format_summary(summary: dict) -> str:
             value = figures.get(column)
             cells.append(("n/a" if value is None else f"{value:.4f}").rjust(width))
         lines.append("  ".join(cells))
+    note = undefined_note(summary["metrics"])
+    if note:
+        lines.append(note)
     lines.append("")
     lines.append(f"compared with: {summary.get('baseline') or 'no blessed model yet'}")
     lines.append(f"blessed: {'yes' if summary['blessed'] else 'no'} ({summary['reason']})")

@@ -1,0 +1,82 @@
+"""Per-model figures of an evaluation, computed here once for every reader: the console table and
+`last_run.json` (pipeline.summary), the decision lines of `decisions.jsonl` (pipeline.watch) and `ich report`.
+
+A label's AUC is defined only when the slice holds both a positive and a negative of it. TFMA still reports a
+number for an undefined one (0.0, which ranks nothing), so the confusion counts decide: such a label gets no AUC,
+is left out of the macro AUC and is named in `undefined_auc`. The weighted log loss is TFMA's (ich_model.metrics).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ich_model.constants import LABELS
+from ich_model.metrics import WEIGHTED_LOG_LOSS
+from ich_model.serving import PROBABILITIES
+from pipeline.evaluation import MODEL_OUTPUTS
+
+ENSEMBLE = "ensemble"
+MACRO_AUC = "macro_auc"  # the mean AUC over the labels whose AUC is defined
+UNDEFINED_AUC = "undefined_auc"  # the labels left out of it, in label order
+COUNTS = ("true_positives", "false_negatives", "false_positives", "true_negatives")
+
+
+def model_name(output: str) -> str:
+    """A model's name in the figures: `ensemble` for the ensemble's output, else the member's output name."""
+    return ENSEMBLE if output == PROBABILITIES else output
+
+
+def class_key(index: int) -> str:
+    """TFMA's sub key of one label of a binarized multi-label output."""
+    return f"classId:{index}"
+
+
+def metric_value(metrics: dict, name: str) -> float | None:
+    """A metric of TFMA's loaded results (`{"doubleValue": v}`, with NaN written as the string "NaN"), or None
+    when it is absent or undefined."""
+    value = metrics.get(name, {}).get("doubleValue")
+    if value is None or math.isnan(float(value)):
+        return None
+    return float(value)
+
+
+def defined_auc(metrics: dict) -> float | None:
+    """One label's AUC from TFMA's metrics of that label on a slice, or None when the slice holds no positive or
+    no negative of it. Results without the confusion counts (evaluations from before they were configured) give
+    TFMA's figure as it is."""
+    if COUNTS[0] not in metrics:
+        return metric_value(metrics, "auc")
+    tp, fn, fp, tn = (metric_value(metrics, name) or 0.0 for name in COUNTS)
+    return metric_value(metrics, "auc") if tp + fn and fp + tn else None
+
+
+def model_figures(metrics: dict) -> dict:
+    """One model's figures from TFMA's loaded metrics of its output on one slice ({sub key: {metric: value}}):
+    each label's AUC (None where undefined), MACRO_AUC (None when no label is defined), UNDEFINED_AUC and
+    WEIGHTED_LOG_LOSS."""
+    figures: dict = {label: defined_auc(metrics.get(class_key(i), {})) for i, label in enumerate(LABELS)}
+    defined = [figures[label] for label in LABELS if figures[label] is not None]
+    figures[MACRO_AUC] = sum(defined) / len(defined) if defined else None
+    figures[UNDEFINED_AUC] = [label for label in LABELS if figures[label] is None]
+    figures[WEIGHTED_LOG_LOSS] = metric_value(metrics.get("", {}), WEIGHTED_LOG_LOSS)
+    return figures
+
+
+def overall_slice(slicing: list) -> dict:
+    """The overall slice of TFMA's loaded slicing metrics or plots ([(slice key, {output: ...})])."""
+    return next((values for key, values in slicing if key == ()), {})
+
+
+def evaluation_figures(slicing_metrics: list) -> dict[str, dict]:
+    """model_figures of every evaluated model (`ensemble`, `member_a`, ...) on the overall slice."""
+    overall = overall_slice(slicing_metrics)
+    return {model_name(output): model_figures(overall.get(output, {})) for output in MODEL_OUTPUTS}
+
+
+def undefined_note(figures_by_model: dict[str, dict]) -> str | None:
+    """The sentence that names the labels whose AUC is undefined for some model, for a table's n/a cells."""
+    undefined = {label for figures in figures_by_model.values() for label in figures.get(UNDEFINED_AUC, [])}
+    if not undefined:
+        return None
+    return (f"n/a: the AUC of {', '.join(label for label in LABELS if label in undefined)} is undefined (the eval "
+            "split holds no positive or no negative of it) and left out of the macro AUC.")
