@@ -1,0 +1,148 @@
+"""The latest run as plain data for the report: what the metadata store, TFMA's results, the Trainers'
+TensorBoard logs and the ExampleGen's ingestion report hold, read once into a `RunRecord`; and TFMA's plots
+turned into arrays (ROC and precision-recall points, calibration bins)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.dicom_example_gen.executor import REPORT_FILE
+from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, kept_evaluation
+from pipeline.configs import metadata_path
+from pipeline.figures import overall_slice
+from pipeline.summary import (
+    EXAMPLE_GEN,
+    execution_artifacts,
+    latest_evaluation,
+    latest_execution,
+    open_store,
+    output_artifact,
+)
+from pipeline.training import trainer_id
+
+BASELINE = "baseline"  # TFX's name for the baseline model in an evaluation with one
+CALIBRATION_BINS = 10
+Series = dict[str, list[tuple[int, float]]]  # TensorBoard scalars: tag -> [(step, value)], in step order
+
+
+@dataclass
+class TrainerRecord:
+    """One member's Trainer in the run: where it started from and its TensorBoard scalars."""
+
+    warm_start: str | None  # the base model's uri, or None when trained from scratch
+    train: Series
+    validation: Series
+
+    def kept(self) -> tuple[int, float | None, float | None]:
+        """The number of evaluations, and the validation CHECKPOINT_METRIC and macro AUC of the one whose weights
+        the Trainer kept (by kept_evaluation, the Trainer's own rule): None where it kept none."""
+        losses = self.validation.get(f"epoch_{CHECKPOINT_METRIC}", [])
+        errors = dict(self.validation.get(f"epoch_{CHECKPOINT_METRIC_SE}", []))
+        aucs = dict(self.validation.get("epoch_macro_auc", []))
+        kept = kept_evaluation([loss for _, loss in losses], [errors.get(step, np.nan) for step, _ in losses])
+        if kept is None:
+            return len(losses), None, None
+        step, loss = losses[kept]
+        return len(losses), loss, aucs.get(step)
+
+
+@dataclass
+class RunRecord:
+    """What the latest run stored, gathered from the metadata store."""
+
+    pipeline_name: str
+    run_id: str
+    summary: dict  # pipeline.summary.run_summary; its "metrics" are pipeline.figures.evaluation_figures
+    metrics: list  # TFMA slicing metrics of the evaluated model: [(slice key, {output: {sub key: metrics}})]
+    plots: list  # TFMA plots of the evaluated model, same shape
+    baseline_metrics: dict | None  # overall slice of the baseline, or None without one
+    trainers: dict[str, TrainerRecord]  # by member name
+    ingestion: dict  # the ExampleGen's ingestion report
+    threshold: float | None
+
+
+def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
+    """Read the latest run (the newest Evaluator execution's run) from the pipeline root."""
+    import tensorflow_model_analysis as tfma
+
+    store = open_store(metadata_path(pipeline_root))
+    summary, result, run = latest_evaluation(store, pipeline_name)
+    run_id = next(c.name for c in store.get_contexts_by_id([run]))
+    baseline_metrics = None
+    if summary["baseline"]:
+        baseline = tfma.load_eval_result(summary["evaluation"], model_name=BASELINE)
+        baseline_metrics = overall_slice(baseline.slicing_metrics)
+    trainers = {}
+    for name in MEMBERS:
+        inputs, outputs = execution_artifacts(store, latest_execution(store, pipeline_name, trainer_id(name), run))
+        base = inputs.get("base_model", [])
+        logs = os.path.join(outputs["model_run"][0].uri, "logs")
+        trainers[name] = TrainerRecord(base[0].uri if base else None, scalar_series(os.path.join(logs, "train")),
+                                       scalar_series(os.path.join(logs, "validation")))
+    examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
+    with open(os.path.join(examples.uri, REPORT_FILE)) as f:
+        ingestion = json.load(f)
+    return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
+                     trainers, ingestion, _operating_threshold(result.config))
+
+
+def _operating_threshold(eval_config) -> float | None:
+    """The threshold of the Evaluator's confusion counts, from the EvalConfig stored with the results."""
+    for spec in eval_config.metrics_specs:
+        for metric in spec.metrics:
+            if metric.class_name == "TruePositives" and metric.config:
+                thresholds = json.loads(metric.config).get("thresholds") or [None]
+                return thresholds[0]
+    return None
+
+
+def scalar_series(log_dir: str) -> Series:
+    """The scalars of a TensorBoard event folder."""
+    import tensorflow as tf
+
+    series: Series = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    number = float(tf.make_ndarray(value.tensor))
+                elif value.HasField("simple_value"):
+                    number = float(value.simple_value)
+                else:
+                    continue
+                series.setdefault(value.tag, []).append((int(event.step), number))
+    return {tag: sorted(points) for tag, points in series.items()}
+
+
+def curve_points(plot: dict) -> dict[str, np.ndarray]:
+    """TFMA's ConfusionMatrixPlot -> false-positive rate, recall and precision per threshold."""
+    matrices = plot.get("confusionMatrixAtThresholds", {}).get("matrices", [])
+    counts = {key: np.array([float(m.get(key, 0.0)) for m in matrices]) for key in (
+        "truePositives", "falsePositives", "trueNegatives", "falseNegatives")}
+    tp, fp, tn, fn = (counts[k] for k in ("truePositives", "falsePositives", "trueNegatives", "falseNegatives"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"fpr": np.nan_to_num(fp / (fp + tn)), "recall": np.nan_to_num(tp / (tp + fn)),
+                "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)}
+
+
+def calibration_bins(plot: dict, bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TFMA's CalibrationPlot buckets regrouped into `bins` equal-width bins of predicted probability: the mean
+    prediction, the observed positive share and the example count per non-empty bin."""
+    buckets = plot.get("calibrationHistogramBuckets", {}).get("buckets", [])
+    count, label, prediction = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    for bucket in buckets:
+        n = float(bucket.get("numWeightedExamples", 0.0))
+        if not n:
+            continue
+        lower = float(bucket.get("lowerThresholdInclusive", 0.0))
+        index = int(np.clip(np.floor(max(lower, 0.0) * bins), 0, bins - 1))
+        count[index] += n
+        label[index] += float(bucket.get("totalWeightedLabel", 0.0))
+        prediction[index] += float(bucket.get("totalWeightedRefinedPrediction", 0.0))
+    kept = count > 0
+    return prediction[kept] / count[kept], label[kept] / count[kept], count[kept]
+

@@ -1,0 +1,139 @@
+"""The report's pictures (matplotlib, PNG files in the output folder), drawn from a RunRecord: ROC and
+precision-recall curves, calibration, AUC per model, training curves. Each function returns the file's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ich_model.constants import ABBREVIATIONS, LABELS
+from ich_model.serving import PROBABILITIES
+from pipeline.evaluation import MODEL_OUTPUTS
+from pipeline.figures import ENSEMBLE, MACRO_AUC, class_key, model_name, overall_slice
+from pipeline.report.data import CALIBRATION_BINS, RunRecord, calibration_bins, curve_points
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _label_grid(plt, title: str):
+    figure, axes = plt.subplots(2, 3, figsize=(12, 7.5), dpi=96)
+    figure.suptitle(title)
+    return figure, axes.ravel()
+
+
+def _save(plt, figure, out: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+    return out.name
+
+
+def plot_curves(record: RunRecord, out_dir: Path) -> tuple[str, str]:
+    """roc.png and pr.png: per label, the ensemble (thick) and each member (thin), overall slice."""
+    plt = _pyplot()
+    overall = overall_slice(record.plots)
+    names = []
+    for kind, x_key, y_key, x_label, y_label in (("roc", "fpr", "recall", "false-positive rate", "sensitivity"),
+                                                 ("pr", "recall", "precision", "recall", "precision")):
+        figure, axes = _label_grid(plt, "ROC curves" if kind == "roc" else "Precision-recall curves")
+        for index, (label, ax) in enumerate(zip(LABELS, axes, strict=True)):
+            for output in MODEL_OUTPUTS:
+                plot = overall.get(output, {}).get(class_key(index), {})
+                if not plot:
+                    continue
+                points = curve_points(plot)
+                ensemble = output == PROBABILITIES
+                ax.plot(points[x_key], points[y_key], linewidth=2.2 if ensemble else 0.9,
+                        alpha=1.0 if ensemble else 0.7, label=model_name(output))
+            if kind == "roc":
+                ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+            ax.set(title=label, xlabel=x_label, ylabel=y_label, xlim=(0, 1), ylim=(0, 1.02))
+        axes[0].legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
+        names.append(_save(plt, figure, out_dir / f"{kind}.png"))
+    return names[0], names[1]
+
+
+def plot_calibration(record: RunRecord, out_dir: Path) -> str:
+    """calibration.png: per label, the ensemble's observed share positive against its mean prediction."""
+    plt = _pyplot()
+    overall = overall_slice(record.plots).get(PROBABILITIES, {})
+    figure, axes = _label_grid(plt, f"Calibration of the ensemble ({CALIBRATION_BINS} bins of predicted "
+                                    "probability; marker area = slices)")
+    for index, (label, ax) in enumerate(zip(LABELS, axes, strict=True)):
+        predicted, observed, count = calibration_bins(overall.get(class_key(index), {}))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        if len(count):
+            ax.plot(predicted, observed, color="tab:blue", linewidth=1)
+            ax.scatter(predicted, observed, s=12 + 200 * count / count.max(), color="tab:blue", zorder=3)
+        ax.set(title=label, xlabel="mean predicted probability", ylabel="observed share positive", xlim=(0, 1),
+               ylim=(0, 1.02))
+    return _save(plt, figure, out_dir / "calibration.png")
+
+
+def plot_models(record: RunRecord, out_dir: Path) -> str:
+    """models.png: AUC per label and macro AUC, a bar per model (the run summary's figures)."""
+    plt = _pyplot()
+    metrics = record.summary["metrics"]
+    models = list(metrics)
+    columns = [*LABELS, MACRO_AUC]
+    figure, ax = plt.subplots(figsize=(12, 4), dpi=96)
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [metrics[model].get(c) for c in columns]
+        ax.bar(np.arange(len(columns)) + i * width, [np.nan if v is None else v for v in values], width,
+               label=model, edgecolor="black" if model == ENSEMBLE else None)
+    ax.set_xticks(np.arange(len(columns)) + width * (len(models) - 1) / 2,
+                  [ABBREVIATIONS.get(c, "macro") for c in columns])
+    ax.set(ylabel="AUC (overall slice)", ylim=(0, 1.05), title="AUC per label: ensemble and members")
+    ax.legend(fontsize=8, ncols=len(models))
+    return _save(plt, figure, out_dir / "models.png")
+
+
+def plot_training(record: RunRecord, out_dir: Path) -> str:
+    """training.png: per member, loss (train and validation) and validation macro AUC against steps."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    plt = _pyplot()
+    figure, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(12, 4), dpi=96)
+    for name, trainer in record.trainers.items():
+        line = None
+        for data, style, part in ((trainer.train, "-", "train"), (trainer.validation, "--", "validation")):
+            points = data.get("epoch_loss", [])
+            if points:
+                steps, values = zip(*points, strict=True)
+                kwargs = {"color": line.get_color()} if line is not None else {}
+                (drawn,) = loss_ax.plot(steps, values, style, marker="o", markersize=3,
+                                        label=f"member {name} {part}", **kwargs)
+                line = line or drawn
+        points = trainer.validation.get("epoch_macro_auc", [])
+        if points:
+            steps, values = zip(*points, strict=True)
+            auc_ax.plot(steps, values, marker="o", markersize=3, label=f"member {name}",
+                        **({"color": line.get_color()} if line is not None else {}))
+    loss_ax.set(title="loss", xlabel="evaluation (one per interval of training steps)", ylabel="loss")
+    auc_ax.set(title="validation macro AUC", xlabel="evaluation (one per interval of training steps)", ylabel="AUC",
+               ylim=(0, 1.02))
+    for ax in (loss_ax, auc_ax):
+        steps = sorted({x for line in ax.lines for x in line.get_xdata()})
+        if steps:  # whole epochs only, with room around a single one
+            ax.set_xlim(steps[0] - 0.5, steps[-1] + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1) if len(steps) > 10
+                                       else FixedLocator(steps))
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _save(plt, figure, out_dir / "training.png")
+
+
+def plot_all(record: RunRecord, out_dir: Path) -> dict[str, str]:
+    """Every picture of the page, by the name the page uses for it."""
+    roc, pr = plot_curves(record, out_dir)
+    return {"roc": roc, "pr": pr, "calibration": plot_calibration(record, out_dir),
+            "models": plot_models(record, out_dir), "training": plot_training(record, out_dir)}
