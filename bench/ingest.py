@@ -59,7 +59,7 @@ def same_work_loop(base: Path, out: Path) -> float:
     """Seconds for reading, building and writing the same Examples without Beam."""
     import tensorflow as tf
 
-    from components.dicom_example_gen.executor import GZIP_LEVEL
+    from components.dicom_example_gen.tfrecord_sink import GZIP_LEVEL
     from ich_model.dicom import read_header, read_slice
     from ich_model.examples import place_slices, slice_to_example
     from ich_model.labels import read_rsna_labels

@@ -42,7 +42,7 @@ def main() -> None:
     import tensorflow as tf
 
     from bench.ingest import executor_once
-    from components.dicom_example_gen.executor import GZIP_LEVEL
+    from components.dicom_example_gen.tfrecord_sink import GZIP_LEVEL
     from ich_model import reference
     from ich_model.constants import IMAGE_SIZE
     from ich_model.examples import IMAGE_ID, RAW_FEATURE_SPEC

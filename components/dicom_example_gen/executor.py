@@ -9,32 +9,27 @@ The Beam graph, for one input split pattern:
 Only headers and label vectors are shuffled; pixels are read after the joins and stream to the writer, so memory
 does not grow with the input. Every reject, warning and label problem becomes an event written beside the
 Examples; `Do` sums them into `ingestion_report.json` and artifact properties, and fails the run when the
-rejected share of the input files exceeds `max_reject_share`.
+rejected share of the input files exceeds `max_reject_share`. The splits are written by `tfrecord_sink`.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
-import struct
 from collections import Counter
 from typing import Any
 
 import apache_beam as beam
-import google_crc32c
 import tensorflow as tf
-from apache_beam.io import fileio
-from apache_beam.options.value_provider import StaticValueProvider
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor, utils
-from tfx.components.example_gen.write_split import MaybeSerialize
 from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components.dicom_example_gen.tfrecord_sink import write_split_records
 from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
 from ich_model.examples import place_slices, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
@@ -42,9 +37,6 @@ from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, par
 REPORT_FILE = "ingestion_report.json"
 EVENTS_DIR = "ingestion_events"
 WRITE_TEMP_DIR = "write_temp"
-# Measured on 512x512 slices (bench/ingest.py's set): gzip level 1 compresses a serialized Example to 46% of
-# its size in 5 ms, the default level 6 to 45% in 39 ms, 13x the cost of reading the DICOM file itself.
-GZIP_LEVEL = 1
 DEFAULT_MAX_REJECT_SHARE = 0.05
 # Files that are neither slices nor labels and are never counted as rejects.
 # Keys of the component's custom config (a protobuf Struct in example_gen_pb2.CustomConfig).
@@ -260,42 +252,6 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
     report["rejected_total"] = sum(rejected.values())
     report["rejected_share"] = report["rejected_total"] / report["input_files"] if report["input_files"] else 0.0
     return report
-
-
-def _masked_crc32c(data: bytes) -> bytes:
-    """TFRecord's checksum: CRC-32C, rotated and offset ("masked"), little-endian."""
-    crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
-class _GzipTFRecordSink(fileio.FileSink):
-    """TFRecord framing (length, its checksum, data, its checksum) inside a gzip stream, at a compression level
-    chosen for speed (see GZIP_LEVEL)."""
-
-    def open(self, fh):
-        self._file = gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
-
-    def write(self, record: bytes):
-        length = struct.pack("<Q", len(record))
-        self._file.write(length + _masked_crc32c(length))
-        self._file.write(record)
-        self._file.write(_masked_crc32c(record))
-
-    def flush(self):
-        self._file.close()  # writes the gzip trailer; fileio closes the underlying file
-
-
-@beam.ptransform_fn
-def write_split_records(examples: beam.PCollection, split_uri: str, temp_dir: str):
-    """Write one split as gzipped TFRecord files (`*.gz`, what TFX's readers detect), streaming: unlike TFX's
-    own WriteSplit there is no Reshuffle, which on the direct runner holds every Example, pixels included, in
-    memory at once."""
-    return (examples
-            | "Serialize" >> beam.ParDo(MaybeSerialize())
-            | "Write" >> fileio.WriteToFiles(
-                split_uri, file_naming=fileio.default_file_naming("data_tfrecord", ".gz"),
-                sink=lambda _: _GzipTFRecordSink(),
-                temp_directory=StaticValueProvider(str, temp_dir)))
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
