@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 
+from components.dicom_example_gen.span_folders import SPAN_PATTERN
 from pipeline.configs import IMAGE, PipelineConfig
 from pipeline.pipeline import create_pipeline
 
@@ -19,15 +20,15 @@ DEFAULT_OUTPUT = "pipeline.yaml"
 # The cluster defaults that the committed pipeline.yaml is compiled with (`ich compile` with no options).
 DEFAULT_PIPELINE_ROOT = "gs://ich-pipeline/root"
 DEFAULT_INPUT_BASE = "gs://ich-pipeline/data"
-# A cluster reads span folders; the input base cannot be listed at compile time (no credentials, no network).
-CLUSTER_INPUT_PATTERN = "span-{SPAN}/*"
 
 
 def cluster_config(config: PipelineConfig, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
                    input_base: str = DEFAULT_INPUT_BASE) -> PipelineConfig:
+    """`config` for the cluster's roots. Its input is span folders unless `config` names a pattern: the input base
+    cannot be listed at compile time (no credentials, no network) to detect its layout."""
     return dataclasses.replace(
         config, pipeline_root=pipeline_root, input_base=input_base,
-        input_pattern=config.input_pattern or CLUSTER_INPUT_PATTERN)
+        input_pattern=config.input_pattern or SPAN_PATTERN)
 
 
 def compile_pipeline(config: PipelineConfig, image: str = IMAGE, output: str = DEFAULT_OUTPUT) -> Path:

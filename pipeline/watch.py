@@ -17,12 +17,12 @@ import dataclasses
 import fcntl
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.dicom_example_gen.span_folders import parse_span
 from ich_model.dicom import READY_MARKER
 from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
@@ -30,7 +30,6 @@ from pipeline.local_runner import run_local
 
 DECISIONS = "decisions.jsonl"
 LOCK = "watch.lock"
-SPAN_FOLDER = re.compile(r"span-(\d+)")
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
 SUMMARY_FIELDS = ("blessed", "reason", "metrics", "pushed_to", "baseline", "evaluation")
 
@@ -46,9 +45,9 @@ def span_folders(input_base: str | os.PathLike) -> dict[int, Path]:
         raise FileNotFoundError(f"input base {base} is not a folder")
     spans = {}
     for entry in base.iterdir():
-        match = SPAN_FOLDER.fullmatch(entry.name)
-        if match and entry.is_dir():
-            spans[int(match.group(1))] = entry
+        span = parse_span(entry.name)
+        if span is not None and entry.is_dir():
+            spans[span] = entry
     return spans
 
 

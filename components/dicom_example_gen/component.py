@@ -14,9 +14,9 @@ from components.dicom_example_gen.executor import (
     MAX_REJECT_SHARE,
     Executor,
 )
+from components.dicom_example_gen.span_folders import SPAN_GLOB, SPAN_PATTERN
 from ich_model.examples import PATIENT_ID
 
-SPAN_PATTERN = "span-{SPAN}/*"
 # The RSNA download: `stage_2_train/` and `stage_2_train.csv` (the test folder and the sample submission,
 # which has no labels, stay out).
 RSNA_PATTERN = "stage_2_train*"
@@ -24,8 +24,8 @@ HASH_BUCKETS = 100
 
 
 def default_input_pattern(input_base: str) -> str:
-    """`span-{SPAN}/*` when the input base holds span folders, else the RSNA layout when present, else all."""
-    if tf.io.gfile.glob(f"{input_base.rstrip('/')}/span-*"):
+    """SPAN_PATTERN when the input base holds span folders, else the RSNA layout when present, else all."""
+    if tf.io.gfile.glob(f"{input_base.rstrip('/')}/{SPAN_GLOB}"):
         return SPAN_PATTERN
     if tf.io.gfile.glob(f"{input_base.rstrip('/')}/{RSNA_PATTERN}"):
         return RSNA_PATTERN

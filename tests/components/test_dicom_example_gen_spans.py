@@ -10,7 +10,8 @@ from ml_metadata.metadata_store import metadata_store
 from tfx import v1 as tfx
 
 from components.dicom_example_gen import DicomExampleGen
-from components.dicom_example_gen.component import SPAN_PATTERN, default_input_pattern
+from components.dicom_example_gen.component import default_input_pattern
+from components.dicom_example_gen.span_folders import SPAN_PATTERN, span_folder
 from ich_model.synth import generate_dataset
 from pipeline.configs import beam_args_with_workers_image
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 def test_latest_span_is_ingested_and_recorded(tmp_path):
     input_base = tmp_path / "incoming"
     for span, seed in ((1, 21), (2, 22)):
-        generate_dataset(input_base / f"span-{span}", patients=4, slices_per_study=3, seed=seed, size=64,
+        generate_dataset(input_base / span_folder(span), patients=4, slices_per_study=3, seed=seed, size=64,
                          progress=False)
     assert default_input_pattern(str(input_base)) == SPAN_PATTERN
     metadata_path = tmp_path / "metadata.sqlite"
@@ -40,7 +41,7 @@ def test_latest_span_is_ingested_and_recorded(tmp_path):
         tfx.orchestration.metadata.sqlite_metadata_connection_config(str(metadata_path)))
     [examples] = store.get_artifacts_by_type("Examples")
     assert examples.custom_properties["span"].int_value == 2
-    span2_ids = {p.stem for p in (input_base / "span-2").rglob("*.dcm")}
+    span2_ids = {p.stem for p in (input_base / span_folder(2)).rglob("*.dcm")}
     ids, spans = set(), set()
     files = glob.glob(f"{examples.uri}/Split-*/*.gz")
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):

@@ -28,6 +28,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from sklearn.metrics import roc_auc_score
 
+from components.dicom_example_gen.span_folders import span_folder
 from ich_model.constants import LABELS
 from ich_model.metrics import weighted_log_loss
 from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE
@@ -58,7 +59,7 @@ def write_span(base: Path, span: int, patients: int, seed: int, missing: int = 0
     staging = base.parent / f"staging-{span}"
     generate_dataset(staging, patients=patients, slices_per_study=6, seed=seed, size=96, positive_fraction=0.5,
                      subtype_mix="balanced", progress=False)
-    folder = base / f"span-{span}"
+    folder = base / span_folder(span)
     (folder / IMAGES_DIR).mkdir(parents=True)
     (folder / LABELS_CSV).write_text((labels or str)((staging / LABELS_CSV).read_text()))
     images = sorted((staging / IMAGES_DIR).iterdir())
@@ -163,7 +164,7 @@ def spans(tmp_path_factory):
         with pytest.raises(WatcherLocked), watch_lock(config.pipeline_root):  # the running watcher holds the root
             pass
         for image in still_copying:
-            os.replace(image, base / "span-2" / IMAGES_DIR / image.name)
+            os.replace(image, base / span_folder(2) / IMAGES_DIR / image.name)
         console.wait_for(lambda: 2 in recorded_spans(config.pipeline_root), "span 2's decision")
         serving = Path(config.serving_path)
         state["serving_before_span_3"] = folder_digest(serving)
@@ -175,7 +176,7 @@ def spans(tmp_path_factory):
             return text.replace("ID,Label", "Image,Value", 1)
 
         write_span(base, 3, patients=30, seed=33, labels=not_a_label_file)
-        labels_csv = base / "span-3" / LABELS_CSV
+        labels_csv = base / span_folder(3) / LABELS_CSV
         console.wait_for(lambda: sum("span 3: run failed" in line for line in console.lines) >= 2,
                          "two failed attempts at span 3")
         replace_file(labels_csv, shuffled_labels(good_csv["text"], seed=3))
@@ -400,6 +401,6 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
         assert any(name.startswith(f"{feature} = ") for name in slices), feature
     assert "span = 3" in slices
     ingestion = {row[0]: row[1] for row in page.sections["ingestion"]["rows"][1:] if len(row) == 2}
-    span_3_files = [p for p in (Path(config.input_base) / "span-3" / IMAGES_DIR).iterdir()]
+    span_3_files = [p for p in (Path(config.input_base) / span_folder(3) / IMAGES_DIR).iterdir()]
     assert ingestion["span"] == "3" and int(ingestion["files found"]) == len(span_3_files)
     assert int(ingestion["slices ingested"]) == len(span_3_files)

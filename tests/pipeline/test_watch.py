@@ -12,6 +12,7 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
+from components.dicom_example_gen.span_folders import span_folder
 from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.retraining import WINDOW, SpanWindowStrategy
@@ -45,22 +46,24 @@ def copy_span(source, folder, skip: int = 0, with_csv: bool = True):
 
 
 def test_a_span_is_complete_once_its_csv_and_every_listed_image_are_there(span_source, tmp_path):
-    images = copy_span(span_source, tmp_path / "span-1", skip=2)
-    assert span_status(tmp_path / "span-1") == f"2 of the {len(images)} images that its CSV lists are not there yet"
+    folder = tmp_path / span_folder(1)
+    images = copy_span(span_source, folder, skip=2)
+    assert span_status(folder) == f"2 of the {len(images)} images that its CSV lists are not there yet"
     for image in images[-2:]:  # the rest of the transfer, without the .dcm suffix (the reader does not need it)
-        (tmp_path / "span-1" / IMAGES_DIR / image.stem).write_bytes(image.read_bytes())
-    assert span_status(tmp_path / "span-1") is None
+        (folder / IMAGES_DIR / image.stem).write_bytes(image.read_bytes())
+    assert span_status(folder) is None
 
 
 def test_a_span_without_a_csv_waits_unless_it_is_marked_ready(span_source, tmp_path):
-    copy_span(span_source, tmp_path / "span-2", with_csv=False)
-    assert "no label CSV yet" in span_status(tmp_path / "span-2")
-    (tmp_path / "span-2" / READY_MARKER).touch()
-    assert span_status(tmp_path / "span-2") is None
+    unmarked, unreadable = tmp_path / span_folder(2), tmp_path / span_folder(3)
+    copy_span(span_source, unmarked, with_csv=False)
+    assert "no label CSV yet" in span_status(unmarked)
+    (unmarked / READY_MARKER).touch()
+    assert span_status(unmarked) is None
     # A CSV that is not an RSNA label file lists nothing to wait for: the run reports it.
-    (tmp_path / "span-3").mkdir()
-    (tmp_path / "span-3" / "labels.csv").write_text("Image,Value\nID_1_any,1\n")
-    assert span_status(tmp_path / "span-3") is None
+    unreadable.mkdir()
+    (unreadable / "labels.csv").write_text("Image,Value\nID_1_any,1\n")
+    assert span_status(unreadable) is None
 
 
 def test_span_folders_are_numbered_and_other_entries_ignored(tmp_path):
@@ -129,13 +132,13 @@ def test_the_span_window_takes_the_newest_ingestion_of_each_span_in_range():
 def test_ich_watch_once_reports_what_it_found_and_refuses_a_locked_root(tmp_path, capsys):
     from pipeline.cli import main
 
-    (tmp_path / "spans" / "span-1").mkdir(parents=True)  # no CSV yet: waits, runs nothing
+    (tmp_path / "spans" / span_folder(1)).mkdir(parents=True)  # no CSV yet: waits, runs nothing
     args = ["watch", "--input-base", str(tmp_path / "spans"), "--pipeline-root", str(tmp_path / "root"), "--once"]
     assert main(args) == 0
     assert "span 1: waiting, no label CSV yet" in capsys.readouterr().out
     assert recorded_spans(tmp_path / "root") == set()
 
-    (tmp_path / "spans" / "span-1").rmdir()
+    (tmp_path / "spans" / span_folder(1)).rmdir()
     assert main(args) == 0
     assert "no pending span under" in capsys.readouterr().out
 
