@@ -10,10 +10,10 @@ Everything runs on a set and on a set `--scale` times larger: slices/s are repor
 marginal rates (the extra slices of the larger set over the extra time, which removes fixed start-up costs), and
 memory as the one-worker executor's peak RSS on both sets. Each contender runs `--repeats` times on each set, the
 contenders taking turns, and its fastest time counts: on a shared machine other load only ever adds time.
-The two-worker start-up (about 13 s: two SDK worker processes importing TensorFlow and TFX) still varies by a
-second or more between runs, and the marginal rate is a difference of two timings that both carry it: with a 4x
-set (5 to 6 s of two-worker work on the extra slices) that moved the ratio by 10 to 15%, so the larger set is
-8x. Every figure is measured in this run; ratios are what to compare across machines.
+The two-worker start-up (two SDK worker processes importing TensorFlow and TFX) varies between runs, and the
+marginal rate is a difference of two timings that both carry it: the larger set must hold enough extra work for
+that variation to be small beside it (why the default is 8x: docs/decisions.md#speed-with-one-and-two-beam-workers).
+Every figure is measured in this run; ratios are what to compare across machines.
 """
 
 from __future__ import annotations

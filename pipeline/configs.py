@@ -37,9 +37,9 @@ class SynthSettings:
 def beam_args_with_workers_image(beam_args, image: str = IMAGE) -> list[str]:
     """`beam_args`, naming `image` as the Beam workers' environment unless they already say where the workers'
     dependencies come from. Otherwise TFX packages a copy of its own installation for remote workers, for every
-    Beam component it runs: about 4 s, and 50 MB in a temporary folder that is never removed, which a direct run
-    (in this environment) never uses. A remote runner's workers get the image that holds this package. Empty
-    arguments stay empty: TFX then packages nothing."""
+    Beam component it runs, into a temporary folder that is never removed, and a direct run (in this environment)
+    never uses it. A remote runner's workers get the image that holds this package. Empty arguments stay empty:
+    TFX then packages nothing."""
     args = list(beam_args)
     if args and not any(arg.split("=")[0] in _DEPENDENCY_ARGS for arg in args):
         args.append(f"--sdk_container_image={image}")

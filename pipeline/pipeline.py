@@ -44,8 +44,8 @@ def create_components(config: PipelineConfig) -> list:
         window = span_window_resolver(example_gen, config.span_window, end_span=config.span)
         training_examples = window.outputs[WINDOW]
         resolvers.append(window)
-    # Statistics of a sample: over every slice, the 0.2-0.5 MB `pixels` values cost most of the pipeline's
-    # non-training time, and a sample describes them (and every other feature) as well for the schema.
+    # Statistics of a sample: over every slice, the `pixels` values (a whole stored image each) would dominate
+    # the time outside training, and a sample describes them (and every other feature) as well for the schema.
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"],
         stats_options=tfdv.StatsOptions(sample_rate=config.statistics_sample_rate))

@@ -1,11 +1,12 @@
 """The parts of the DAG that carry one run over to the next, when each new batch of labelled scans is a span.
 
-- `span_window_resolver`: the Examples that the Transform and the Trainers read, the newest ingestion of each of
-  the last N spans up to this run's span (N = 0: every span so far). The Evaluator reads this run's span only.
-- `latest_transform_cache_resolver`: the analyzer cache that the last Transform wrote, so that tf.Transform
-  analyses only the spans that it has not seen.
-- The latest blessed ensemble (pipeline.latest_blessed_model_resolver) is both the Evaluator's baseline and the
-  model that each member warm-starts from.
+- `span_window_resolver` (node SPAN_WINDOW_RESOLVER): the Examples that the Transform and the Trainers read, the
+  newest ingestion of each of the last N spans up to this run's span (N = 0: every span so far). The Evaluator
+  reads this run's span only.
+- `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform wrote,
+  so that tf.Transform analyses only the spans that it has not seen.
+- The latest blessed ensemble (pipeline.pipeline.latest_blessed_model_resolver) is both the Evaluator's baseline
+  and the model that each member warm-starts from.
 
 Kubeflow Pipelines v2 compiles only the latest-artifact and latest-blessed-model strategies, so a compiled
 pipeline cannot hold the span window: it trains on its run's span (`span_window` 1).

@@ -4,8 +4,9 @@
 `last_run.json` document: per model (`ensemble`, `member_a`, ...) the figures of pipeline.figures (each label's
 AUC, the macro AUC over the defined ones, the undefined labels, the weighted log loss); `blessed`, `reason` and
 `pushed_to`. `format_summary` renders it as the closing table.
-`latest_evaluation` gives the same with TFMA's loaded result and the run, for readers that need more of the
-run (`ich report`, the benchmarks); `output_artifact` finds what another node of that run wrote.
+`latest_evaluation` gives the same with TFMA's loaded result and the run, for `ich report`; `latest_execution`,
+`execution_artifacts` and `output_artifact` find what another node of a run read and wrote (the report, the
+benchmarks).
 """
 
 from __future__ import annotations

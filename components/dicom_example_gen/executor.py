@@ -38,7 +38,6 @@ REPORT_FILE = "ingestion_report.json"
 EVENTS_DIR = "ingestion_events"
 WRITE_TEMP_DIR = "write_temp"
 DEFAULT_MAX_REJECT_SHARE = 0.05
-# Files that are neither slices nor labels and are never counted as rejects.
 # Keys of the component's custom config (a protobuf Struct in example_gen_pb2.CustomConfig).
 MAX_REJECT_SHARE = "max_reject_share"
 ID_SALT = "id_salt"

@@ -17,8 +17,8 @@ from apache_beam.io import fileio
 from apache_beam.options.value_provider import StaticValueProvider
 from tfx.components.example_gen.write_split import MaybeSerialize
 
-# Measured on 512x512 slices (bench/ingest.py's set): gzip level 1 compresses a serialized Example to 46% of
-# its size in 5 ms, the default level 6 to 45% in 39 ms, 13x the cost of reading the DICOM file itself.
+# The fastest level: higher ones barely shrink a slice's pixels further and cost many times the DICOM read
+# (bench/ingest.py; docs/decisions.md#streaming-writes-gzip-level-1-hardware-crc-32c).
 GZIP_LEVEL = 1
 
 
