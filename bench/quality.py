@@ -225,7 +225,8 @@ def main() -> None:
                                             if 0 < wrong.sum() < len(wrong) else None)
     results["wrong_any_calls"] = int(wrong.sum())
 
-    from ich_model.model.ablation import ARCHITECTURES, build_architecture
+    from ich_model.model.network import build_network
+    from ich_model.model.presets import ARCHITECTURES, network_spec
 
     ablation = {}
     with tempfile.TemporaryDirectory(prefix="ich-bench-ablation-") as tmp:
@@ -240,8 +241,8 @@ def main() -> None:
                 print(f"  {architecture}, seed {seed}: macro AUC {per_seed[-1]['macro_auc']:.3f}, weighted log "
                       f"loss {per_seed[-1]['weighted_log_loss']:.4f}", flush=True)
             ablation[architecture] = {**over_seeds(per_seed),
-                                      "parameters": build_architecture(architecture,
-                                                                       run["custom_config"]["preset"]).count_params()}
+                                      "parameters": build_network(network_spec(
+                                          architecture, run["custom_config"]["preset"])).count_params()}
     results["ablation"] = ablation
     results["ablation_seeds"] = args.seeds
     results["cascade_goal_met"] = at_least_as_good(ablation["cascade"],

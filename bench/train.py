@@ -31,15 +31,16 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from ich_model.constants import IMAGE_SIZE, NUM_LABELS
+    from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE, NUM_LABELS
     from ich_model.members import MEMBERS, compile_member
-    from ich_model.model.ablation import build_convnext_only, build_efficientnet_only
-    from ich_model.model.cascade import build_cascade, model_flops
+    from ich_model.model.network import build_network, model_flops
+    from ich_model.model.presets import ABLATIONS, build_cascade
 
     networks = {  # name -> (builder, batch size, timed steps)
         "cascade tiny": (lambda: build_cascade("tiny", seed=1), 32, args.steps),
-        "efficientnet-only (tiny size)": (lambda: build_efficientnet_only(seed=1), 32, args.steps),
-        "convnext-only (tiny size)": (lambda: build_convnext_only(seed=1), 32, args.steps),
+        "efficientnet-only (tiny size)": (lambda: build_network(ABLATIONS["efficientnet_only"], seed=1), 32,
+                                          args.steps),
+        "convnext-only (tiny size)": (lambda: build_network(ABLATIONS["convnext_only"], seed=1), 32, args.steps),
         "cascade b0": (lambda: build_cascade("b0", seed=1), 8, 2),
         "cascade s": (lambda: build_cascade("s", seed=1), 4, 2),
     }
@@ -48,7 +49,7 @@ def main() -> None:
     for name, (build, batch, steps) in networks.items():
         tf.keras.backend.clear_session()
         model = compile_member(build(), MEMBERS["a"], total_steps=1000)
-        images = rng.random((batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+        images = rng.random((batch, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS), dtype=np.float32)
         labels = (rng.random((batch, NUM_LABELS)) < 0.2).astype(np.float32)
         model.train_on_batch(images, labels)
         start = time.perf_counter()

@@ -44,7 +44,7 @@ def main() -> None:
     from bench.ingest import executor_once
     from components.dicom_example_gen.tfrecord_sink import GZIP_LEVEL
     from ich_model import reference
-    from ich_model.constants import IMAGE_SIZE
+    from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE
     from ich_model.examples import IMAGE_ID, RAW_FEATURE_SPEC
     from ich_model.preprocessing import images_from_raw
     from ich_model.synth import IMAGES_DIR, generate_dataset
@@ -108,7 +108,7 @@ def main() -> None:
                 parse(tf.constant(recs[i:i + BATCH])).numpy()
             return n / (time.perf_counter() - start)
 
-        float_spec = {"image": tf.io.FixedLenFeature([IMAGE_SIZE * IMAGE_SIZE * 3], tf.float32)}
+        float_spec = {"image": tf.io.FixedLenFeature([MODEL_INPUT_SIZE * MODEL_INPUT_SIZE * CHANNELS], tf.float32)}
         uint8_spec = {"image": tf.io.FixedLenFeature([], tf.string)}
         parse_float = tf.function(lambda s: tf.io.parse_example(s, float_spec)["image"])
         parse_uint8 = tf.function(lambda s: tf.cast(tf.io.decode_raw(tf.io.parse_example(s, uint8_spec)["image"],

@@ -1,10 +1,10 @@
 """Training-time augmentation of [B, 256, 256, 3] windowed images in [0, 1] (tf ops, run in tf.data).
 
 Geometry is one random affine map per example (flip, rotation, shift, zoom), applied with bilinear sampling and
-zero fill (air is 0 in every window). There is no intensity jitter and no random resized crop: on the held-out
-benchmark (bench/quality.py, 200 steps) member B with a 5% window jitter scored macro AUC 0.904 (SAH 0.707: a
-subarachnoid bleed is a small difference of density), with only the stronger geometry 0.934; the crop's extra
-zoom can push an epidural or subdural collection at the skull edge out of the frame while its label stays.
+zero fill (air is 0 in every window). There is no intensity jitter (a subarachnoid bleed is a small difference
+of density, and a window jitter cost member B on the held-out benchmark) and no random resized crop (its extra
+zoom can push an epidural or subdural collection at the skull edge out of the frame while its label stays);
+docs/decisions.md ("Augmentation") has the figures.
 """
 
 from __future__ import annotations

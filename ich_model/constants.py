@@ -47,5 +47,8 @@ BONE_WINDOW = Window("bone", level=600.0, width=2800.0)
 # Channel order of the model input: R = blood, G = brain, B = bone.
 RGB_WINDOWS: tuple[Window, ...] = (BLOOD_WINDOW, BRAIN_WINDOW, BONE_WINDOW)
 
-# Side of the square model input, in pixels.
-IMAGE_SIZE = 256
+# Channels of the model input, one per window.
+CHANNELS = len(RGB_WINDOWS)
+
+# Side of the square model input, in pixels (not the Example feature `image_size`, the stored image's own size).
+MODEL_INPUT_SIZE = 256

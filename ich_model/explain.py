@@ -5,69 +5,35 @@ Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks vi
 it, sums the channels and keeps the positive part: a coarse map of the regions that raised that probability.
 
 The exported ensemble holds its members as SavedModels, which give no gradients to intermediate layers, so each
-member is rebuilt as a Keras cascade (the preset whose variable shapes match) and given the exported weights.
-The map is taken at the last ConvNeXt block of the back end's third stage (stride 16, 16x16 at 256 input): the
-deepest features that still resolve a small haemorrhage. Each member's map is scaled to [0, 1] and the members'
-maps are averaged.
+member is rebuilt as a Keras network from the export's description (ich_model/description.py). The map is taken
+at the network's stride-16 tap (16x16 at 256 input; the back end's third stage in the cascade): the deepest
+features that still resolve a small haemorrhage. Every architecture declares that tap, the ablation networks
+too. Each member's map is scaled to [0, 1] and the members' maps are averaged.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from ich_model.constants import BRAIN_WINDOW, IMAGE_SIZE, RGB_WINDOWS, SUBTYPES
-from ich_model.model.cascade import PRESETS, build_cascade
+from ich_model.constants import BRAIN_WINDOW, MODEL_INPUT_SIZE, RGB_WINDOWS, SUBTYPES
+from ich_model.description import rebuild_members
+from ich_model.model.network import feature_tap, tap_layer
 
 # The channel of the model input that shows the brain window (the picture a reader looks at).
 BRAIN_CHANNEL = RGB_WINDOWS.index(BRAIN_WINDOW)
-CAM_STAGE = 3
-_BLOCK_OUTPUT = re.compile(r"convnext_stage(\d+)_block(\d+)_add")
-
-
-def _rebuilt(variables: list[tf.Variable], name: str) -> tf.keras.Model:
-    """The cascade preset whose variables have these shapes, built and given these values."""
-    shapes = [tuple(v.shape) for v in variables]
-    for preset in PRESETS:  # the cheapest first
-        model = build_cascade(preset, name=name)
-        if [tuple(v.shape) for v in model.variables] == shapes:
-            for target, value in zip(model.variables, variables, strict=True):
-                target.assign(value)
-            return model
-    raise ValueError(f"no cascade preset ({', '.join(PRESETS)}) has member {name}'s {len(shapes)} variables")
-
-
-def member_models(ensemble) -> dict[str, tf.keras.Model]:
-    """The members of an exported ensemble (its folder, or the loaded SavedModel), rebuilt as Keras models with
-    their exported weights, by name."""
-    if isinstance(ensemble, (str, os.PathLike)):
-        ensemble = tf.saved_model.load(str(ensemble))
-    members = getattr(ensemble, "loaded_members", None)
-    if not isinstance(members, dict) or not members:
-        raise ValueError("the model is not an exported ensemble (it holds no members by name)")
-    return {name: _rebuilt(list(member.member_variables), f"member_{name}")
-            for name, member in sorted(members.items())}
-
-
-def cam_layer(model: tf.keras.Model, stage: int = CAM_STAGE) -> str:
-    """The name of the last ConvNeXt block's output in back-end stage `stage`."""
-    blocks = [(int(m[2]), layer.name) for layer in model.layers if (m := _BLOCK_OUTPUT.fullmatch(layer.name))
-              and int(m[1]) == stage]
-    if not blocks:
-        raise ValueError(f"{model.name} has no ConvNeXt stage {stage}")
-    return max(blocks)[1]
+CAM_STRIDE = 16
 
 
 class GradCam:
     """Grad-CAM heat maps of an ensemble's members for one label at a time."""
 
-    def __init__(self, members: dict[str, tf.keras.Model], stage: int = CAM_STAGE):
+    def __init__(self, members: dict[str, tf.keras.Model], stride: int = CAM_STRIDE):
         self.feature_models = [
-            tf.keras.Model(model.input, [model.get_layer(cam_layer(model, stage)).output, model.output])
+            tf.keras.Model(model.input, [tap_layer(model, feature_tap(stride)).output, model.output])
             for model in members.values()]
 
     def heatmaps(self, images: np.ndarray | tf.Tensor, label_index: int) -> np.ndarray:
@@ -86,7 +52,7 @@ class GradCam:
         gradients = tape.gradient(target, features)
         channel_weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1))[..., None]
-        cam = tf.image.resize(cam, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear")[..., 0]
+        cam = tf.image.resize(cam, [MODEL_INPUT_SIZE, MODEL_INPUT_SIZE], method="bilinear")[..., 0]
         peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
         return tf.math.divide_no_nan(cam, peak).numpy()
 
@@ -112,16 +78,19 @@ def write_overlay(image: np.ndarray, heat: np.ndarray, title: str, out: str | os
 
 
 class Explainer:
-    """Grad-CAM pictures for `ich predict --explain`: for every slice and every subtype whose ensemble
+    """Grad-CAM pictures for `ich predict --explain` with the export at `model_dir` (`loaded`: the same,
+    already loaded): for every slice and every subtype whose ensemble
     probability reaches `threshold`, `<out_dir>/<image_id>_<subtype>.png`."""
 
-    def __init__(self, ensemble, out_dir: str | os.PathLike, threshold: float = 0.5):
+    def __init__(self, model_dir: str | os.PathLike, out_dir: str | os.PathLike, threshold: float = 0.5,
+                 loaded=None):
         from ich_model.serving import TRANSFORM_SIGNATURE
 
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"the explain threshold must be in (0, 1], got {threshold}")
-        self.transform = ensemble.signatures[TRANSFORM_SIGNATURE]
-        self.cam = GradCam(member_models(ensemble))
+        loaded = tf.saved_model.load(os.fspath(model_dir)) if loaded is None else loaded
+        self.transform = loaded.signatures[TRANSFORM_SIGNATURE]
+        self.cam = GradCam(rebuild_members(model_dir, loaded))
         self.out_dir = Path(out_dir)
         self.threshold = threshold
         self.written: list[Path] = []

@@ -28,7 +28,7 @@ import tensorflow as tf
 from ich_model.augment import STANDARD, STRONG, Augmentation, augment
 from ich_model.constants import NUM_LABELS, SUBTYPES
 from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss, WeightedLogLossStandardError
-from ich_model.model.cascade import prior_shift
+from ich_model.model.network import prior_shift
 
 BATCH_SIZE = 32
 WARMUP_SHARE = 0.05
@@ -39,7 +39,7 @@ HARD_DRAWS = 4  # per hard subtype (a recipe's hard_subtypes) in every batch
 # will be exported (moved from the balanced batches' prevalence to the data's): not the training loss, which
 # scores the batches' prevalence against the eval split's labels and penalised member C's emphasis, and not the
 # macro AUC, which on a small eval split is noisy for rare subtypes and peaked at early, poorly calibrated
-# weights (bench/quality.py: held-out log loss 0.18 against 0.12).
+# weights (docs/decisions.md, "Which checkpoint a member keeps").
 CHECKPOINT_METRIC = WEIGHTED_LOG_LOSS
 CHECKPOINT_METRIC_SE = f"{CHECKPOINT_METRIC}_se"
 # The eval AUC's thresholds, evenly spaced in logit space: rare subtypes' probabilities sit far below 0.01, where

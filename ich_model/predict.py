@@ -106,7 +106,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     if explain_dir is not None:
         from ich_model.explain import Explainer
 
-        explainer = Explainer(model, explain_dir, explain_threshold)
+        explainer = Explainer(model_dir, explain_dir, explain_threshold, loaded=model)
     probabilities, spread, members = [], [], []
     started = time.monotonic()
     with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:

@@ -5,14 +5,10 @@ serving apply exactly these ops. `preprocess_dicom` runs the same ops on one fil
 There are no analyzers: every output depends on its own example only.
 
 Storage decision: the Transform component runs with `materialize=False` and the Trainer applies this graph in
-its input pipeline. Measured by bench/transform.py (208 slices of 512x512, 2 cores, gzip level 1):
-  raw Examples, transformed per epoch   235,860 bytes/slice (already stored)   195 slices/s (5 ms of one core)
-  float32 image materialized            187,243 bytes/slice more                4,331 slices/s to read
-  uint8 image materialized (err 0.0020)  42,851 bytes/slice more                4,436 slices/s to read
-A float32 image is 786 KB before compression; materialized, the RSNA set would need 141 GB (float32) or 32 GB
-(uint8) beside the raw Examples, which TFMA and serving read anyway. At the demo's training speed (tens of
-images/s) 5 ms per slice is a few percent of a core; where a GPU trains faster than the input pipeline's cores
-can transform, the uint8 materialization is the measured alternative.
+its input pipeline, since materialized images would cost far more disk than the raw Examples that TFMA and serving
+read anyway, for a transform that costs a few percent of a core at CPU training speed. The measurements
+(bench/transform.py) and the alternative for GPUs (uint8 materialization) are in docs/decisions.md
+("Preprocessing: transform in the input pipeline").
 """
 
 from __future__ import annotations
@@ -23,11 +19,10 @@ import numpy as np
 import tensorflow as tf
 
 from ich_model import examples as ex
-from ich_model.constants import IMAGE_SIZE, NUM_LABELS, RGB_WINDOWS, Window
+from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE, NUM_LABELS, RGB_WINDOWS, Window
 from ich_model.dicom import read_slice
 
-IMAGE = "image"
-LABEL = "label"
+IMAGE = "image"  # the transformed feature: the model input
 # Features passed through untouched, for slicing in TFMA and for reports.
 PASSTHROUGH = (ex.IMAGE_ID, ex.PATIENT_ID, ex.STUDY_UID, ex.INTERCEPT_GROUP, ex.IMAGE_SIZE, ex.RELATIVE_POSITION,
                ex.SLICE_INDEX, ex.SLICE_COUNT, ex.PIXEL_SPACING_MM, ex.SPAN)
@@ -53,9 +48,9 @@ def windowed_rgb(hu: tf.Tensor) -> tf.Tensor:
 
 
 def resize_to_model_input(rgb: tf.Tensor) -> tf.Tensor:
-    """Any image size -> IMAGE_SIZE x IMAGE_SIZE; antialiased, so downscaled bone edges do not alias. The
+    """Any image size -> MODEL_INPUT_SIZE x MODEL_INPUT_SIZE; antialiased, so downscaled bone edges do not alias. The
     resampling weights sum to 1 only up to float rounding, so the result is clipped back into [0, 1]."""
-    resized = tf.image.resize(rgb, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
+    resized = tf.image.resize(rgb, [MODEL_INPUT_SIZE, MODEL_INPUT_SIZE], method="bilinear", antialias=True)
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
@@ -69,7 +64,7 @@ def slice_rgb(pixels: tf.Tensor, height: tf.Tensor, width: tf.Tensor, slope: tf.
 
 def slice_image(pixels: tf.Tensor, height: tf.Tensor, width: tf.Tensor, slope: tf.Tensor,
                 intercept: tf.Tensor) -> tf.Tensor:
-    """One slice's raw features (scalars) -> [IMAGE_SIZE, IMAGE_SIZE, 3] float32 in [0, 1]."""
+    """One slice's raw features (scalars) -> [MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS] float32 in [0, 1]."""
     return resize_to_model_input(slice_rgb(pixels, height, width, slope, intercept))
 
 
@@ -82,19 +77,20 @@ def _scalar_per_example(tensor: tf.Tensor) -> tf.Tensor:
 
 
 def images_from_raw(inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-    """Batch of raw features -> [B, IMAGE_SIZE, IMAGE_SIZE, 3]; each example may have its own size."""
+    """Batch of raw features -> [B, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS]; each example may have its own
+    size."""
     columns = tuple(_scalar_per_example(inputs[name]) for name in
                     (ex.PIXELS, ex.HEIGHT, ex.WIDTH, ex.RESCALE_SLOPE, ex.RESCALE_INTERCEPT))
     return tf.map_fn(lambda c: slice_image(*c), columns,
-                     fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32))
+                     fn_output_signature=tf.TensorSpec([MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS], tf.float32))
 
 
 def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """tf.Transform entry point (`ich_model.preprocessing.preprocessing_fn`)."""
     outputs = {IMAGE: images_from_raw(inputs)}
-    if LABEL in inputs:  # absent at serving time
-        outputs[LABEL] = tf.cast(tf.reshape(tf.sparse.to_dense(inputs[LABEL]) if isinstance(
-            inputs[LABEL], tf.SparseTensor) else inputs[LABEL], [-1, NUM_LABELS]), tf.float32)
+    if ex.LABEL in inputs:  # absent at serving time
+        outputs[ex.LABEL] = tf.cast(tf.reshape(tf.sparse.to_dense(inputs[ex.LABEL]) if isinstance(
+            inputs[ex.LABEL], tf.SparseTensor) else inputs[ex.LABEL], [-1, NUM_LABELS]), tf.float32)
     for name in PASSTHROUGH:
         if name in inputs:
             outputs[name] = inputs[name]
@@ -117,7 +113,8 @@ def _slice_image_graph(pixels, height, width, slope, intercept):
 
 
 def preprocess_dicom(path: str | os.PathLike | bytes) -> np.ndarray:
-    """One DICOM file -> the [IMAGE_SIZE, IMAGE_SIZE, 3] float32 model input, by the preprocessing_fn's ops."""
+    """One DICOM file -> the [MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS] float32 model input, by the
+    preprocessing_fn's ops."""
     ct = read_slice(path)
     image = _slice_image_graph(tf.constant(ct.pixels.astype("<i2").tobytes()), tf.constant(ct.height, tf.int64),
                                tf.constant(ct.width, tf.int64), tf.constant(ct.rescale_slope, tf.float32),

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut
 
-from ich_model.constants import IMAGE_SIZE, RGB_WINDOWS
+from ich_model.constants import MODEL_INPUT_SIZE, RGB_WINDOWS
 
 
 def is_rsna_wrapped(ds: pydicom.Dataset) -> bool:
@@ -44,7 +44,7 @@ def triangle_weights(n_in: int, n_out: int) -> np.ndarray:
     return (weights / weights.sum(axis=1, keepdims=True, dtype=f32)).astype(np.float64)
 
 
-def resize(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+def resize(image: np.ndarray, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
     rows = np.tensordot(triangle_weights(image.shape[0], size), image, axes=(1, 0))  # (size, W, C)
     resized = np.tensordot(triangle_weights(image.shape[1], size), rows, axes=(1, 1)).transpose(1, 0, 2)
     return np.clip(resized, 0.0, 1.0)

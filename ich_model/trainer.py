@@ -3,21 +3,15 @@
 Reads the raw Examples, applies the saved transform graph in the input pipeline (the Transform component does not
 materialise images; see ich_model/preprocessing.py), samples and augments as the member's recipe says, keeps the
 weights of the latest evaluation within one standard error of the lowest eval weighted log loss of the output as
-exported (members.kept_evaluation), writes TensorBoard logs and exports a ScoringModule SavedModel. The
-balanced batches show the member more positives than the data holds, so before export its output is moved from
-the batches' prevalence back to the data's (`correct_label_prior`): exported probabilities are calibrated to the
-data, not to the sampler.
+exported (members.kept_evaluation), writes TensorBoard logs and exports a ScoringModule SavedModel with its
+description. The balanced batches show the member more positives than the data holds, so before export its
+output is moved from the batches' prevalence back to the data's (`correct_label_prior`): exported probabilities
+are calibrated to the data, not to the sampler.
 
-custom_config keys: `member` ("a", "b" or "c"), `preset` ("tiny", "b0", "s"), `batch_size` (default 32),
-`eval_every_steps` (default: a fifth of the training steps), `cache_examples` (default true: keep the raw
-Examples in memory between epochs; set false for sets larger than memory), `warm_start_steps` (default: the
-training steps), `architecture` (default "cascade"; "efficientnet_only" and "convnext_only" are the ablation's
-single-family networks, for bench/quality.py), `seed` (default: the member's recipe seed; sets the weights'
-initialisation and the sampler's order, for repeating a training over seeds).
-
-With a base model (the latest blessed ensemble), the member starts from the weights of its namesake in that
-ensemble and trains for `warm_start_steps` on a schedule of that length; without one, or when the base member is
-a different architecture, it starts from scratch and trains for the full `train_steps`.
+The settings come in `custom_config` as a `TrainerSettings` (ich_model/settings.py). With a base model (the
+latest blessed ensemble), the member starts from the weights of its namesake there, matched by name, and trains
+for `warm_start_steps` on a schedule of that length; when the base member's description names another network,
+or it has none, the member starts from scratch and trains for `train_steps`.
 """
 
 from __future__ import annotations
@@ -30,21 +24,29 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from ich_model.constants import NUM_LABELS
+from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.description import (
+    DescriptionError,
+    assign_by_name,
+    member_description,
+    member_entry,
+    read_description,
+    rebuild_member,
+)
 from ich_model.examples import LABEL
 from ich_model.members import (
     BATCH_SIZE,
     CHECKPOINT_METRIC,
-    MEMBERS,
     KeepWithinOneStandardError,
     compile_member,
     sampled_prevalence,
     training_batches,
 )
-from ich_model.model.ablation import build_architecture
-from ich_model.model.cascade import correct_label_prior, describe
+from ich_model.model.network import NetworkSpec, build_network, correct_label_prior, describe
+from ich_model.model.presets import network_spec
 from ich_model.preprocessing import IMAGE
-from ich_model.serving import ScoringModule, member_weights
+from ich_model.serving import ScoringModule
+from ich_model.settings import TrainerSettings
 
 KEPT_WEIGHTS = "kept.weights.h5"
 
@@ -73,19 +75,28 @@ def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTran
                                                                  tf.float32)))
 
 
-def warm_start(model: tf.keras.Model, base_model_dir: str, member_name: str) -> bool:
-    """Copy member `member_name` of the ensemble exported at `base_model_dir` into `model`. False, with the
-    reason logged, when that member is a different architecture (e.g. the ensemble was trained with another
-    preset): then `model` keeps its fresh initialisation."""
-    source = member_weights(base_model_dir, member_name)
-    targets = model.variables
-    if len(source) != len(targets) or any(s.shape != t.shape for s, t in zip(source, targets, strict=True)):
-        logging.warning("member %s: the base model's member has %d variables, this architecture %d (or their "
-                        "shapes differ); training from scratch", member_name, len(source), len(targets))
-        return False
-    for target, value in zip(targets, source, strict=True):
-        target.assign(value)
-    return True
+def warm_start(model: tf.keras.Model, spec: NetworkSpec, base_model_dir: str, member_name: str) -> np.ndarray:
+    """Copy member `member_name` of the export at `base_model_dir` into `model` (built from `spec`), variable by
+    variable name. Returns the label prevalence that the base member's output was moved to before its export.
+    A DescriptionError, with `model` untouched, when the base has no description, no such member, or describes
+    another network."""
+    _, entry = member_entry(read_description(base_model_dir), member_name, base_model_dir)
+    if entry["network"] != spec.get_config():
+        differences = "; ".join(f"{path}: base {theirs}, this run {ours}" for path, theirs, ours
+                                in _differences(entry["network"], spec.get_config())[:3])
+        raise DescriptionError(f"the base model's member {member_name} is another network than this run's "
+                               f"{spec.architecture} ({differences})")
+    source = rebuild_member(base_model_dir, member_name)
+    assign_by_name(model, source.variables, f"member {member_name} of {base_model_dir}")
+    return np.array([entry["prevalence"]["moved_to"][label] for label in LABELS])
+
+
+def _differences(theirs, ours, path: str = "network") -> list[tuple[str, object, object]]:
+    """Where two network configs differ: (dotted path, their value, our value)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return [difference for key in sorted(set(theirs) | set(ours))
+                for difference in _differences(theirs.get(key), ours.get(key), f"{path}.{key}")]
+    return [] if theirs == ours else [(path, theirs, ours)]
 
 
 def _strategy() -> tf.distribute.Strategy:
@@ -97,11 +108,16 @@ def _strategy() -> tf.distribute.Strategy:
 
 
 def run_fn(fn_args) -> None:
-    config = fn_args.custom_config or {}
-    recipe = MEMBERS[config.get("member", "a")]
-    preset = config.get("preset", "tiny")
-    batch_size = int(config.get("batch_size", BATCH_SIZE))
-    seed = int(config.get("seed", recipe.seed))
+    settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    for name, proto, tfx_steps in (("train_steps", "TrainArgs", fn_args.train_steps),
+                                   ("eval_steps", "EvalArgs", fn_args.eval_steps)):
+        if tfx_steps is not None and int(tfx_steps) != getattr(settings, name):
+            raise ValueError(f"the Trainer's settings say {name} {getattr(settings, name)}, its {proto} "
+                             f"{int(tfx_steps)}: build member Trainers with pipeline.training.member_trainers, "
+                             f"which derives both from one TrainerSettings")
+    recipe = settings.recipe
+    spec = network_spec(settings.architecture, settings.preset)
+    batch_size, seed = settings.batch_size, settings.initialisation_seed
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
 
     train_count, cooccurrence = label_counts(fn_args.train_files)
@@ -113,37 +129,42 @@ def run_fn(fn_args) -> None:
     sampled = sampled_prevalence(cooccurrence, train_count, recipe.hard_subtypes)
     # Validate on at most the whole eval split: Keras stops validating for good once a finite set runs out.
     eval_count, _ = label_counts(fn_args.eval_files)
-    validation_steps = min(int(fn_args.eval_steps), max(1, -(-eval_count // batch_size)))
-    logging.info("member %s (%s preset): label prevalence %s, in balanced batches %s", recipe.name, preset,
-                 np.round(prevalence, 4), np.round(sampled, 4))
+    validation_steps = min(settings.eval_steps, max(1, -(-eval_count // batch_size)))
+    logging.info("member %s (%s %s): label prevalence %s, in balanced batches %s", recipe.name,
+                 settings.preset, spec.architecture, np.round(prevalence, 4), np.round(sampled, 4))
     tft_layer = tft_output.transform_features_layer()
 
     def to_images(raw_batch):
         return tft_layer(raw_batch)[IMAGE]
 
     train_raw = raw_examples(fn_args.train_files, fn_args.data_accessor, tft_output)
-    if config.get("cache_examples", True):  # small sets: keep the raw Examples in memory between epochs
+    if settings.cache_examples:  # small sets: keep the raw Examples in memory between epochs
         train_raw = train_raw.cache()
     train = training_batches(train_raw, recipe, prevalence, batch_size, seed=seed, to_images=to_images)
     evaluation = (raw_examples(fn_args.eval_files, fn_args.data_accessor, tft_output)
                   .batch(batch_size).take(validation_steps).map(lambda raw, labels: (to_images(raw), labels)))
-    if config.get("cache_examples", True):
+    if settings.cache_examples:
         evaluation = evaluation.cache()  # the same batches every time: validation reads exactly these
 
-    train_steps = int(fn_args.train_steps)
+    train_steps, warm_started = settings.train_steps, False
     with _strategy().scope():
-        model = build_architecture(config.get("architecture", "cascade"), preset, prior=sampled, seed=seed,
-                                   name=f"member_{recipe.name}")
-        if fn_args.base_model and warm_start(model, fn_args.base_model, recipe.name):
-            # The base member was exported at the data's prevalence; training resumes on balanced batches.
-            correct_label_prior(model, trained_on=prevalence, actual=sampled)
-            train_steps = int(config.get("warm_start_steps") or train_steps)
-            logging.info("member %s: warm start from %s, %d steps", recipe.name, fn_args.base_model, train_steps)
-        else:
-            logging.info("member %s: from scratch, %d steps", recipe.name, train_steps)
+        model = build_network(spec, prior=sampled, seed=seed, name=f"member_{recipe.name}")
+        if fn_args.base_model:
+            try:
+                base_prevalence = warm_start(model, spec, fn_args.base_model, recipe.name)
+            except DescriptionError as reason:
+                logging.warning("member %s: training from scratch, not from %s: %s", recipe.name,
+                                fn_args.base_model, reason)
+            else:
+                # The base member's output was moved to the prevalence of its own data; training resumes on
+                # balanced batches.
+                correct_label_prior(model, trained_on=base_prevalence, actual=sampled)
+                train_steps, warm_started = settings.steps_from_base, True
+        logging.info("member %s: %s, %d steps", recipe.name,
+                     f"warm start from {fn_args.base_model}" if warm_started else "from scratch", train_steps)
         compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
     logging.info(describe(model))
-    eval_every = min(train_steps, int(config.get("eval_every_steps") or max(1, train_steps // 5)))
+    eval_every = settings.evaluation_interval(train_steps)
     kept_weights = os.path.join(fn_args.model_run_dir, KEPT_WEIGHTS)
     keeper = KeepWithinOneStandardError(kept_weights)
     model.fit(
@@ -164,4 +185,8 @@ def run_fn(fn_args) -> None:
         logging.warning("no kept checkpoint (the eval %s was never finite); exporting the last weights",
                         CHECKPOINT_METRIC)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)
-    ScoringModule([model], [recipe.name], fn_args.transform_graph_path).save(fn_args.serving_model_dir)
+    description = member_description(recipe.name, spec, model, recipe, trained_on=sampled, moved_to=prevalence,
+                                     steps=train_steps, warm_started=warm_started,
+                                     settings=settings.as_custom_config())
+    ScoringModule([model], [recipe.name], fn_args.transform_graph_path, description).save(
+        fn_args.serving_model_dir)

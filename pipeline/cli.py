@@ -234,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compile", help="write the Kubeflow Pipelines v2 spec (pipeline.yaml)",
         description="Compile the pipeline with KubeflowV2DagRunner for a cluster: no network access and no "
                     "packaging; the image (built from the Dockerfile) holds this package.")
-    from pipeline.configs import IMAGE
+    from pipeline.configs import CONTAINER_IMAGE
     from pipeline.kubeflow_runner import DEFAULT_INPUT_BASE, DEFAULT_OUTPUT, DEFAULT_PIPELINE_ROOT
 
-    compile_.add_argument("--image", default=IMAGE, help=f"container image (default {IMAGE})")
+    compile_.add_argument("--image", default=CONTAINER_IMAGE, help=f"container image (default {CONTAINER_IMAGE})")
     compile_.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT,
                           help=f"artifact root on the cluster (default {DEFAULT_PIPELINE_ROOT})")
     compile_.add_argument("--data", default=DEFAULT_INPUT_BASE,

@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass, field
 
 from ich_model.constants import LABELS
+from ich_model.settings import TrainerSettings
 
 PIPELINE_NAME = "ich"
 # The container image (built from the repository's Dockerfile) that holds this package and its dependencies.
-IMAGE = "ghcr.io/ich-pipeline/ich:latest"
+CONTAINER_IMAGE = "ghcr.io/ich-pipeline/ich:latest"
 # Beam arguments that say where Beam workers get their Python dependencies from.
 _DEPENDENCY_ARGS = ("--extra_package", "--extra_packages", "--setup_file", "--requirements_file",
                     "--sdk_container_image", "--worker_harness_container_image")
@@ -34,7 +35,7 @@ class SynthSettings:
     subtype_mix: str = "balanced"
 
 
-def beam_args_with_workers_image(beam_args, image: str = IMAGE) -> list[str]:
+def beam_args_with_workers_image(beam_args, image: str = CONTAINER_IMAGE) -> list[str]:
     """`beam_args`, naming `image` as the Beam workers' environment unless they already say where the workers'
     dependencies come from. Otherwise TFX packages a copy of its own installation for remote workers, for every
     Beam component it runs, into a temporary folder that is never removed, and a direct run (in this environment)
@@ -72,14 +73,15 @@ class PipelineConfig:
     # Share of Examples that StatisticsGen reads (at random); use 1.0 for sets of a few dozen slices, whose
     # sample could be empty.
     statistics_sample_rate: float = 0.25
-    # Training (per member).
-    model_preset: str = "tiny"
-    train_steps: int = 200
-    warm_start_steps: int = 100  # when the members start from the latest blessed ensemble
-    eval_steps: int = 10
-    batch_size: int = 32
-    eval_every_steps: int = 50  # 0: a fifth of train_steps
-    cache_examples: bool = True
+    # Training (per member; ich_model/settings.py says what each setting does, and owns the defaults that the
+    # demo keeps).
+    model_preset: str = TrainerSettings.preset
+    train_steps: int = TrainerSettings.train_steps
+    warm_start_steps: int = 100
+    eval_steps: int = TrainerSettings.eval_steps
+    batch_size: int = TrainerSettings.batch_size
+    eval_every_steps: int = 50
+    cache_examples: bool = TrainerSettings.cache_examples
     # Evaluation and blessing (the ensemble's `probabilities` output, overall slice).
     operating_threshold: float = 0.5
     auc_floors: dict[str, float] = field(default_factory=lambda: {name: 0.7 for name in LABELS})
@@ -87,6 +89,13 @@ class PipelineConfig:
     auc_regression_tolerance: float = 0.01  # a candidate may lose at most this much AUC against the baseline
     log_loss_regression_tolerance: float = 0.005
     synth: SynthSettings = SynthSettings()
+
+    @property
+    def trainer_settings(self) -> TrainerSettings:
+        """What each member Trainer is told (its `member` is set per Trainer)."""
+        return TrainerSettings(preset=self.model_preset, train_steps=self.train_steps, eval_steps=self.eval_steps,
+                               batch_size=self.batch_size, eval_every_steps=self.eval_every_steps,
+                               cache_examples=self.cache_examples, warm_start_steps=self.warm_start_steps)
 
     @property
     def serving_path(self) -> str:

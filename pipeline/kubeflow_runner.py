@@ -13,7 +13,7 @@ from pathlib import Path
 from tfx import v1 as tfx
 
 from components.dicom_example_gen.span_folders import SPAN_PATTERN
-from pipeline.configs import IMAGE, PipelineConfig
+from pipeline.configs import CONTAINER_IMAGE, PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 DEFAULT_OUTPUT = "pipeline.yaml"
@@ -31,7 +31,7 @@ def cluster_config(config: PipelineConfig, pipeline_root: str = DEFAULT_PIPELINE
         input_pattern=config.input_pattern or SPAN_PATTERN)
 
 
-def compile_pipeline(config: PipelineConfig, image: str = IMAGE, output: str = DEFAULT_OUTPUT) -> Path:
+def compile_pipeline(config: PipelineConfig, image: str = CONTAINER_IMAGE, output: str = DEFAULT_OUTPUT) -> Path:
     """Writes the KFP v2 spec for `config` to `output` and returns its path."""
     if config.span_window != 1:
         raise ValueError(

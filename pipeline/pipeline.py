@@ -59,11 +59,8 @@ def create_components(config: PipelineConfig) -> list:
         examples=training_examples, schema=schema_gen.outputs["schema"], analyzer_cache=cache.outputs["cache"],
         preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True)
     baseline = latest_blessed_model_resolver()
-    trainers = member_trainers(
-        training_examples, transform.outputs["transform_graph"], preset=config.model_preset,
-        train_steps=config.train_steps, eval_steps=config.eval_steps, batch_size=config.batch_size,
-        eval_every_steps=config.eval_every_steps, cache_examples=config.cache_examples,
-        base_model=baseline.outputs["model"], warm_start_steps=config.warm_start_steps)
+    trainers = member_trainers(training_examples, transform.outputs["transform_graph"], config.trainer_settings,
+                               base_model=baseline.outputs["model"])
     ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from tfx import v1 as tfx
 
 from components.ensemble import Ensemble
-from ich_model.members import BATCH_SIZE, MEMBERS
+from ich_model.members import MEMBERS
+from ich_model.settings import TrainerSettings
 
 RUN_FN = "ich_model.trainer.run_fn"
 
@@ -14,25 +17,23 @@ def trainer_id(member_name: str) -> str:
     return f"trainer_{member_name}"
 
 
-def member_trainers(examples, transform_graph, preset: str, train_steps: int, eval_steps: int,
-                    batch_size: int = BATCH_SIZE, eval_every_steps: int = 0, cache_examples: bool = True,
-                    base_model=None, warm_start_steps: int = 0) -> list:
-    """One Trainer per member recipe (`trainer_a`, `trainer_b`, `trainer_c`), each depending only on the
-    Examples, the transform graph and the base model, so an orchestrator can run them side by side.
-    `base_model` is a channel of ensembles (the latest blessed one, empty on a first run): each member
-    warm-starts from its namesake there and trains `warm_start_steps` (0: `train_steps`)."""
+def member_trainers(examples, transform_graph, settings: TrainerSettings, base_model=None) -> list:
+    """One Trainer per member recipe (`trainer_a`, `trainer_b`, `trainer_c`), each with `settings` for its own
+    member, each depending only on the Examples, the transform graph and the base model, so an orchestrator can
+    run them side by side. `base_model` is a channel of ensembles (the latest blessed one, empty on a first
+    run): each member warm-starts from its namesake there."""
     trainers = []
     for name in MEMBERS:
+        member = dataclasses.replace(settings, member=name)
         trainer = tfx.components.Trainer(
             run_fn=RUN_FN,
             examples=examples,
             transform_graph=transform_graph,
             base_model=base_model,
-            train_args=tfx.proto.TrainArgs(num_steps=train_steps),
-            eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
-            custom_config={"member": name, "preset": preset, "batch_size": batch_size,
-                           "eval_every_steps": eval_every_steps, "cache_examples": cache_examples,
-                           "warm_start_steps": warm_start_steps},
+            # TFX requires these; run_fn reads the same figures from the settings.
+            train_args=tfx.proto.TrainArgs(num_steps=member.train_steps),
+            eval_args=tfx.proto.EvalArgs(num_steps=member.eval_steps),
+            custom_config=member.as_custom_config(),
         ).with_id(trainer_id(name))
         trainers.append(trainer)
     return trainers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
@@ -12,6 +13,11 @@ from tfx.utils import path_utils, proto_utils
 from components.dicom_example_gen.component import DicomExampleGen
 from components.dicom_example_gen.executor import Executor
 from components.ensemble import Ensemble
+from ich_model.constants import NUM_LABELS
+from ich_model.description import member_description
+from ich_model.members import MEMBERS
+from ich_model.model.network import NetworkSpec
+from ich_model.model.presets import PRESETS
 from ich_model.serving import ScoringModule
 from pipeline.configs import beam_args_with_workers_image
 
@@ -64,14 +70,29 @@ def run_transform(examples_dir: Path, transform_dir: Path, temp_dir: Path) -> No
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema), str(transform_dir / "metadata"))
 
 
-def export_ensemble(transform_dir: Path, members: list, out: Path) -> str:
-    """Keras members a, b, c exported each on its own, then merged by the Ensemble component from their Model
-    artifacts; returns the ensemble's SavedModel folder."""
+def untrained_member_description(name: str, model: tf.keras.Model, spec: NetworkSpec | None = None) -> dict:
+    """The description of a member that was built, never trained: at the 0.5 prevalence a network starts from."""
+    half = np.full(NUM_LABELS, 0.5)
+    return member_description(name, spec or PRESETS["tiny"], model, MEMBERS[name], trained_on=half, moved_to=half,
+                              steps=0)
+
+
+def export_member(transform_dir: Path, name: str, member: tf.keras.Model, export_dir: Path | str,
+                  spec: NetworkSpec | None = None) -> str:
+    """One untrained Keras member exported as the Trainer exports it, with its description."""
+    ScoringModule([member], [name], str(transform_dir), untrained_member_description(name, member, spec)).save(
+        str(export_dir))
+    return str(export_dir)
+
+
+def export_ensemble(transform_dir: Path, members: list, out: Path, spec: NetworkSpec | None = None) -> str:
+    """Keras members a, b, c (built from `spec`, by default the tiny cascade) exported each on its own, then
+    merged by the Ensemble component from their Model artifacts; returns the ensemble's SavedModel folder."""
     artifacts = []
     for name, member in zip("abc", members, strict=True):
         artifact = standard_artifacts.Model()
         artifact.uri = str(out / f"member_{name}")
-        ScoringModule([member], [name], str(transform_dir)).save(path_utils.serving_model_path(artifact.uri))
+        export_member(transform_dir, name, member, path_utils.serving_model_path(artifact.uri), spec)
         artifacts.append(artifact)
     transform_graph = standard_artifacts.TransformGraph()
     transform_graph.uri = str(transform_dir)

@@ -2,7 +2,8 @@
 
 The ensemble's `serving_default` parses and transforms the raw Examples once, runs the members on the same
 images and returns `probabilities` (member mean), `spread` (standard deviation between members),
-`member_probabilities` ([B, 3, 6]) and `member_a`, `member_b`, `member_c` ([B, 6] each).
+`member_probabilities` ([B, 3, 6]), `embedding` ([B, 3, D]: each member's pooled features) and `member_a`,
+`member_b`, `member_c` ([B, 6] each). Its description lists the members' own.
 """
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact

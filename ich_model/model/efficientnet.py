@@ -8,9 +8,12 @@ residual branches, as in Tan & Le, "EfficientNetV2: Smaller Models and Faster Tr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import tensorflow as tf
+
+from ich_model.model.layers import StochasticDepth
 
 FUSED, MBCONV = "fused", "mbconv"
 BN_MOMENTUM = 0.9
@@ -36,11 +39,29 @@ class Stage:
 
 
 @dataclass(frozen=True)
-class FrontEndSpec:
+class EfficientNetV2:
+    """An EfficientNetV2 front end: a stage table scaled by `width` and `depth`, tapped after the stages whose
+    outputs lie at strides 4, 8, 16 and 32 (`taps`, 0-based indices into the table)."""
+
+    family: ClassVar[str] = "efficientnet"
     stem_channels: int
     stages: tuple[Stage, ...]
     width: float = 1.0  # channel multiplier
     depth: float = 1.0  # repeat multiplier
+    taps: tuple[int, int, int, int] = (1, 2, 4, 5)
+
+    def features(self, image, drop_path_rate: float) -> list:
+        """The front end on `image`: its features at strides 4, 8, 16 and 32."""
+        outputs = efficientnet_v2_features(image, self, drop_path_rate)
+        return [outputs[i] for i in self.taps]
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> EfficientNetV2:
+        return cls(**{**config, "stages": tuple(Stage(**stage) for stage in config["stages"]),
+                      "taps": tuple(config["taps"])})
 
 
 B0_STAGES = (
@@ -68,25 +89,6 @@ def round_channels(channels: float, width: float, divisor: int = 8) -> int:
 
 def round_repeats(repeats: int, depth: float) -> int:
     return int(math.ceil(repeats * depth))
-
-
-class StochasticDepth(tf.keras.layers.Layer):
-    """Drops a residual branch for a whole example with probability `rate` during training."""
-
-    def __init__(self, rate: float, **kwargs):
-        super().__init__(**kwargs)
-        self.rate = rate
-
-    def call(self, branch, training=None):
-        if not training or self.rate == 0.0:
-            return branch
-        keep = 1.0 - self.rate
-        shape = tf.concat([tf.shape(branch)[:1], tf.ones([tf.rank(branch) - 1], tf.int32)], axis=0)
-        mask = tf.floor(keep + tf.random.uniform(shape, dtype=branch.dtype))
-        return branch / keep * mask
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
 
 
 def _conv_bn(x, channels: int, kernel: int, stride: int, name: str, activation: bool = True):
@@ -134,7 +136,7 @@ def _block(x, stage: Stage, in_channels: int, out_channels: int, stride: int, dr
     return x
 
 
-def efficientnet_v2_features(image, spec: FrontEndSpec, drop_path_rate: float = 0.0, name: str = "effnet"):
+def efficientnet_v2_features(image, spec: EfficientNetV2, drop_path_rate: float = 0.0, name: str = "effnet"):
     """Build the front end on `image`; returns every stage's output (stage i at index i)."""
     stages = [Stage(s.block, round_repeats(s.repeats, spec.depth), round_channels(s.channels, spec.width),
                     s.expansion, s.se_ratio, s.stride, s.kernel) for s in spec.stages]

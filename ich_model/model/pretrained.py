@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from ich_model.constants import IMAGE_SIZE
+from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE
 
 APPLICATIONS = {"b0": tf.keras.applications.EfficientNetV2B0, "s": tf.keras.applications.EfficientNetV2S}
 FRONT_END_PREFIX = "effnet_"
@@ -25,7 +25,8 @@ def load_front_end_weights(model: tf.keras.Model, preset: str, weights_file: str
         raise FileNotFoundError(f"no weights file at {weights_file}; nothing is downloaded, give a local "
                                 f"keras.applications EfficientNetV2 ({preset}) no-top .h5 file")
     reference = APPLICATIONS[preset](include_top=False, weights=os.fspath(weights_file),
-                                     input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), include_preprocessing=False)
+                                     input_shape=(MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS),
+                                     include_preprocessing=False)
     source = [layer for layer in reference.layers if layer.weights and not layer.name.startswith("top_")]
     target = [layer for layer in model.layers if layer.weights and layer.name.startswith(FRONT_END_PREFIX)]
     if len(source) != len(target):

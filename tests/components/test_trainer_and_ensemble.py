@@ -1,6 +1,7 @@
-"""Exported members and ensemble: raw tf.Examples in, numpy-checked mean and spread out, the same after a
-reload from disk; a member warm-started from its namesake in an ensemble; and one member trained by the real
-TFX Trainer executor with run_fn."""
+"""Exported members and ensemble: raw tf.Examples in, numpy-checked mean, spread and embeddings out, the same
+after a reload from disk; each export's description, the Keras members rebuilt from it, warm start by variable
+name, Grad-CAM on every architecture, the clear error for an export without a description; and one member trained
+by the real TFX Trainer executor with run_fn, checked against the labels it was trained on."""
 
 from __future__ import annotations
 
@@ -16,18 +17,37 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
-from ich_model.model.cascade import build_cascade
+from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.description import (
+    DESCRIPTION_VERSION,
+    DescriptionError,
+    description_path,
+    read_description,
+    rebuild_member,
+    rebuild_members,
+)
+from ich_model.explain import GradCam
+from ich_model.model.network import build_network, feature_tap, tap_layer
+from ich_model.model.presets import ARCHITECTURES, PRESETS, build_cascade, network_spec
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.serving import (
+    EMBEDDING,
     MEMBER_PROBABILITIES,
     PROBABILITIES,
     SERVING_SIGNATURE,
     SPREAD,
+    ScoringModule,
     member_output,
 )
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from ich_model.trainer import warm_start
-from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
+from tests.pipeline_helpers import (
+    export_ensemble,
+    read_split,
+    run_example_gen,
+    run_transform,
+    untrained_member_description,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +68,13 @@ def eval_batch(root: Path):
     return tf.constant([e.SerializeToString() for e in examples]), images
 
 
-def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_inputs, tmp_path):
+def pooled_features(model: tf.keras.Model, images) -> np.ndarray:
+    """numpy's mean over the positions of the network's stride-32 features: what `embedding` should hold."""
+    features = tf.keras.Model(model.input, tap_layer(model, feature_tap(32)).output)(images, training=False)
+    return features.numpy().mean(axis=(1, 2))
+
+
+def test_ensemble_reports_numpy_mean_spread_and_embeddings_and_survives_a_reload(pipeline_inputs, tmp_path):
     root, _ = pipeline_inputs
     serialized, images = eval_batch(root)
     members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
@@ -62,9 +88,35 @@ def test_ensemble_reports_numpy_mean_and_spread_and_survives_a_reload(pipeline_i
     for index, name in enumerate("abc"):
         np.testing.assert_allclose(served[member_output(name)].numpy(), expected[:, index], atol=1e-5)
     assert served[PROBABILITIES].shape == (len(images), 6)
+    embeddings = np.stack([pooled_features(m, images) for m in members], axis=1)  # [B, 3, D]
+    assert served[EMBEDDING].shape == (len(images), 3, PRESETS["tiny"].back.widths[-1])
+    np.testing.assert_allclose(served[EMBEDDING].numpy(), embeddings, atol=1e-4)
 
 
-def test_a_member_warm_starts_from_its_namesake_in_the_ensemble(pipeline_inputs, tmp_path):
+def test_the_ensemble_describes_itself_and_its_members_rebuild_to_its_outputs(pipeline_inputs, tmp_path):
+    root, _ = pipeline_inputs
+    serialized, images = eval_batch(root)
+    members = [build_cascade("tiny", seed=seed) for seed in (4, 5, 6)]
+    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
+
+    description = read_description(ensemble_dir)
+    assert description["version"] == DESCRIPTION_VERSION and description["kind"] == "ensemble"
+    assert description["labels"] == list(LABELS) and description["input"]["size"] == 256
+    assert [c["window"] for c in description["input"]["channels"]] == ["blood", "brain", "bone"]
+    assert description["input"]["channels"][0] == {"window": "blood", "level": 75.0, "width": 215.0}
+    assert sorted(description["members"]) == ["a", "b", "c"]
+    assert description["members"]["c"]["recipe"]["hard_subtypes"] == ["subarachnoid", "epidural"]
+    assert description["outputs"][EMBEDDING] == ["B", 3, PRESETS["tiny"].back.widths[-1]]
+
+    served = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE](examples=serialized)
+    rebuilt = rebuild_members(ensemble_dir)
+    assert list(rebuilt) == ["a", "b", "c"]
+    for index, model in enumerate(rebuilt.values()):
+        np.testing.assert_allclose(model(images, training=False).numpy(),
+                                   served[MEMBER_PROBABILITIES].numpy()[:, index], atol=1e-5)
+
+
+def test_a_member_warm_starts_from_its_namesake_by_variable_name(pipeline_inputs, tmp_path):
     root, _ = pipeline_inputs
     _, images = eval_batch(root)
     members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
@@ -72,16 +124,71 @@ def test_a_member_warm_starts_from_its_namesake_in_the_ensemble(pipeline_inputs,
 
     fresh = build_cascade("tiny", seed=99)
     assert not np.allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy())
-    assert warm_start(fresh, ensemble_dir, "b")
+    prevalence = warm_start(fresh, PRESETS["tiny"], ensemble_dir, "b")
+    np.testing.assert_allclose(prevalence, np.full(NUM_LABELS, 0.5))  # what the base member was moved to
     np.testing.assert_allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy(),
                                atol=1e-6)
+    with pytest.raises(DescriptionError, match="no member 'no_such_member'"):
+        warm_start(fresh, PRESETS["tiny"], ensemble_dir, "no_such_member")
 
-    other_architecture = build_cascade("b0", seed=99)
-    before = [v.numpy() for v in other_architecture.variables]
-    assert not warm_start(other_architecture, ensemble_dir, "b")  # logged; the member trains from scratch
-    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other_architecture.variables, strict=True))
-    with pytest.raises(ValueError, match="no_such_member"):
-        warm_start(fresh, ensemble_dir, "no_such_member")
+
+def test_warm_start_and_rebuild_match_variables_by_name_whatever_their_order(pipeline_inputs, tmp_path):
+    """An export whose variables are stored in another order (reversed, here) still fits by name; matching by
+    position would pair a kernel with a bias."""
+    root, _ = pipeline_inputs
+    _, images = eval_batch(root)
+    member = build_cascade("tiny", seed=7)
+    module = ScoringModule([member], ["a"], str(root / "transform"), untrained_member_description("a", member))
+    module.member_variables = list(reversed(member.variables))
+    module.save(str(tmp_path / "reordered"))
+    expected = member(images, training=False).numpy()
+
+    np.testing.assert_allclose(rebuild_member(tmp_path / "reordered")(images, training=False).numpy(), expected,
+                               atol=1e-5)
+    fresh = build_cascade("tiny", seed=8)
+    warm_start(fresh, PRESETS["tiny"], str(tmp_path / "reordered"), "a")
+    np.testing.assert_allclose(fresh(images, training=False).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture, preset", [("cascade", "b0"), ("efficientnet_only", "tiny")])
+def test_warm_start_refuses_another_network_with_the_reason(pipeline_inputs, tmp_path, architecture, preset):
+    root, _ = pipeline_inputs
+    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+    spec = network_spec(architecture, preset)
+    other = build_network(spec, seed=99)
+    before = [v.numpy() for v in other.variables]
+    with pytest.raises(DescriptionError, match=f"another network than this run's {architecture}") as refused:
+        warm_start(other, spec, ensemble_dir, "b")
+    assert "network." in str(refused.value)  # names where the networks differ
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other.variables, strict=True))
+
+
+def test_an_export_without_a_description_is_a_clear_error(pipeline_inputs, tmp_path):
+    root, _ = pipeline_inputs
+    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+    Path(description_path(ensemble_dir)).unlink()
+    message = "has no model description \\(assets/model_description.json\\)"
+    with pytest.raises(DescriptionError, match=message):
+        rebuild_members(ensemble_dir)
+    with pytest.raises(DescriptionError, match=message):
+        warm_start(build_cascade("tiny"), PRESETS["tiny"], ensemble_dir, "a")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_grad_cam_reads_the_declared_tap_of_every_architecture(pipeline_inputs, tmp_path, architecture):
+    """The members rebuilt from an export of any architecture give the heat maps of the networks exported."""
+    root, _ = pipeline_inputs
+    _, images = eval_batch(root)
+    spec = network_spec(architecture, "tiny")
+    members = [build_network(spec, seed=seed, name=f"member_{name}")
+               for seed, name in zip((1, 2, 3), "abc", strict=True)]
+    ensemble_dir = export_ensemble(root / "transform", members, tmp_path, spec)
+
+    heat = GradCam(rebuild_members(ensemble_dir)).heatmaps(images[:4], LABELS.index("any"))
+    expected = GradCam(dict(zip("abc", members, strict=True))).heatmaps(images[:4], LABELS.index("any"))
+    assert heat.shape == (4, 256, 256) and heat.min() >= 0.0 and heat.max() <= 1.0
+    assert heat.max() > 0.5  # each member's map peaks at 1 unless nothing raised the probability
+    np.testing.assert_allclose(heat, expected, atol=1e-4)
 
 
 def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, tmp_path):
@@ -97,7 +204,8 @@ def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, 
         standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=6)),
         standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=2)),
         standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
-            {"member": "a", "preset": "tiny", "batch_size": 8, "eval_every_steps": 3}),
+            {"member": "a", "preset": "tiny", "train_steps": 6, "eval_steps": 2, "batch_size": 8,
+             "eval_every_steps": 3}),
     }
     GenericExecutor().Do(
         {standard_component_specs.EXAMPLES_KEY: [examples],
@@ -109,7 +217,37 @@ def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, 
     loaded = tf.saved_model.load(serving_dir)
     serialized, images = eval_batch(root)
     served = loaded.signatures[SERVING_SIGNATURE](examples=serialized)
-    from_images = loaded.member_probabilities_from_images(tf.constant(images)).numpy()
-    np.testing.assert_allclose(served[PROBABILITIES].numpy(), from_images[:, 0], atol=1e-5)
+    from_images = loaded.member_outputs_from_images(tf.constant(images))
+    np.testing.assert_allclose(served[PROBABILITIES].numpy(), from_images[PROBABILITIES].numpy()[:, 0], atol=1e-5)
+    np.testing.assert_allclose(served[EMBEDDING].numpy(), from_images[EMBEDDING].numpy(), atol=1e-5)
     assert np.all(served[SPREAD].numpy() == 0)
     assert list(Path(model_run.uri).rglob("events.out.tfevents*"))  # TensorBoard logs were written
+
+    member = read_description(serving_dir)["member"]
+    assert member["name"] == "a" and member["training"]["steps"] == 6 and not member["training"]["warm_started"]
+    assert member["network"] == PRESETS["tiny"].get_config()
+    train_labels = np.array([e.features.feature["label"].int64_list.value
+                             for e in read_split(root / "examples", "train")])
+    np.testing.assert_allclose([member["prevalence"]["moved_to"][label] for label in LABELS],
+                               train_labels.mean(axis=0))
+    assert all(member["prevalence"]["trained_on"][label] >= member["prevalence"]["moved_to"][label] for label in LABELS)
+
+
+def test_the_trainer_refuses_steps_that_disagree_with_its_settings(pipeline_inputs, tmp_path):
+    root, examples = pipeline_inputs
+    transform_graph = standard_artifacts.TransformGraph()
+    transform_graph.uri = str(root / "transform")
+    model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, model_run.uri = str(tmp_path / "model"), str(tmp_path / "model_run")
+    exec_properties = {
+        standard_component_specs.RUN_FN_KEY: "ich_model.trainer.run_fn",
+        standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=6)),
+        standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=2)),
+        standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps({"member": "a", "eval_steps": 2}),
+    }
+    with pytest.raises(ValueError, match="train_steps 200 .* TrainArgs 6"):
+        GenericExecutor().Do(
+            {standard_component_specs.EXAMPLES_KEY: [examples],
+             standard_component_specs.TRANSFORM_GRAPH_KEY: [transform_graph]},
+            {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_RUN_KEY: [model_run]},
+            exec_properties)

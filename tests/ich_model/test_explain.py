@@ -17,7 +17,7 @@ from ich_model.constants import SUBTYPES
 from ich_model.explain import BRAIN_CHANNEL, GradCam
 from ich_model.labels import read_rsna_labels
 from ich_model.members import MEMBERS, compile_member, training_batches
-from ich_model.model.cascade import build_cascade
+from ich_model.model.presets import build_cascade
 from ich_model.preprocessing import preprocess_dicom, resize_to_model_input
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset, plan_studies, render_study
 

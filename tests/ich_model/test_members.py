@@ -25,7 +25,8 @@ from ich_model.members import (
     training_batches,
 )
 from ich_model.metrics import weighted_log_loss
-from ich_model.model.cascade import build_cascade, classification_head, correct_label_prior
+from ich_model.model.network import classification_head, correct_label_prior
+from ich_model.model.presets import build_cascade
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 

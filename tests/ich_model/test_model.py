@@ -1,5 +1,6 @@
-"""The cascade network: shapes and sizes per preset, the B0 front end against keras.applications, FLOPs against
-the published figures, and the pieces that training relies on."""
+"""The networks: shapes and sizes per preset, the B0 front end against keras.applications, FLOPs against the
+published figures, specs that rebuild from their configs, the declared taps, and the pieces that training relies
+on."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ich_model.constants import IMAGE_SIZE, NUM_LABELS
-from ich_model.model.cascade import PRESETS, build_cascade, model_flops
-from ich_model.model.efficientnet import B0_STAGES, S_STAGES, FrontEndSpec, StochasticDepth, efficientnet_v2_features
+from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE, NUM_LABELS
+from ich_model.model.efficientnet import B0_STAGES, S_STAGES, EfficientNetV2, efficientnet_v2_features
+from ich_model.model.layers import StochasticDepth
+from ich_model.model.network import STRIDES, NetworkSpec, build_network, feature_tap, model_flops, tap_layer
+from ich_model.model.presets import ABLATIONS, ARCHITECTURES, PRESETS, build_cascade, network_spec
 
 
 def front_end(stages, stem: int) -> tf.keras.Model:
-    image = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
-    return tf.keras.Model(image, efficientnet_v2_features(image, FrontEndSpec(stem, stages))[-1])
+    image = tf.keras.Input((MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS))
+    return tf.keras.Model(image, efficientnet_v2_features(image, EfficientNetV2(stem, stages))[-1])
 
 
 @pytest.mark.parametrize("name, stages, stem, application, last_block", [
@@ -22,8 +25,8 @@ def front_end(stages, stem: int) -> tf.keras.Model:
     ("s", S_STAGES, 24, tf.keras.applications.EfficientNetV2S, "block6o_add"),
 ])
 def test_front_end_matches_keras_applications(name, stages, stem, application, last_block):
-    reference = application(include_top=False, weights=None, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-                            include_preprocessing=False)
+    reference = application(include_top=False, weights=None,
+                            input_shape=(MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS), include_preprocessing=False)
     cut = tf.keras.Model(reference.input, reference.get_layer(last_block).output)
     ours = front_end(stages, stem)
     assert abs(ours.count_params() - cut.count_params()) <= 0.01 * cut.count_params()
@@ -47,7 +50,7 @@ def test_presets_build_with_their_sizes(preset, min_params, max_params):
     assert min_params <= model.count_params() <= max_params
     # Every tap is fused at its own stride: 64, 32, 16, 8 pixels at 256 input.
     assert [model.get_layer(f"skip{i}_ln").output.shape[1] for i in range(1, 5)] == [64, 32, 16, 8]
-    assert [model.get_layer(f"skip{i}_ln").output.shape[-1] for i in range(1, 5)] == list(PRESETS[preset].back_dims)
+    assert [model.get_layer(f"skip{i}_ln").output.shape[-1] for i in range(1, 5)] == list(PRESETS[preset].back.widths)
 
 
 def test_output_bias_is_the_label_prior_logit():
@@ -81,14 +84,14 @@ def test_front_end_weights_load_from_a_local_keras_applications_file(tmp_path):
     b0 front end, which then computes exactly what keras.applications computes."""
     tf.keras.utils.set_random_seed(5)
     reference = tf.keras.applications.EfficientNetV2B0(include_top=False, weights=None,
-                                                       input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+                                                       input_shape=(MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS),
                                                        include_preprocessing=False)
     weights_file = tmp_path / "efficientnetv2-b0_notop.h5"
     reference.save_weights(str(weights_file))
     model = build_cascade("b0", seed=9, front_end_weights=str(weights_file))
     ours = tf.keras.Model(model.input, model.get_layer("effnet_stage6_block8_add").output)
     theirs = tf.keras.Model(reference.input, reference.get_layer("block6h_add").output)
-    images = np.random.default_rng(0).random((2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+    images = np.random.default_rng(0).random((2, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS)).astype(np.float32)
     np.testing.assert_allclose(ours(images, training=False).numpy(),
                                theirs(images * 2 - 1, training=False).numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="ImageNet weights exist for the b0 and s front ends"):
@@ -98,23 +101,49 @@ def test_front_end_weights_load_from_a_local_keras_applications_file(tmp_path):
 
 
 def test_ablation_networks_match_the_tiny_cascade_within_a_quarter():
-    from ich_model.model.ablation import build_convnext_only, build_efficientnet_only
-
     cascade = build_cascade("tiny")
-    for other in (build_efficientnet_only(), build_convnext_only()):
+    for name, spec in ABLATIONS.items():
+        other = build_network(spec, name=name)
         assert other.output.shape.as_list() == [None, NUM_LABELS]
         assert abs(other.count_params() / cascade.count_params() - 1) <= 0.25, other.name
 
 
 def test_the_trainer_builds_each_ablation_architecture_by_name_and_refuses_others():
-    from ich_model.model.ablation import ARCHITECTURES, build_architecture
-
-    layers = {name: {layer.name for layer in build_architecture(name, "tiny", name=f"member_{name}").layers}
+    layers = {name: {layer.name for layer in build_network(network_spec(name, "tiny"), name=f"member_{name}").layers}
               for name in ARCHITECTURES}
     assert any(n.startswith("fuse") for n in layers["cascade"])  # the skip fusion only the cascade has
     assert not any(n.startswith("convnext") for n in layers["efficientnet_only"])
     assert not any(n.startswith("effnet") for n in layers["convnext_only"])
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_architecture("resnet")
+        network_spec("resnet")
     with pytest.raises(ValueError, match="sized to the tiny preset"):
-        build_architecture("convnext_only", "b0")
+        network_spec("convnext_only", "b0")
+
+
+@pytest.mark.parametrize("spec", [*PRESETS.values(), *ABLATIONS.values()], ids=[*PRESETS, *ABLATIONS])
+def test_every_spec_is_rebuilt_from_its_config_as_json(spec):
+    import json
+
+    config = json.loads(json.dumps(spec.get_config()))
+    assert NetworkSpec.from_config(config) == spec
+    assert config["architecture"] == spec.architecture
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_declares_its_taps_at_their_strides(architecture):
+    model = build_network(network_spec(architecture, "tiny"))
+    for stride in STRIDES:
+        assert tap_layer(model, feature_tap(stride)).output.shape[1:3] == (MODEL_INPUT_SIZE // stride,) * 2
+    assert tap_layer(model, "embedding").output.shape[-1] == tap_layer(model, feature_tap(32)).output.shape[-1]
+    with pytest.raises(ValueError, match="declares no tap 'features_s2'"):
+        tap_layer(model, "features_s2")
+
+
+def test_a_spec_of_an_unknown_family_or_misplaced_taps_is_a_clear_error():
+    config = PRESETS["tiny"].get_config()
+    with pytest.raises(ValueError, match="unknown network family 'swin'"):
+        NetworkSpec.from_config({**config, "back": {**config["back"], "family": "swin"}})
+    # Stage 3 of B0 is at stride 16, not 8.
+    misplaced = NetworkSpec(EfficientNetV2(32, B0_STAGES, width=0.5, depth=0.25, taps=(1, 3, 4, 5)))
+    with pytest.raises(ValueError, match="stride-8 features are 16 pixels wide, not 32"):
+        build_network(misplaced)

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import LABELS, SUBTYPES
-from ich_model.model.cascade import build_cascade
+from ich_model.model.presets import build_cascade
 from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
@@ -107,19 +107,6 @@ def test_the_wide_csv_has_one_row_per_slice_with_probabilities_and_spreads(score
         probabilities, spread, _ = expected[row["image_id"]]
         np.testing.assert_allclose([float(row[label]) for label in LABELS], probabilities, atol=1e-5)
         np.testing.assert_allclose([float(row[f"{label}_spread"]) for label in LABELS], spread, atol=1e-5)
-
-
-def test_members_rebuilt_for_grad_cam_score_as_the_exported_ensemble(scored):
-    from ich_model.explain import member_models
-
-    root, _, model_dir, _ = scored
-    ensemble = tf.saved_model.load(str(model_dir))
-    members = member_models(ensemble)
-    assert list(members) == ["a", "b", "c"]
-    images = tf.random.stateless_uniform([2, 256, 256, 3], seed=(1, 2))
-    exported = ensemble.member_probabilities_from_images(images).numpy()
-    for index, model in enumerate(members.values()):
-        np.testing.assert_allclose(model(images, training=False).numpy(), exported[:, index], atol=1e-5)
 
 
 def test_explain_writes_one_titled_picture_per_slice_and_subtype_called_positive(scored, tmp_path):

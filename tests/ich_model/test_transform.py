@@ -13,8 +13,8 @@ import tensorflow_transform as tft
 from pydicom.data import get_testdata_file
 
 from components.dicom_example_gen import DicomExampleGen
-from ich_model.examples import RAW_FEATURE_SPEC
-from ich_model.preprocessing import IMAGE, LABEL, preprocess_dicom
+from ich_model.examples import LABEL, RAW_FEATURE_SPEC
+from ich_model.preprocessing import IMAGE, preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from tests.pipeline_helpers import read_split, run_example_gen, run_transform
 

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from pipeline.configs import IMAGE, PRESETS, beam_args_with_workers_image, preset, with_overrides
+from pipeline.configs import CONTAINER_IMAGE, PRESETS, beam_args_with_workers_image, preset, with_overrides
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
@@ -90,6 +90,6 @@ def test_local_beam_components_do_not_package_tfx_into_the_temp_folder(tmp_path,
     assert list((tmp_path / "as_given").glob("*/build/tfx")), "TFX no longer packages itself: this shows nothing"
     assert not list((tmp_path / "with_image").iterdir())
 
-    assert beam_args_with_workers_image(local) == [*local, f"--sdk_container_image={IMAGE}"]
+    assert beam_args_with_workers_image(local) == [*local, f"--sdk_container_image={CONTAINER_IMAGE}"]
     assert beam_args_with_workers_image(["--setup_file=./setup.py"]) == ["--setup_file=./setup.py"]
     assert beam_args_with_workers_image(preset("cluster").beam_pipeline_args) == []

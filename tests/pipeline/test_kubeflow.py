@@ -10,7 +10,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline.configs import IMAGE, preset
+from pipeline.configs import CONTAINER_IMAGE, preset
 from pipeline.kubeflow_runner import DEFAULT_OUTPUT, cluster_config, compile_pipeline
 
 COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_OUTPUT
@@ -32,7 +32,7 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
     assert set(spec.root.dag.tasks) == TASKS
     executors = document["deploymentSpec"]["executors"].values()
     images = {executor["container"]["image"] for executor in executors if "container" in executor}
-    assert images == {IMAGE}
+    assert images == {CONTAINER_IMAGE}
     # The trainers depend on the Examples, the Transform and the base model only, so a cluster runs them side by
     # side; each warm-starts from the latest blessed ensemble (its base_model input).
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tfx import v1 as tfx
 
 from components.dicom_example_gen import DicomExampleGen
+from ich_model.settings import TrainerSettings
 from ich_model.synth import generate_dataset
 from pipeline.training import RUN_FN, ensemble_of, member_trainers
 
@@ -20,7 +22,7 @@ def test_three_independent_trainers_feed_the_ensemble(tmp_path):
                                          preprocessing_fn="ich_model.preprocessing.preprocessing_fn",
                                          materialize=False)
     trainers = member_trainers(example_gen.outputs["examples"], transform.outputs["transform_graph"],
-                               preset="tiny", train_steps=100, eval_steps=10)
+                               TrainerSettings(preset="tiny", train_steps=100, eval_steps=10, seed=7))
     ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
     # Building the pipeline resolves every component's upstream nodes from its input channels.
     tfx.dsl.Pipeline(pipeline_name="training-part", pipeline_root=str(tmp_path / "root"),
@@ -29,7 +31,20 @@ def test_three_independent_trainers_feed_the_ensemble(tmp_path):
     assert [t.id for t in trainers] == ["trainer_a", "trainer_b", "trainer_c"]
     for trainer, member in zip(trainers, "abc", strict=True):
         assert trainer.exec_properties["run_fn"] == RUN_FN
-        assert json.loads(trainer.exec_properties["custom_config"])["member"] == member
+        # What run_fn reads back is the settings given, for this member.
+        sent = TrainerSettings.from_custom_config(json.loads(trainer.exec_properties["custom_config"]))
+        assert sent == TrainerSettings(member=member, preset="tiny", train_steps=100, eval_steps=10, seed=7)
+        assert trainer.exec_properties["train_args"].num_steps == 100
         # Independent: each depends on ExampleGen and Transform only, never on another trainer.
         assert {node.id for node in trainer.upstream_nodes} == {example_gen.id, transform.id}
     assert {node.id for node in ensemble.upstream_nodes} == {"trainer_a", "trainer_b", "trainer_c", transform.id}
+
+
+def test_trainer_settings_refuse_unknown_keys_and_values():
+    with pytest.raises(ValueError, match="unknown Trainer settings \\['stpes'\\]"):
+        TrainerSettings.from_custom_config({"stpes": 3})
+    with pytest.raises(ValueError, match="unknown member 'd'"):
+        TrainerSettings(member="d")
+    with pytest.raises(ValueError, match="sized to the tiny preset"):
+        TrainerSettings(architecture="convnext_only", preset="b0")
+    assert TrainerSettings.from_custom_config(None) == TrainerSettings()

@@ -1,0 +1,195 @@
+"""What an exported model is: a versioned description beside its weights, and the one way back to Keras.
+
+Every export (a member's and the ensemble's) holds `assets/model_description.json`:
+
+    format, version          "ich-model-description", DESCRIPTION_VERSION
+    project_version          the ich-pipeline release that exported it
+    kind                     "member" or "ensemble"
+    labels, input            label order; input size, channel windows (level, width) and value range
+    outputs                  the serving signature's outputs and their shapes
+    member (kind member):    name, architecture, network (NetworkSpec.get_config()), embedding_size,
+                             recipe (ich_model/members.py), prevalence {trained_on, moved_to} per label,
+                             training {steps, warm_started, settings}
+    members (kind ensemble): each member's own description, by name
+
+`rebuild_member` makes the Keras network of a member from its description (`NetworkSpec.from_config`, as
+keras-hub's `from_config` rebuilds a backbone from `get_config`) and gives it the exported weights, matched by
+variable name. Grad-CAM and warm start use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from importlib import metadata
+
+import numpy as np
+import tensorflow as tf
+
+from ich_model.constants import LABELS, MODEL_INPUT_SIZE, RGB_WINDOWS
+from ich_model.members import Recipe
+from ich_model.model.network import EMBEDDING_LAYER, NetworkSpec, build_network, tap_layer
+
+DESCRIPTION_FORMAT = "ich-model-description"
+DESCRIPTION_VERSION = 1
+DESCRIPTION_FILE = "model_description.json"
+MEMBER, ENSEMBLE = "member", "ensemble"
+
+
+class DescriptionError(ValueError):
+    """An export without a usable description, or one that does not fit what is asked of it."""
+
+
+def project_version() -> str:
+    try:
+        return metadata.version("ich-pipeline")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def description_path(export_dir: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(export_dir), "assets", DESCRIPTION_FILE)
+
+
+def _header(kind: str, outputs: dict[str, list]) -> dict:
+    return {
+        "format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION, "project_version": project_version(),
+        "kind": kind, "labels": list(LABELS),
+        "input": {"size": MODEL_INPUT_SIZE, "value_range": [0.0, 1.0],
+                  "channels": [{"window": w.name, "level": w.level, "width": w.width} for w in RGB_WINDOWS]},
+        "outputs": outputs,
+    }
+
+
+def _per_label(values) -> dict[str, float]:
+    return {label: float(value) for label, value in zip(LABELS, np.asarray(values, np.float64), strict=True)}
+
+
+def member_description(name: str, spec: NetworkSpec, model: tf.keras.Model, recipe: Recipe, trained_on,
+                       moved_to, steps: int, warm_started: bool = False, settings: dict | None = None) -> dict:
+    """The description of a member export: `model` (built from `spec`) trained by `recipe` for `steps` steps at
+    the label prevalence `trained_on`, its output moved to `moved_to` before export."""
+    embedding_size = int(tap_layer(model, EMBEDDING_LAYER).output.shape[-1])
+    member = {
+        "name": name, "architecture": spec.architecture, "network": spec.get_config(),
+        "embedding_size": embedding_size, "recipe": dataclasses.asdict(recipe),
+        "prevalence": {"trained_on": _per_label(trained_on), "moved_to": _per_label(moved_to)},
+        "training": {"steps": int(steps), "warm_started": bool(warm_started), "settings": settings or {}},
+    }
+    outputs = {"probabilities": ["B", len(LABELS)], "spread": ["B", len(LABELS)],
+               "member_probabilities": ["B", 1, len(LABELS)], "embedding": ["B", 1, embedding_size]}
+    return {**_header(MEMBER, outputs), "member": member}
+
+
+def ensemble_description(members: dict[str, dict]) -> dict:
+    """The description of an ensemble of member exports (`members`: name -> that export's description)."""
+    sizes = {description["member"]["embedding_size"] for description in members.values()}
+    if len(sizes) != 1:
+        raise DescriptionError(f"the members' embeddings differ in size ({sorted(sizes)}): an ensemble stacks "
+                               f"them, so its members must share one network")
+    count, size = len(members), sizes.pop()
+    outputs = {"probabilities": ["B", len(LABELS)], "spread": ["B", len(LABELS)],
+               "member_probabilities": ["B", count, len(LABELS)], "embedding": ["B", count, size],
+               **{f"member_{name}": ["B", len(LABELS)] for name in members}}
+    return {**_header(ENSEMBLE, outputs), "members": {name: d["member"] for name, d in members.items()}}
+
+
+def write_description(export_dir: str | os.PathLike, description: dict) -> None:
+    path = description_path(export_dir)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as out:
+        out.write(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+
+def read_description(export_dir: str | os.PathLike) -> dict:
+    """The description of the export at `export_dir`; a DescriptionError names what is missing or unreadable."""
+    path = description_path(export_dir)
+    if not tf.io.gfile.exists(path):
+        raise DescriptionError(
+            f"{export_dir} has no model description (assets/{DESCRIPTION_FILE}): it was exported before models "
+            f"described themselves, or it is not an ich-pipeline export. Its network, label prevalence and "
+            f"recipe are unknown, so it cannot be rebuilt or warm-started from; retrain it with this release")
+    try:
+        with tf.io.gfile.GFile(path) as source:
+            description = json.loads(source.read())
+    except json.JSONDecodeError as error:
+        raise DescriptionError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(description, dict) or description.get("format") != DESCRIPTION_FORMAT:
+        raise DescriptionError(f"{path} is not an ich-pipeline model description (format "
+                               f"{description.get('format') if isinstance(description, dict) else None!r})")
+    if description.get("version", 0) > DESCRIPTION_VERSION:
+        raise DescriptionError(f"{path} is description version {description['version']}; this release reads up "
+                               f"to version {DESCRIPTION_VERSION}: upgrade ich-pipeline")
+    key = "member" if description.get("kind") == MEMBER else "members"
+    if description.get("kind") not in (MEMBER, ENSEMBLE) or not isinstance(description.get(key), dict):
+        raise DescriptionError(f"{path} describes neither a member nor an ensemble (kind "
+                               f"{description.get('kind')!r}, no {key!r} entry)")
+    return description
+
+
+def member_descriptions(description: dict) -> dict[str, dict]:
+    """Each member's entry by name: the one member of a member export, or every member of an ensemble."""
+    if description["kind"] == MEMBER:
+        return {description["member"]["name"]: description["member"]}
+    return dict(description["members"])
+
+
+def member_entry(description: dict, member_name: str | None, source: str) -> tuple[str, dict]:
+    """(name, description entry) of member `member_name` (None: the only member of a member export)."""
+    members = member_descriptions(description)
+    if member_name is None and len(members) == 1:
+        member_name = next(iter(members))
+    if member_name not in members:
+        raise DescriptionError(f"{source} has no member {member_name!r} (members: {', '.join(sorted(members))})")
+    return member_name, members[member_name]
+
+
+def assign_by_name(model: tf.keras.Model, variables: list[tf.Variable], source: str) -> None:
+    """Give `model` the values of `variables`, each matched to the model's variable of the same name and shape
+    (their order does not matter). Any unmatched name or shape is a DescriptionError that names it."""
+    by_name = {}
+    for variable in variables:
+        if variable.name in by_name:
+            raise DescriptionError(f"{source} holds two variables named {variable.name}")
+        by_name[variable.name] = variable
+    targets = {variable.name: variable for variable in model.variables}
+    missing, unexpected = sorted(set(targets) - set(by_name)), sorted(set(by_name) - set(targets))
+    misshapen = sorted(name for name in set(targets) & set(by_name)
+                       if tuple(targets[name].shape) != tuple(by_name[name].shape))
+    if missing or unexpected or misshapen:
+        def first(names):
+            return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") or "none"
+        raise DescriptionError(f"{source} does not fit {model.name}: missing {first(missing)}; unexpected "
+                               f"{first(unexpected)}; other shapes {first(misshapen)}")
+    for name, target in targets.items():
+        target.assign(by_name[name])
+
+
+def _member_variables(loaded, description: dict, member_name: str) -> list[tf.Variable]:
+    if description["kind"] == MEMBER:
+        return list(loaded.member_variables)
+    members = getattr(loaded, "loaded_members", None)
+    if not isinstance(members, dict) or member_name not in members:
+        raise DescriptionError(f"the ensemble holds no weights for member {member_name!r}")
+    return list(members[member_name].member_variables)
+
+
+def rebuild_member(export_dir: str | os.PathLike, member_name: str | None = None, loaded=None) -> tf.keras.Model:
+    """The Keras network of member `member_name` (may be omitted for a member export) of the export at
+    `export_dir`, built from its description and given its exported weights. `loaded`: the export already
+    loaded with tf.saved_model.load, to save loading it again."""
+    description = read_description(export_dir)
+    member_name, entry = member_entry(description, member_name, str(export_dir))
+    model = build_network(NetworkSpec.from_config(entry["network"]), name=f"member_{member_name}")
+    loaded = tf.saved_model.load(os.fspath(export_dir)) if loaded is None else loaded
+    assign_by_name(model, _member_variables(loaded, description, member_name),
+                   f"member {member_name} of {export_dir}")
+    return model
+
+
+def rebuild_members(export_dir: str | os.PathLike, loaded=None) -> dict[str, tf.keras.Model]:
+    """Every member of an export, rebuilt (rebuild_member), by name."""
+    loaded = tf.saved_model.load(os.fspath(export_dir)) if loaded is None else loaded
+    names = sorted(member_descriptions(read_description(export_dir)))
+    return {name: rebuild_member(export_dir, name, loaded) for name in names}

@@ -1,0 +1,65 @@
+"""What one member's training is told: `TrainerSettings`, the one owner of its fields and defaults.
+
+pipeline/training.py writes it into the Trainer's `custom_config` (`as_custom_config`) and derives the TFX
+train and eval arguments from it; `run_fn` reads it back (`from_custom_config`), which refuses unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ich_model.members import BATCH_SIZE, MEMBERS
+from ich_model.model.presets import network_spec
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    member: str = "a"  # the recipe: "a", "b" or "c" (ich_model/members.py)
+    preset: str = "tiny"  # the cascade's size: "tiny", "b0" or "s" (ich_model/model/presets.py)
+    architecture: str = "cascade"  # or the ablation's "efficientnet_only", "convnext_only" (tiny only)
+    train_steps: int = 200
+    eval_steps: int = 10  # at most; never more than the eval split holds
+    batch_size: int = BATCH_SIZE
+    eval_every_steps: int = 0  # 0: a fifth of the training steps
+    cache_examples: bool = True  # keep the raw Examples in memory between epochs; false for sets beyond memory
+    warm_start_steps: int = 0  # steps when starting from the latest blessed ensemble; 0: train_steps
+    seed: int | None = None  # the weights' initialisation and the sampler's order; None: the recipe's seed
+
+    def __post_init__(self):
+        if self.member not in MEMBERS:
+            raise ValueError(f"unknown member {self.member!r}; members are {', '.join(MEMBERS)}")
+        network_spec(self.architecture, self.preset)  # raises for an unknown or unsized architecture
+        for name in ("train_steps", "eval_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def recipe(self):
+        return MEMBERS[self.member]
+
+    @property
+    def initialisation_seed(self) -> int:
+        return self.recipe.seed if self.seed is None else self.seed
+
+    def evaluation_interval(self, steps: int) -> int:
+        """Steps between evaluations in a training of `steps` steps."""
+        return min(steps, self.eval_every_steps or max(1, steps // 5))
+
+    @property
+    def steps_from_base(self) -> int:
+        """Steps of a training that starts from the base model's member."""
+        return self.warm_start_steps or self.train_steps
+
+    def as_custom_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_custom_config(cls, config: dict[str, Any] | None) -> TrainerSettings:
+        config = dict(config or {})
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown Trainer settings {unknown}; the settings are {', '.join(sorted(known))}")
+        return cls(**config)
