@@ -78,9 +78,9 @@ def write_overlay(image: np.ndarray, heat: np.ndarray, title: str, out: str | os
 
 
 class Explainer:
-    """Grad-CAM pictures for `ich predict --explain` with the export at `model_dir` (`loaded`: the same,
-    already loaded): for every slice and every subtype whose ensemble
-    probability reaches `threshold`, `<out_dir>/<image_id>_<subtype>.png`."""
+    """Grad-CAM pictures for `ich predict --explain` with the export at `model_dir` (`loaded`: the same, already
+    loaded): for every slice and every subtype whose ensemble probability reaches `threshold`,
+    `<out_dir>/<image_id>_<subtype>.png`."""
 
     def __init__(self, model_dir: str | os.PathLike, out_dir: str | os.PathLike, threshold: float = 0.5,
                  loaded=None):
