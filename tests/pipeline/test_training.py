@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from google.protobuf import json_format
 from tfx import v1 as tfx
+from tfx.proto import trainer_pb2
 
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.settings import TrainerSettings
@@ -34,7 +36,9 @@ def test_three_independent_trainers_feed_the_ensemble(tmp_path):
         # What run_fn reads back is the settings given, for this member.
         sent = TrainerSettings.from_custom_config(json.loads(trainer.exec_properties["custom_config"]))
         assert sent == TrainerSettings(member=member, preset="tiny", train_steps=100, eval_steps=10, seed=7)
-        assert trainer.exec_properties["train_args"].num_steps == 100
+        # The pipeline holds the TrainArgs proto as its JSON form.
+        train_args = json_format.Parse(trainer.exec_properties["train_args"], trainer_pb2.TrainArgs())
+        assert train_args.num_steps == 100
         # Independent: each depends on ExampleGen and Transform only, never on another trainer.
         assert {node.id for node in trainer.upstream_nodes} == {example_gen.id, transform.id}
     assert {node.id for node in ensemble.upstream_nodes} == {"trainer_a", "trainer_b", "trainer_c", transform.id}
