@@ -47,6 +47,9 @@ BONE_WINDOW = Window("bone", level=600.0, width=2800.0)
 # Channel order of the model input: R = blood, G = brain, B = bone.
 RGB_WINDOWS: tuple[Window, ...] = (BLOOD_WINDOW, BRAIN_WINDOW, BONE_WINDOW)
 
+# Examples per training batch (the balanced sampler's window), for every member and preset.
+BATCH_SIZE = 32
+
 # Channels of the model input, one per window.
 CHANNELS = len(RGB_WINDOWS)
 

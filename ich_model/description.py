@@ -6,10 +6,10 @@ Every export (a member's and the ensemble's) holds `assets/model_description.jso
     project_version          the ich-pipeline release that exported it
     kind                     "member" or "ensemble"
     labels, input            label order; input size, channel windows (level, width) and value range
-    outputs                  the serving signature's outputs and their shapes
+    member_order, outputs    the order of the members along the M axis; the serving outputs and their shapes
     member (kind member):    name, architecture, network (NetworkSpec.get_config()), embedding_size,
-                             recipe (ich_model/members.py), prevalence {trained_on, moved_to} per label,
-                             training {steps, warm_started, settings}
+                             recipe (ich_model/members.py), prevalence {trained_on, moved_to} (lists in
+                             label order), training {steps_run, kept_at_step, warm_started, settings}
     members (kind ensemble): each member's own description, by name
 
 `rebuild_member` makes the Keras network of a member from its description (`NetworkSpec.from_config`, as
@@ -35,6 +35,7 @@ DESCRIPTION_FORMAT = "ich-model-description"
 DESCRIPTION_VERSION = 1
 DESCRIPTION_FILE = "model_description.json"
 MEMBER, ENSEMBLE = "member", "ensemble"
+MEMBER_FIELDS = ("name", "architecture", "network", "embedding_size", "recipe", "prevalence", "training")
 
 
 class DescriptionError(ValueError):
@@ -52,47 +53,59 @@ def description_path(export_dir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(export_dir), "assets", DESCRIPTION_FILE)
 
 
-def _header(kind: str, outputs: dict[str, list]) -> dict:
+def member_output(member_name: str) -> str:
+    """The serving output that holds one member's own probabilities."""
+    return f"member_{member_name}"
+
+
+def _header(kind: str, member_order: list[str], embedding_size: int) -> dict:
+    """What every export's description holds; `member_order` is the order of the M axis of its outputs."""
+    count, labels = len(member_order), len(LABELS)
     return {
         "format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION, "project_version": project_version(),
         "kind": kind, "labels": list(LABELS),
         "input": {"size": MODEL_INPUT_SIZE, "value_range": [0.0, 1.0],
                   "channels": [{"window": w.name, "level": w.level, "width": w.width} for w in RGB_WINDOWS]},
-        "outputs": outputs,
+        "member_order": list(member_order),
+        "outputs": {"probabilities": ["B", labels], "spread": ["B", labels],
+                    "member_probabilities": ["B", count, labels], "embedding": ["B", count, embedding_size],
+                    **{member_output(name): ["B", labels] for name in member_order}},
     }
 
 
-def _per_label(values) -> dict[str, float]:
-    return {label: float(value) for label, value in zip(LABELS, np.asarray(values, np.float64), strict=True)}
+def _in_label_order(values) -> list[float]:
+    values = np.asarray(values, np.float64)
+    if values.shape != (len(LABELS),):
+        raise ValueError(f"a prevalence has one value per label ({len(LABELS)}), got shape {values.shape}")
+    return [float(value) for value in values]
 
 
 def member_description(name: str, spec: NetworkSpec, model: tf.keras.Model, recipe: Recipe, trained_on,
-                       moved_to, steps: int, warm_started: bool = False, settings: dict | None = None) -> dict:
-    """The description of a member export: `model` (built from `spec`) trained by `recipe` for `steps` steps at
-    the label prevalence `trained_on`, its output moved to `moved_to` before export."""
+                       moved_to, steps_run: int, kept_at_step: int | None = None, warm_started: bool = False,
+                       settings: dict | None = None) -> dict:
+    """The description of a member export: `model` (built from `spec`) trained by `recipe` (its seed unless
+    `settings` names another) for `steps_run` steps at the label prevalence `trained_on`, keeping the weights
+    of step `kept_at_step` (None: the last), its output moved to `moved_to` before export."""
     embedding_size = int(tap_layer(model, EMBEDDING_LAYER).output.shape[-1])
     member = {
         "name": name, "architecture": spec.architecture, "network": spec.get_config(),
         "embedding_size": embedding_size, "recipe": dataclasses.asdict(recipe),
-        "prevalence": {"trained_on": _per_label(trained_on), "moved_to": _per_label(moved_to)},
-        "training": {"steps": int(steps), "warm_started": bool(warm_started), "settings": settings or {}},
+        "prevalence": {"trained_on": _in_label_order(trained_on), "moved_to": _in_label_order(moved_to)},
+        "training": {"steps_run": int(steps_run), "kept_at_step": kept_at_step, "warm_started": bool(warm_started),
+                     "settings": settings or {}},
     }
-    outputs = {"probabilities": ["B", len(LABELS)], "spread": ["B", len(LABELS)],
-               "member_probabilities": ["B", 1, len(LABELS)], "embedding": ["B", 1, embedding_size]}
-    return {**_header(MEMBER, outputs), "member": member}
+    return {**_header(MEMBER, [name], embedding_size), "member": member}
 
 
 def ensemble_description(members: dict[str, dict]) -> dict:
-    """The description of an ensemble of member exports (`members`: name -> that export's description)."""
+    """The description of an ensemble of member exports (`members`: name -> that export's description, in the
+    order the ensemble stacks them)."""
     sizes = {description["member"]["embedding_size"] for description in members.values()}
     if len(sizes) != 1:
         raise DescriptionError(f"the members' embeddings differ in size ({sorted(sizes)}): an ensemble stacks "
                                f"them, so its members must share one network")
-    count, size = len(members), sizes.pop()
-    outputs = {"probabilities": ["B", len(LABELS)], "spread": ["B", len(LABELS)],
-               "member_probabilities": ["B", count, len(LABELS)], "embedding": ["B", count, size],
-               **{f"member_{name}": ["B", len(LABELS)] for name in members}}
-    return {**_header(ENSEMBLE, outputs), "members": {name: d["member"] for name, d in members.items()}}
+    return {**_header(ENSEMBLE, list(members), sizes.pop()),
+            "members": {name: d["member"] for name, d in members.items()}}
 
 
 def write_description(export_dir: str | os.PathLike, description: dict) -> None:
@@ -118,17 +131,23 @@ def read_description(export_dir: str | os.PathLike) -> dict:
     if not isinstance(description, dict) or description.get("format") != DESCRIPTION_FORMAT:
         raise DescriptionError(f"{path} is not an ich-pipeline model description (format "
                                f"{description.get('format') if isinstance(description, dict) else None!r})")
-    if description.get("version", 0) > DESCRIPTION_VERSION:
-        raise DescriptionError(f"{path} is description version {description['version']}; this release reads up "
-                               f"to version {DESCRIPTION_VERSION}: upgrade ich-pipeline")
+    if not isinstance(description.get("version"), int) or description["version"] > DESCRIPTION_VERSION:
+        raise DescriptionError(f"{path} is description version {description.get('version')!r}; this release reads "
+                               f"versions 1 to {DESCRIPTION_VERSION}: upgrade ich-pipeline")
     key = "member" if description.get("kind") == MEMBER else "members"
     if description.get("kind") not in (MEMBER, ENSEMBLE) or not isinstance(description.get(key), dict):
         raise DescriptionError(f"{path} describes neither a member nor an ensemble (kind "
                                f"{description.get('kind')!r}, no {key!r} entry)")
+    if description.get("labels") != list(LABELS):
+        raise DescriptionError(f"{path} has the labels {description.get('labels')}, not {list(LABELS)}")
+    for name, entry in member_entries(description).items():
+        missing = [field for field in MEMBER_FIELDS if not isinstance(entry, dict) or field not in entry]
+        if missing:
+            raise DescriptionError(f"{path}: member {name}'s description has no {', '.join(missing)}")
     return description
 
 
-def member_descriptions(description: dict) -> dict[str, dict]:
+def member_entries(description: dict) -> dict[str, dict]:
     """Each member's entry by name: the one member of a member export, or every member of an ensemble."""
     if description["kind"] == MEMBER:
         return {description["member"]["name"]: description["member"]}
@@ -137,12 +156,21 @@ def member_descriptions(description: dict) -> dict[str, dict]:
 
 def member_entry(description: dict, member_name: str | None, source: str) -> tuple[str, dict]:
     """(name, description entry) of member `member_name` (None: the only member of a member export)."""
-    members = member_descriptions(description)
+    members = member_entries(description)
     if member_name is None and len(members) == 1:
         member_name = next(iter(members))
     if member_name not in members:
-        raise DescriptionError(f"{source} has no member {member_name!r} (members: {', '.join(sorted(members))})")
+        named = "names no member" if member_name is None else f"has no member {member_name!r}"
+        raise DescriptionError(f"{source} {named}; name one of {', '.join(sorted(members))}")
     return member_name, members[member_name]
+
+
+def network_of(entry: dict, source: str) -> NetworkSpec:
+    """The NetworkSpec of a member's description entry."""
+    try:
+        return NetworkSpec.from_config(entry["network"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DescriptionError(f"{source}: member {entry.get('name')}'s network cannot be rebuilt ({error})") from None
 
 
 def assign_by_name(model: tf.keras.Model, variables: list[tf.Variable], source: str) -> None:
@@ -181,7 +209,7 @@ def rebuild_member(export_dir: str | os.PathLike, member_name: str | None = None
     loaded with tf.saved_model.load, to save loading it again."""
     description = read_description(export_dir)
     member_name, entry = member_entry(description, member_name, str(export_dir))
-    model = build_network(NetworkSpec.from_config(entry["network"]), name=f"member_{member_name}")
+    model = build_network(network_of(entry, str(export_dir)), name=f"member_{member_name}")
     loaded = tf.saved_model.load(os.fspath(export_dir)) if loaded is None else loaded
     assign_by_name(model, _member_variables(loaded, description, member_name),
                    f"member {member_name} of {export_dir}")
@@ -191,5 +219,5 @@ def rebuild_member(export_dir: str | os.PathLike, member_name: str | None = None
 def rebuild_members(export_dir: str | os.PathLike, loaded=None) -> dict[str, tf.keras.Model]:
     """Every member of an export, rebuilt (rebuild_member), by name."""
     loaded = tf.saved_model.load(os.fspath(export_dir)) if loaded is None else loaded
-    names = sorted(member_descriptions(read_description(export_dir)))
+    names = sorted(member_entries(read_description(export_dir)))
     return {name: rebuild_member(export_dir, name, loaded) for name in names}

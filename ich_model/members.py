@@ -26,11 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from ich_model.augment import STANDARD, STRONG, Augmentation, augment
-from ich_model.constants import NUM_LABELS, SUBTYPES
+from ich_model.constants import BATCH_SIZE, NUM_LABELS, SUBTYPES
 from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss, WeightedLogLossStandardError
 from ich_model.model.network import prior_shift
 
-BATCH_SIZE = 32
 WARMUP_SHARE = 0.05
 POSITIVE_DRAWS = 2  # per subtype in every batch
 HARD_DRAWS = 4  # per hard subtype (a recipe's hard_subtypes) in every batch

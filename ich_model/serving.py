@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from ich_model.constants import CHANNELS, MODEL_INPUT_SIZE, NUM_LABELS
-from ich_model.description import write_description
+from ich_model.description import member_output, write_description
 from ich_model.examples import LABEL
 from ich_model.model.network import EMBEDDING_LAYER, tap_layer
 from ich_model.preprocessing import IMAGE
@@ -32,10 +32,6 @@ TRANSFORM_SIGNATURE = "transform_features"
 
 IMAGES_SPEC = tf.TensorSpec([None, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS], tf.float32, name="image")
 EXAMPLES_SPEC = tf.TensorSpec([None], tf.string, name="examples")
-
-
-def member_output(member_name: str) -> str:
-    return f"member_{member_name}"
 
 
 def ensemble_outputs(member_probabilities: tf.Tensor, embedding: tf.Tensor,
@@ -57,14 +53,20 @@ def _with_embedding(model: tf.keras.Model) -> tf.keras.Model:
 
 
 class ScoringModule(tf.Module):
-    """Scores raw tf.Examples with one or more members (Keras models or loaded member SavedModels);
-    `description` (ich_model/description.py) is written beside the weights."""
+    """Scores raw tf.Examples with one Keras member (a Trainer's export) or several loaded member SavedModels
+    (the ensemble); `description` (ich_model/description.py) is written beside the weights."""
 
     def __init__(self, members: list, member_names: list[str], transform_output_dir: str, description: dict):
         super().__init__()
         if not members or len(members) != len(member_names):
             raise ValueError(f"a scoring module needs one name per member, got {len(members)} members and "
                              f"names {member_names}")
+        if len(members) > 1 and any(isinstance(m, tf.keras.Model) for m in members):
+            raise ValueError("an ensemble stacks member exports (loaded SavedModels), each with its own weights and "
+                             "description; export a Keras member on its own first")
+        if description["member_order"] != list(member_names):
+            raise ValueError(f"the description's members {description['member_order']} are not the module's "
+                             f"{list(member_names)}")
         self.__dict__["member_names"] = list(member_names)
         self.__dict__["description"] = description
         # Keras members are kept out of the object graph (saving Keras objects re-traces every layer, about

@@ -2,6 +2,8 @@
 
 pipeline/training.py writes it into the Trainer's `custom_config` (`as_custom_config`) and derives the TFX
 train and eval arguments from it; `run_fn` reads it back (`from_custom_config`), which refuses unknown keys.
+Importing this module imports no TensorFlow (pipeline/configs.py and the `ich` command line read it); checking
+the member and architecture names does.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ich_model.members import BATCH_SIZE, MEMBERS
-from ich_model.model.presets import network_spec
+from ich_model.constants import BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class TrainerSettings:
     seed: int | None = None  # the weights' initialisation and the sampler's order; None: the recipe's seed
 
     def __post_init__(self):
+        from ich_model.members import MEMBERS
+        from ich_model.model.presets import network_spec
+
         if self.member not in MEMBERS:
             raise ValueError(f"unknown member {self.member!r}; members are {', '.join(MEMBERS)}")
         network_spec(self.architecture, self.preset)  # raises for an unknown or unsized architecture
@@ -37,6 +41,8 @@ class TrainerSettings:
 
     @property
     def recipe(self):
+        from ich_model.members import MEMBERS
+
         return MEMBERS[self.member]
 
     @property

@@ -24,12 +24,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.constants import NUM_LABELS
 from ich_model.description import (
     DescriptionError,
     assign_by_name,
     member_description,
     member_entry,
+    network_of,
     read_description,
     rebuild_member,
 )
@@ -81,14 +82,26 @@ def warm_start(model: tf.keras.Model, spec: NetworkSpec, base_model_dir: str, me
     A DescriptionError, with `model` untouched, when the base has no description, no such member, or describes
     another network."""
     _, entry = member_entry(read_description(base_model_dir), member_name, base_model_dir)
-    if entry["network"] != spec.get_config():
-        differences = "; ".join(f"{path}: base {theirs}, this run {ours}" for path, theirs, ours
-                                in _differences(entry["network"], spec.get_config())[:3])
-        raise DescriptionError(f"the base model's member {member_name} is another network than this run's "
-                               f"{spec.architecture} ({differences})")
+    base_network = network_of(entry, base_model_dir)
+    if (base_network.architecture, _families(base_network)) != (spec.architecture, _families(spec)):
+        raise DescriptionError(
+            f"the base model's member {member_name} is a {base_network.architecture} network of "
+            f"{' + '.join(_families(base_network))}; this run trains a {spec.architecture} network of "
+            f"{' + '.join(_families(spec))}")
+    moved_to = np.asarray(entry["prevalence"]["moved_to"], np.float64)
+    # The same families at other sizes fail here, naming the variables that differ; settings that create no
+    # variable (drop-path rate, dropout) may differ.
     source = rebuild_member(base_model_dir, member_name)
     assign_by_name(model, source.variables, f"member {member_name} of {base_model_dir}")
-    return np.array([entry["prevalence"]["moved_to"][label] for label in LABELS])
+    differences = _differences(entry["network"], spec.get_config())
+    if differences:
+        logging.info("member %s: warm start across network settings %s", member_name,
+                     "; ".join(f"{path}: base {theirs}, this run {ours}" for path, theirs, ours in differences))
+    return moved_to
+
+
+def _families(spec: NetworkSpec) -> tuple[str, ...]:
+    return tuple(part.family for part in (spec.front, spec.back) if part is not None)
 
 
 def _differences(theirs, ours, path: str = "network") -> list[tuple[str, object, object]]:
@@ -165,10 +178,11 @@ def run_fn(fn_args) -> None:
         compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
     logging.info(describe(model))
     eval_every = settings.evaluation_interval(train_steps)
+    epochs = max(1, train_steps // eval_every)
     kept_weights = os.path.join(fn_args.model_run_dir, KEPT_WEIGHTS)
     keeper = KeepWithinOneStandardError(kept_weights)
     model.fit(
-        train, steps_per_epoch=eval_every, epochs=max(1, train_steps // eval_every),
+        train, steps_per_epoch=eval_every, epochs=epochs,
         validation_data=evaluation, validation_steps=validation_steps,
         callbacks=[
             keeper,
@@ -185,8 +199,9 @@ def run_fn(fn_args) -> None:
         logging.warning("no kept checkpoint (the eval %s was never finite); exporting the last weights",
                         CHECKPOINT_METRIC)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)
-    description = member_description(recipe.name, spec, model, recipe, trained_on=sampled, moved_to=prevalence,
-                                     steps=train_steps, warm_started=warm_started,
-                                     settings=settings.as_custom_config())
+    description = member_description(
+        recipe.name, spec, model, recipe, trained_on=sampled, moved_to=prevalence, steps_run=eval_every * epochs,
+        kept_at_step=None if keeper.kept is None else (keeper.kept + 1) * eval_every, warm_started=warm_started,
+        settings=settings.as_custom_config())
     ScoringModule([model], [recipe.name], fn_args.transform_graph_path, description).save(
         fn_args.serving_model_dir)

@@ -73,8 +73,8 @@ class PipelineConfig:
     # Share of Examples that StatisticsGen reads (at random); use 1.0 for sets of a few dozen slices, whose
     # sample could be empty.
     statistics_sample_rate: float = 0.25
-    # Training (per member; ich_model/settings.py says what each setting does, and owns the defaults that the
-    # demo keeps).
+    # Training (per member; ich_model/settings.py says what each setting does). Where the demo keeps a Trainer
+    # default, it is read from TrainerSettings; warm-start steps and the evaluation interval are the demo's own.
     model_preset: str = TrainerSettings.preset
     train_steps: int = TrainerSettings.train_steps
     warm_start_steps: int = 100

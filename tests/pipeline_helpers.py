@@ -74,7 +74,7 @@ def untrained_member_description(name: str, model: tf.keras.Model, spec: Network
     """The description of a member that was built, never trained: at the 0.5 prevalence a network starts from."""
     half = np.full(NUM_LABELS, 0.5)
     return member_description(name, spec or PRESETS["tiny"], model, MEMBERS[name], trained_on=half, moved_to=half,
-                              steps=0)
+                              steps_run=0)
 
 
 def export_member(transform_dir: Path, name: str, member: tf.keras.Model, export_dir: Path | str,

@@ -72,7 +72,9 @@ def _family_spec(config: dict) -> Any:
     family = config.get("family")
     try:
         module = importlib.import_module(f"ich_model.model.{family}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as error:
+        if error.name != f"ich_model.model.{family}":
+            raise  # the family's module exists but needs something missing
         raise ValueError(f"unknown network family {family!r}: there is no module ich_model.model.{family}") from None
     classes = [value for value in vars(module).values() if isinstance(value, type)
                and dataclasses.is_dataclass(value) and getattr(value, "family", None) == family]
@@ -179,6 +181,10 @@ def build_network(spec: NetworkSpec, prior: np.ndarray | None = None, seed: int 
                              f"pixels wide, not {MODEL_INPUT_SIZE // stride}: check its taps")
     model = tf.keras.Model(image, classification_head(features[-1], prior, spec.head_dropout), name=name)
     producers = {id(layer.output): layer.name for layer in model.layers}
+    missing = [stride for stride, x in zip(STRIDES, features, strict=True) if id(x) not in producers]
+    if missing:
+        raise ValueError(f"the {spec.architecture} network's features at strides {missing} come from no layer of "
+                         f"the model itself (a nested model?): its taps cannot be named")
     taps = {feature_tap(stride): producers[id(x)] for stride, x in zip(STRIDES, features, strict=True)}
     model.feature_info = {**taps, EMBEDDING_LAYER: EMBEDDING_LAYER}
     return model
