@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ich_model.augment import Augmentation, augment
-from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
+from ich_model.augment import Augmentation, augment, scanner_intensity
+from ich_model.constants import LABELS, NUM_LABELS, RGB_WINDOWS, SUBTYPES
 from ich_model.labels import read_rsna_labels
 from ich_model.members import (
     BATCH_SIZE,
@@ -126,6 +126,36 @@ def test_strong_augmentation_keeps_images_in_range():
     images = tf.random.uniform((8, 64, 64, 3))
     out = augment(images, MEMBERS["b"].augmentation).numpy()
     assert out.shape == (8, 64, 64, 3) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def _windowed(hu: np.ndarray) -> np.ndarray:
+    """numpy's windowing of [B, H, W] HU into [B, H, W, 3], as constants.Window defines it."""
+    return np.stack([np.clip((hu - w.lower) / w.width, 0.0, 1.0) for w in RGB_WINDOWS], axis=-1)
+
+
+def test_hu_offset_and_scale_act_on_the_hounsfield_units_behind_every_window():
+    # HU of soft tissue, inside every window (no channel saturates), so the jitter is seen in all three.
+    hu = np.random.default_rng(5).uniform(5.0, 75.0, (6, 16, 16)).astype(np.float32)
+    out = scanner_intensity(tf.constant(_windowed(hu)), Augmentation(hu_offset=8.0, hu_scale=0.05)).numpy()
+    for original, result in zip(hu, out, strict=True):
+        # The blood window's values give the example's own HU map (value * width + lower): a line in the
+        # original HU, whose slope and intercept are the drawn scale and offset; the other windows agree.
+        blood = RGB_WINDOWS[0]
+        jittered = result[..., 0] * blood.width + blood.lower
+        scale, offset = np.polyfit(original.ravel(), jittered.ravel(), 1)
+        assert abs(scale - 1.0) <= 0.05 + 1e-4 and abs(offset) <= 8.0 + 75.0 * 0.05 + 1e-3
+        assert np.allclose(np.clip(result, 0.0, 1.0), _windowed(scale * original + offset), atol=1e-4)
+
+
+def test_scanner_noise_is_one_hounsfield_field_and_saturated_pixels_stay_saturated():
+    hu = np.full((4, 32, 32), 30.0, np.float32)
+    hu[:, :, :8] = 1500.0  # bone: saturated in the blood and brain windows
+    hu[:, :, 8:16] = -1000.0  # air: saturated low in every window
+    out = scanner_intensity(tf.constant(_windowed(hu)), Augmentation(noise_hu=10.0)).numpy()
+    noise_hu = [(out[..., 16:, c] - _windowed(hu)[..., 16:, c]) * w.width for c, w in enumerate(RGB_WINDOWS)]
+    assert np.allclose(noise_hu[0], noise_hu[1], atol=1e-3) and np.allclose(noise_hu[0], noise_hu[2], atol=1e-2)
+    assert 0.0 < noise_hu[0].std() <= 10.0 * 1.1
+    assert (out[:, :, 8:16] == 0.0).all() and (out[:, :, :8, :2] == 1.0).all()
 
 
 def synthetic_images(directory, patients: int, slices_per_study: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
