@@ -11,6 +11,7 @@ at the skull edge out of the frame while its label stays); docs/decisions.md ("A
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -38,10 +39,14 @@ class Augmentation:
 NONE = Augmentation(flip=False)
 STANDARD = Augmentation(flip=True, rotation_deg=10.0, shift=0.06, zoom=0.1)
 STRONG = Augmentation(flip=True, rotation_deg=15.0, shift=0.08, zoom=0.15)
-# Scanner-to-scanner variation, a few HU as the 4th RSNA place jittered its windows.
-SCANNER = dict(hu_offset=5.0, hu_scale=0.04, noise_hu=6.0, sharpen=0.6)
-STANDARD_SCANNER = Augmentation(flip=True, rotation_deg=10.0, shift=0.06, zoom=0.1, **SCANNER)
-STRONG_SCANNER = Augmentation(flip=True, rotation_deg=15.0, shift=0.08, zoom=0.15, **SCANNER)
+# Scanner-to-scanner variation: a few HU of offset, as the 4th RSNA place jittered its windows.
+SCANNER_INTENSITY = {"hu_offset": 5.0, "hu_scale": 0.04, "noise_hu": 6.0, "sharpen": 0.6}
+
+
+def with_scanner_intensity(spec: Augmentation, on: bool = True) -> Augmentation:
+    """`spec`'s geometry with the scanner intensity jitter, or with none."""
+    return dataclasses.replace(spec, **{name: value if on else 0.0 for name, value in SCANNER_INTENSITY.items()})
+
 # Each window's HU per unit of its [0, 1] value, and the HU of its 0, in channel order.
 _WINDOW_WIDTHS = tf.constant([w.width for w in RGB_WINDOWS], tf.float32)
 _WINDOW_LOWERS = tf.constant([w.lower for w in RGB_WINDOWS], tf.float32)

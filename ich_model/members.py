@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from ich_model.augment import STANDARD, STRONG, Augmentation, augment
+from ich_model.augment import STANDARD, STRONG, Augmentation, augment, with_scanner_intensity
 from ich_model.constants import BATCH_SIZE, NUM_LABELS, SUBTYPES
 from ich_model.metrics import WEIGHTED_LOG_LOSS, WeightedLogLoss, WeightedLogLossStandardError
 from ich_model.model.network import prior_shift
@@ -56,8 +56,8 @@ class Recipe:
 
 
 MEMBERS: dict[str, Recipe] = {
-    "a": Recipe("a", seed=1, augmentation=STANDARD),
-    "b": Recipe("b", seed=2, augmentation=STRONG),
+    "a": Recipe("a", seed=1, augmentation=with_scanner_intensity(STANDARD)),
+    "b": Recipe("b", seed=2, augmentation=with_scanner_intensity(STRONG)),
     "c": Recipe("c", seed=3, augmentation=STANDARD, hard_subtypes=("subarachnoid", "epidural")),
 }
 

@@ -27,6 +27,7 @@ class TrainerSettings:
     cache_examples: bool = True  # keep the raw Examples in memory between epochs; false for sets beyond memory
     warm_start_steps: int = 0  # steps when starting from the latest blessed ensemble; 0: train_steps
     seed: int | None = None  # the weights' initialisation and the sampler's order; None: the recipe's seed
+    scanner_intensity: bool | None = None  # the intensity augmentation on or off; None: as the recipe says
 
     def __post_init__(self):
         from ich_model.members import MEMBERS
@@ -41,9 +42,14 @@ class TrainerSettings:
 
     @property
     def recipe(self):
+        from ich_model.augment import with_scanner_intensity
         from ich_model.members import MEMBERS
 
-        return MEMBERS[self.member]
+        recipe = MEMBERS[self.member]
+        if self.scanner_intensity is None:
+            return recipe
+        return dataclasses.replace(recipe, augmentation=with_scanner_intensity(recipe.augmentation,
+                                                                               self.scanner_intensity))
 
     @property
     def initialisation_seed(self) -> int:

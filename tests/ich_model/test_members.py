@@ -249,3 +249,15 @@ def test_the_checkpoint_callback_leaves_the_kept_evaluations_weights(tmp_path):
     model.load_weights(str(tmp_path / "kept.weights.h5"))
     for kept, snapshot in zip(model.get_weights(), snapshots[expected], strict=True):
         np.testing.assert_array_equal(kept, snapshot)
+
+
+def test_the_scanner_intensity_setting_switches_only_the_intensity_of_a_recipe():
+    from ich_model.settings import TrainerSettings
+
+    recipe = MEMBERS["b"]
+    for on in (True, False):
+        changed = TrainerSettings.from_custom_config({"member": "b", "scanner_intensity": on}).recipe
+        assert changed.augmentation.has_intensity is on
+        assert (changed.augmentation.rotation_deg, changed.augmentation.zoom, changed.seed) == (
+            recipe.augmentation.rotation_deg, recipe.augmentation.zoom, recipe.seed)
+    assert TrainerSettings(member="b").recipe == recipe
