@@ -1,16 +1,23 @@
 """The RSNA 2019 competition metric: in numpy (`weighted_log_loss`) and as a Keras metric for TFMA
-(`WeightedLogLoss`, named in the EvalConfig by class name and this module)."""
+(`WeightedLogLoss`, named in the EvalConfig by class name and this module); and `FlaggedShare`, the TFMA metric
+of the share of slices that the ensemble flags out of distribution."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from tensorflow_model_analysis import constants as tfma_constants
+from tensorflow_model_analysis.metrics import metric_types, metric_util
 
 from ich_model.constants import ANY, LABELS, NUM_LABELS
 
 # `any` counts twice, each subtype once (the winners' code and leaderboard probing agree on 2:1).
 LABEL_WEIGHTS = np.array([2.0 if name == ANY else 1.0 for name in LABELS])
 WEIGHTED_LOG_LOSS = "weighted_log_loss"  # the metric's name in TFMA results and run summaries
+FLAGGED_SHARE = "flagged_share"  # FlaggedShare's name in TFMA results
 EPSILON = 1e-7  # probabilities are clipped into [EPSILON, 1 - EPSILON], as the competition kernels did
 
 
@@ -95,3 +102,72 @@ class WeightedLogLossStandardError(WeightedLogLoss):
     def reset_state(self):
         super().reset_state()
         self.square_sum.assign(0.0)
+
+
+class FlaggedShare(metric_types.Metric):
+    """Per slice of data, the example-weighted mean of a 0/1 model output: with the ensemble's
+    `out_of_distribution` (ich_model.serving), the share of slices it flags. It reads predictions and example
+    weights only, so the output needs no label (and no entry in the ModelSpec's label_keys). A model without the
+    output (a baseline exported before the score existed) contributes no examples: its share is NaN."""
+
+    def __init__(self, name: str = FLAGGED_SHARE):
+        super().__init__(_flagged_share_computations, name=name)
+
+
+def _flagged_share_computations(name: str = FLAGGED_SHARE, model_names=None, output_names=None,
+                                example_weighted: bool = False) -> metric_types.MetricComputations:
+    computations = []
+    for model_name in model_names or [""]:
+        for output_name in output_names or [""]:
+            key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
+                                         example_weighted=example_weighted)
+            computations.append(metric_types.MetricComputation(
+                keys=[key],
+                # Without the default inputs the evaluator builds the metric inputs with include_labels=False.
+                preprocessors=[metric_types.StandardMetricInputsPreprocessor(
+                    include_filter={tfma_constants.PREDICTIONS_KEY: {}, tfma_constants.EXAMPLE_WEIGHTS_KEY: {}},
+                    include_default_inputs=False)],
+                combiner=_FlaggedShareCombiner(key)))
+    return computations
+
+
+def _has_output(predictions, model_name: str, output_name: str) -> bool:
+    for name in (model_name, output_name):
+        if name:
+            if not isinstance(predictions, Mapping) or name not in predictions:
+                return False
+            predictions = predictions[name]
+    return predictions is not None
+
+
+class _FlaggedShareCombiner(beam.CombineFn):
+    """Accumulates (sum of weight x flag, sum of weight) in float64."""
+
+    def __init__(self, key: metric_types.MetricKey):
+        self._key = key
+
+    def create_accumulator(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def add_input(self, accumulator, element: metric_types.StandardMetricInputs):
+        flagged, total = accumulator
+        if not _has_output(element.prediction, self._key.model_name, self._key.output_name):
+            return accumulator
+        for _, flags, weights in metric_util.to_label_prediction_example_weight(
+                element, model_name=self._key.model_name, output_name=self._key.output_name,
+                example_weighted=self._key.example_weighted, allow_none=True, flatten=False):
+            flags = np.asarray(flags, np.float64)
+            weights = np.broadcast_to(np.asarray(weights, np.float64), flags.shape)
+            flagged += float(np.sum(weights * flags))
+            total += float(np.sum(weights))
+        return flagged, total
+
+    def merge_accumulators(self, accumulators):
+        sums = np.zeros(2)
+        for accumulator in accumulators:
+            sums += accumulator
+        return float(sums[0]), float(sums[1])
+
+    def extract_output(self, accumulator) -> dict[metric_types.MetricKey, float]:
+        flagged, total = accumulator
+        return {self._key: flagged / total if total else float("nan")}

@@ -3,6 +3,8 @@ reviewer reads, and the blessing gates (floors, a ceiling and no regression agai
 
 The ensemble SavedModel returns the ensemble's `probabilities` and each member's (`member_a`, ...), so one
 evaluation scores all of them on the same Examples. Only the ensemble's overall figures gate the blessing.
+Its `out_of_distribution` flag has no label: its share per slice (ich_model.metrics.FlaggedShare) is reported,
+never gated, so that a new span from a new scanner shows in the slice of its span.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from ich_model.constants import LABELS
 from ich_model.examples import IMAGE_SIZE, INTERCEPT_GROUP, LABEL, SPAN
 from ich_model.members import MEMBERS
 from ich_model.preprocessing import POSITION_BAND
-from ich_model.serving import PROBABILITIES, member_output
+from ich_model.serving import OUT_OF_DISTRIBUTION, PROBABILITIES, member_output
 from pipeline.configs import PipelineConfig
 
 EVAL_SPLIT = "eval"
@@ -82,6 +84,7 @@ def blessing_specs(config: PipelineConfig) -> list[tfma.MetricsSpec]:
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    # Only the scored outputs have a label; FlaggedShare reads no label, so OUT_OF_DISTRIBUTION needs no entry.
     label_keys = {output: LABEL for output in MODEL_OUTPUTS}
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_keys=label_keys,
@@ -100,6 +103,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                 tfma.MetricConfig(class_name="MultiLabelConfusionMatrixPlot",
                                   config=f'{{"thresholds": [{config.operating_threshold}]}}'),
             ]),
+            tfma.MetricsSpec(output_names=[OUT_OF_DISTRIBUTION], metrics=[
+                tfma.MetricConfig(class_name="FlaggedShare", module="ich_model.metrics")]),
             *blessing_specs(config),
         ],
     )

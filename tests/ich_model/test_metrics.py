@@ -1,12 +1,23 @@
 """The RSNA weighted log loss (numpy, and the Keras metric TFMA computes) against sklearn's log_loss with
-sample weights."""
+sample weights; the flagged share (a TFMA metric) against numpy's weighted mean per slice."""
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.testing.util import assert_that
 from scipy.special import expit, logit
 from sklearn.metrics import log_loss
+from tensorflow_model_analysis import constants as tfma_constants
+from tensorflow_model_analysis.metrics import metric_util
 
-from ich_model.metrics import WeightedLogLoss, WeightedLogLossStandardError, weighted_log_loss
+from ich_model.metrics import (
+    FLAGGED_SHARE,
+    FlaggedShare,
+    WeightedLogLoss,
+    WeightedLogLossStandardError,
+    weighted_log_loss,
+)
+from ich_model.serving import OUT_OF_DISTRIBUTION, PROBABILITIES
 
 
 def test_weighted_log_loss_is_sklearn_log_loss_with_any_weighted_twice():
@@ -79,3 +90,43 @@ def test_standard_error_metric_is_the_spread_of_per_slice_sklearn_log_losses():
     assert float(metric.result()) == pytest.approx(np.std(per_slice, ddof=1) / np.sqrt(180), rel=1e-6)
     with pytest.raises(ValueError, match="unweighted slices"):
         metric.update_state(labels[:2], probabilities[:2], sample_weight=np.ones(2))
+
+
+def test_flagged_share_is_the_weighted_share_of_flagged_examples_per_slice_without_labels():
+    """TFMA's metric inputs as its evaluator builds them for this metric (no labels), through the metric's own
+    computation, per slice; a model without the output (a baseline exported before the score) gives NaN."""
+    rng = np.random.default_rng(5)
+    n = 90
+    slice_keys = [(), (("span", 1),), (("span", 2),)]
+    slices = rng.integers(0, len(slice_keys), n)
+    flags = (rng.random(n) < np.where(slices == 2, 0.6, 0.1)).astype(np.float32)
+    weights = rng.uniform(0.2, 2.0, n)
+    computation, = FlaggedShare().computations(model_names=["candidate"], output_names=[OUT_OF_DISTRIBUTION],
+                                               example_weighted=True)
+    baseline, = FlaggedShare().computations(model_names=["baseline"], output_names=[OUT_OF_DISTRIBUTION],
+                                            example_weighted=True)
+    preprocessor, = computation.preprocessors
+    assert tfma_constants.LABELS_KEY not in preprocessor.include_filter
+    extracts = [{"predictions": {"candidate": {OUT_OF_DISTRIBUTION: np.array([flags[i]]),
+                                               PROBABILITIES: np.full(6, 0.5, np.float32)},
+                                 "baseline": {PROBABILITIES: np.full(6, 0.5, np.float32)}},
+                 "example_weights": np.array([weights[i]])} for i in range(n)]
+
+    with beam.Pipeline() as pipeline:
+        inputs = (pipeline
+                  | beam.Create([(slice_keys[s], x) for s, x in zip(slices, extracts, strict=True)])
+                  | beam.MapTuple(lambda key, x: (key, metric_util.to_standard_metric_inputs(x, include_labels=False))))
+        candidate = inputs | "candidate" >> beam.CombinePerKey(computation.combiner)
+        nothing = inputs | "baseline" >> beam.CombinePerKey(baseline.combiner)
+
+        def check_candidate(got):
+            expected = {key: np.average(flags[slices == s], weights=weights[slices == s])
+                        for s, key in enumerate(slice_keys)}
+            assert {key: value[computation.keys[0]] for key, value in got} == pytest.approx(expected, rel=1e-9)
+            assert computation.keys[0].name == FLAGGED_SHARE
+
+        def check_baseline(got):
+            assert len(got) == 3 and all(np.isnan(value[baseline.keys[0]]) for _, value in got)
+
+        assert_that(candidate, check_candidate, label="candidate share")
+        assert_that(nothing, check_baseline, label="baseline without the output")
