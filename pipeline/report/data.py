@@ -1,6 +1,6 @@
-"""The latest run as plain data for the report: what the metadata store, TFMA's results, the Trainers'
-TensorBoard logs and the ExampleGen's ingestion report hold, read once into a `RunRecord`; and TFMA's plots
-turned into arrays (ROC and precision-recall points, calibration bins)."""
+"""The latest run as plain data for the report: what the metadata store, TFMA's results, the evaluated ensemble's
+description, the Trainers' TensorBoard logs and the ExampleGen's ingestion report hold, read once into a
+`RunRecord`; and TFMA's plots turned into arrays (ROC and precision-recall points, calibration bins)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from tfx.utils import path_utils
 
 from components.dicom_example_gen.executor import REPORT_FILE
+from ich_model.description import DescriptionError, read_description
 from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, kept_evaluation
+from ich_model.metrics import FLAGGED_SHARE
+from ich_model.serving import OUT_OF_DISTRIBUTION
 from pipeline.configs import metadata_path
-from pipeline.figures import overall_slice
+from pipeline.figures import metric_value, overall_slice
 from pipeline.summary import (
+    EVALUATOR,
     EXAMPLE_GEN,
     execution_artifacts,
     latest_evaluation,
@@ -63,6 +68,7 @@ class RunRecord:
     trainers: dict[str, TrainerRecord]  # by member name
     ingestion: dict  # the ExampleGen's ingestion report
     threshold: float | None
+    ood: dict | None  # the evaluated ensemble's description["ood"], or None for a model without the score
 
 
 def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
@@ -72,6 +78,11 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     store = open_store(metadata_path(pipeline_root))
     summary, result, run = latest_evaluation(store, pipeline_name)
     run_id = next(c.name for c in store.get_contexts_by_id([run]))
+    evaluated = execution_artifacts(store, latest_execution(store, pipeline_name, EVALUATOR, run))[0]["model"][0]
+    try:
+        ood = read_description(path_utils.serving_model_path(evaluated.uri)).get("ood")
+    except DescriptionError:  # exported before models described themselves: no score either
+        ood = None
     baseline_metrics = None
     if summary["baseline"]:
         baseline = tfma.load_eval_result(summary["evaluation"], model_name=BASELINE)
@@ -87,7 +98,15 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
-                     trainers, ingestion, _operating_threshold(result.config))
+                     trainers, ingestion, _operating_threshold(result.config), ood)
+
+
+def flagged_shares(slicing_metrics: list) -> list[tuple[tuple, float | None]]:
+    """[(slice key, FLAGGED_SHARE of the OUT_OF_DISTRIBUTION output)] for the slices of TFMA's loaded metrics that
+    hold it, in their order; empty for an evaluation without the metric."""
+    return [(key, metric_value(outputs[OUT_OF_DISTRIBUTION].get("", {}), FLAGGED_SHARE))
+            for key, outputs in slicing_metrics
+            if FLAGGED_SHARE in outputs.get(OUT_OF_DISTRIBUTION, {}).get("", {})]
 
 
 def _operating_threshold(eval_config) -> float | None:

@@ -20,7 +20,7 @@ from pipeline.figures import (
     overall_slice,
     undefined_note,
 )
-from pipeline.report.data import RunRecord
+from pipeline.report.data import RunRecord, flagged_shares
 
 # Sections of the page, in order: (anchor, heading). Tests check that each is present.
 SECTIONS = (
@@ -30,6 +30,7 @@ SECTIONS = (
     ("calibration", "Calibration"),
     ("confusion", "Confusion counts at the operating threshold"),
     ("slices", "Slices"),
+    ("ood", "Out-of-distribution score"),
     ("training", "Training curves"),
     ("ingestion", "Ingestion"),
 )
@@ -113,8 +114,13 @@ def _slice_name(key) -> str:
     return " & ".join(f"{feature} = {value}" for feature, value in key) or "overall"
 
 
+def _slice_order(item) -> tuple:
+    """Overall first, then the feature slices by name."""
+    return len(item[0]) > 0, str(item[0])
+
+
 def _slices_section(record: RunRecord) -> str:
-    slices = sorted(record.metrics, key=lambda item: (len(item[0]) > 0, str(item[0])))
+    slices = sorted(record.metrics, key=_slice_order)
     table = []
     for key, metrics in slices:
         ensemble = metrics.get(PROBABILITIES, {})
@@ -135,7 +141,30 @@ def _slices_section(record: RunRecord) -> str:
         rows.append(f'<tr><td>{html.escape(_slice_name(key))}</td><td class="num">{count_text}</td>{cells}</tr>')
     return ("<p>Ensemble AUC per label on every slice the Evaluator computed; in each label's column the weakest "
             "slice is highlighted. n/a: the slice has no positive (or no negative) of that label.</p>"
-            + _table(["slice", "slices (examples)", *(ABBREVIATIONS[label] for label in LABELS)], rows, "slices"))
+            + _table(["slice", "slices (examples)", *(ABBREVIATIONS[label] for label in LABELS)], rows, "slices")
+            + _flagged_share_table(record))
+
+
+def _flagged_share_table(record: RunRecord) -> str:
+    """The share of each slice that the ensemble flags out of distribution, when the Evaluator computed it."""
+    shares = sorted(flagged_shares(record.metrics), key=_slice_order)
+    if not shares:
+        return ""
+    rows = [f"<tr><td>{html.escape(_slice_name(key))}</td>"
+            f'<td class="num">{"n/a" if share is None else f"{share:.1%}"}</td></tr>' for key, share in shares]
+    return ('<h3>Flagged out of distribution</h3><p>The share of each slice\'s examples that the ensemble flags '
+            'out of distribution (<a href="#ood">its score</a> above the threshold); a span or scanner group far '
+            "above the eval split's share holds images unlike the training slices.</p>"
+            + _table(["slice", "flagged"], rows, "flagged"))
+
+
+def _ood_section(record: RunRecord, image: str | None) -> str:
+    if record.ood is None or image is None:
+        return "<p>This model has no out-of-distribution score.</p>"
+    ood = record.ood
+    return (f"<p>The ensemble flags a slice when its out-of-distribution score is above {ood['threshold']:.4g}, "
+            f"set on the eval split, of which it flags {ood['flagged_share_eval']:.1%}.</p>"
+            f'<img src="{image}" alt="histogram of the eval split\'s out-of-distribution scores">')
 
 
 def _training_section(record: RunRecord, image: str) -> str:
@@ -186,7 +215,8 @@ nav a { margin-right: 12px; }
 
 
 def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str) -> str:
-    """The page, with `pictures` (roc, pr, calibration, models, training) as the names of the PNG files beside it."""
+    """The page, with `pictures` (roc, pr, calibration, models, training, ood) as the names of the PNG files
+    beside it (ood: None for a model without the score)."""
     bodies = {
         "decision": _decision_section(record),
         "models": _models_section(record, pictures["models"]),
@@ -195,6 +225,7 @@ def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str)
         "calibration": f'<img src="{pictures["calibration"]}" alt="calibration plots">',
         "confusion": _confusion_section(record),
         "slices": _slices_section(record),
+        "ood": _ood_section(record, pictures.get("ood")),
         "training": _training_section(record, pictures["training"]),
         "ingestion": _ingestion_section(record.ingestion),
     }

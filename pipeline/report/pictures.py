@@ -1,5 +1,6 @@
 """The report's pictures (matplotlib, PNG files in the output folder), drawn from a RunRecord: ROC and
-precision-recall curves, calibration, AUC per model, training curves. Each function returns the file's name."""
+precision-recall curves, calibration, AUC per model, training curves, the eval split's out-of-distribution
+scores. Each function returns the file's name."""
 
 from __future__ import annotations
 
@@ -132,8 +133,37 @@ def plot_training(record: RunRecord, out_dir: Path) -> str:
     return _save(plt, figure, out_dir / "training.png")
 
 
-def plot_all(record: RunRecord, out_dir: Path) -> dict[str, str]:
-    """Every picture of the page, by the name the page uses for it."""
+def ood_histogram(ood: dict):
+    """The figure of an ensemble description's `ood` record: the histogram of the eval split's scores, the flag
+    threshold as a line and the share of eval slices flagged written beside it."""
+    plt = _pyplot()
+    edges = np.asarray(ood["eval_histogram"]["edges"], dtype=float)
+    counts = np.asarray(ood["eval_histogram"]["counts"], dtype=float)
+    threshold = float(ood["threshold"])
+    figure, ax = plt.subplots(figsize=(12, 4), dpi=96)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:blue", edgecolor="white",
+           linewidth=0.5)
+    ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1.5)
+    # The text on the side of the line with more room, so that it stays inside the axes.
+    left = threshold < (edges[0] + edges[-1]) / 2
+    ax.text(threshold, 0.95, f"{'  ' if left else ''}flagged: {ood['flagged_share_eval']:.1%} of eval slices"
+            f"{'' if left else '  '}", transform=ax.get_xaxis_transform(), ha="left" if left else "right",
+            va="top", color="tab:red")
+    ax.set(title="Out-of-distribution score of the eval split's slices (dashed: the flag threshold)",
+           xlabel="out-of-distribution score (higher: further from the training slices)", ylabel="slices")
+    return figure
+
+
+def plot_ood_scores(record: RunRecord, out_dir: Path) -> str | None:
+    """ood_scores.png: `ood_histogram` of the evaluated ensemble; None for a model without the score."""
+    if record.ood is None:
+        return None
+    return _save(_pyplot(), ood_histogram(record.ood), out_dir / "ood_scores.png")
+
+
+def plot_all(record: RunRecord, out_dir: Path) -> dict[str, str | None]:
+    """Every picture of the page, by the name the page uses for it (None: the run has nothing to draw)."""
     roc, pr = plot_curves(record, out_dir)
     return {"roc": roc, "pr": pr, "calibration": plot_calibration(record, out_dir),
-            "models": plot_models(record, out_dir), "training": plot_training(record, out_dir)}
+            "models": plot_models(record, out_dir), "training": plot_training(record, out_dir),
+            "ood": plot_ood_scores(record, out_dir)}

@@ -362,7 +362,7 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     assert main(["report", config.pipeline_root, "--out", str(out)]) == 0
     page = PageReader()
     page.feed((out / "index.html").read_text())
-    assert list(page.sections) == ["decision", "models", "curves", "calibration", "confusion", "slices",
+    assert list(page.sections) == ["decision", "models", "curves", "calibration", "confusion", "slices", "ood",
                                    "training", "ingestion"]
     assert "http" not in (out / "index.html").read_text()  # nothing loaded from the network
     for section in ("models", "curves", "calibration", "training"):
