@@ -2,9 +2,11 @@
 
 | member | init seed | augmentation                                          | emphasis                          |
 |--------|-----------|-------------------------------------------------------|-----------------------------------|
-| A      | 1         | standard: flip, rotation 10 deg, shift 6%, zoom 10%   | none                              |
-| B      | 2         | strong: flip, rotation 15 deg, shift 8%, zoom 15%     | none                              |
-| C      | 3         | standard                                              | hard cases: subarachnoid and      |
+| A      | 1         | standard: flip, rotation 10 deg, shift 6%, zoom 10%;  | none                              |
+|        |           | scanner intensity (HU offset/scale, noise, kernel)    |                                   |
+| B      | 2         | strong: flip, rotation 15 deg, shift 8%, zoom 15%;    | none                              |
+|        |           | scanner intensity                                     |                                   |
+| C      | 3         | standard geometry only                                | hard cases: subarachnoid and      |
 |        |           |                                                       | epidural positives drawn 2x       |
 
 All three sample balanced batches (every batch holds at least two positives of each subtype, so that rare
