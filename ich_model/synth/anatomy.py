@@ -7,22 +7,35 @@ is drawn with partial-volume edges one pixel wide, so nothing has a perfectly ha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from ich_model.synth.nuisance import TRAINING, Nuisance, NuisanceRanges
 from ich_model.synth.tissue import Tissue, TissueLayers
 
-# Intended Hounsfield ranges of the tissues (each patient draws its own value inside the range).
 AIR_HU = -1000.0
-FAT_HU = (-100.0, -70.0)
-SOFT_TISSUE_HU = (35.0, 50.0)
-DIPLOE_HU = (720.0, 900.0)
-CORTICAL_BONE_HU = (1450.0, 1750.0)
-CSF_HU = (3.0, 12.0)
-GREY_MATTER_HU = (36.0, 41.0)
-WHITE_MATTER_HU = (24.0, 30.0)
+# A pixel counts as a dense structure (calcification, bone fragment, vertex bone) in the tissue map where that
+# structure raises it by at least this much: a small dense speck is visible long before it fills a pixel.
+VISIBLE_RISE_HU = 15.0
+# How far in height (u) a small structure reaches on either side of its centre: about one 5 mm slice.
+SMALL_STRUCTURE_HALF_HEIGHT = 0.045
+
+
+@functools.lru_cache(maxsize=64)
+def _cubic_upsampling(coarse: int, fine: int) -> np.ndarray:
+    """The (fine x coarse) matrix that resamples along one axis as `ndimage.zoom(order=3, mode="mirror")` does,
+    so that a 2D zoom is two small matrix products (the spline is separable)."""
+    unit = np.eye(coarse)
+    columns = [ndimage.zoom(unit[j], fine / (coarse - 3), order=3, mode="mirror")[:fine] for j in range(coarse)]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def _standardised(field: np.ndarray) -> np.ndarray:
+    field = field - field.mean()
+    return field / (field.std() + 1e-6)
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], correlation_px: float) -> np.ndarray:
@@ -30,10 +43,36 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], correlation_p
     factor = max(correlation_px, 1.0)
     low = (max(int(np.ceil(shape[0] / factor)) + 3, 4), max(int(np.ceil(shape[1] / factor)) + 3, 4))
     coarse = rng.standard_normal(low).astype(np.float32)
-    field = ndimage.zoom(coarse, (shape[0] / (low[0] - 3), shape[1] / (low[1] - 3)), order=3, mode="mirror")
-    field = field[: shape[0], : shape[1]]
-    field -= field.mean()
-    return field / (field.std() + 1e-6)
+    return _standardised(_cubic_upsampling(low[0], shape[0]) @ coarse @ _cubic_upsampling(low[1], shape[1]).T)
+
+
+def brain_texture(model: str, rng: np.random.Generator, geom: SliceGeometry, correlation_mm: float) -> np.ndarray:
+    """A unit-variance texture field over the slice, of one of the models `NuisanceRanges.brain_textures` names."""
+    shape, correlation_px = geom.x.shape, correlation_mm / geom.pixel_mm
+    if model == "gaussian":  # one scale
+        return smooth_field(rng, shape, correlation_px)
+    if model == "fractal":  # several octaves, finer ones weaker: closer to a 1/f spectrum
+        return _standardised(sum(0.6**k * smooth_field(rng, shape, correlation_px / 2**k) for k in range(3)))
+    if model == "gyral":  # long radially, short along the cortex: folds that run in from the surface
+        return _gyral_field(rng, geom, correlation_mm)
+    if model == "cellular":  # distance to the nearest of scattered seeds: blotchy cells, not a Gaussian field
+        seeds = np.zeros(shape, dtype=bool)
+        count = max(int(shape[0] * shape[1] / correlation_px**2), 1)
+        seeds[rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)] = True
+        return _standardised(ndimage.distance_transform_edt(~seeds).astype(np.float32))
+    raise ValueError(f"unknown brain texture model {model!r}")
+
+
+def _gyral_field(rng: np.random.Generator, geom: SliceGeometry, correlation_mm: float) -> np.ndarray:
+    """White noise on a polar grid (1 mm by 0.5 degree) smoothed over three correlation lengths radially and one
+    along a 60 mm circle, read back at each pixel's nearest grid point."""
+    radii, angles = int(np.ceil(float(geom.rho.max()))) + 1, 720
+    sigma = (1.5 * correlation_mm, 0.5 * correlation_mm * angles / (2 * np.pi * 60.0))  # a Gaussian's sd is half
+    polar = ndimage.gaussian_filter(rng.standard_normal((radii, angles), dtype=np.float32), sigma,
+                                    mode=("nearest", "wrap"))
+    r = np.minimum(np.rint(geom.rho).astype(np.intp), radii - 1)
+    t = np.rint((geom.theta + np.pi) * (angles / (2 * np.pi))).astype(np.intp) % angles
+    return _standardised(polar[r, t])
 
 
 def soft_inside(signed_depth_mm: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -59,48 +98,112 @@ def segment_distance(x: np.ndarray, y: np.ndarray, p0: tuple[float, float], p1: 
     return np.hypot(x - p0[0] - t * px, y - p0[1] - t * py)
 
 
+CALCIFICATION_SITES = ("pineal", "choroid plexus", "falx", "basal ganglia")
+
+
+@dataclass(frozen=True)
+class Calcification:
+    """A physiological calcification: where, how dense, how big. Choroid plexus and basal ganglia are paired."""
+
+    site: str  # one of CALCIFICATION_SITES
+    hu: float
+    radius_mm: float
+    u: float  # height of its centre
+    offset_mm: tuple[float, float]  # displacement from the site's usual place
+
+
+@dataclass(frozen=True)
+class BoneFragment:
+    """A bit of skull-base bone (clinoid process, petrous apex) cut by a slice inside the cranial cavity."""
+
+    hu: float
+    radius_mm: float
+    u: float
+    position: tuple[float, float]  # (x, y) as fractions of the slice's semi-axes
+
+
 @dataclass(frozen=True)
 class HeadShape:
-    """One patient's head: size, outline, skull thickness and tissue densities."""
+    """One patient's head: size, outline, skull, tissue densities and the dense structures that are not blood,
+    drawn once per patient from `NuisanceRanges` (a patient's two studies share them)."""
 
-    half_width_mm: float  # left-right semi-axis at the widest slice
-    half_length_mm: float  # anterior-posterior semi-axis
+    half_width_mm: float  # left-right semi-axis of the outer table at the widest slice
+    aspect: float  # anterior-posterior over left-right semi-axis
     outline_harmonics: tuple[tuple[float, float], ...]  # (amplitude, phase) for harmonics 2, 3, ...
     skull_mm: float
-    scalp_mm: float
-    csf_rim_mm: float  # subarachnoid space between the inner table and the cortex
-    ventricle_scale: float  # > 1 for atrophy / hydrocephalus
-    sulcal_width: float
+    diploe_hu: float
+    cortical_hu: float
+    scalp_mm: float  # 0: no scalp in the image
+    fat_hu: float
+    soft_tissue_hu: float
     grey_hu: float
     white_hu: float
     csf_hu: float
-    soft_tissue_hu: float
-    fat_hu: float
-    diploe_hu: float
-    cortical_hu: float
+    atrophy: float  # scales ventricles, sulci and the subarachnoid space; > 1 for atrophy / hydrocephalus
+    csf_rim_mm: float  # subarachnoid space between the inner table and the cortex, before atrophy
+    calcifications: tuple[Calcification, ...]
+    venous_sinus_hu: float
+    bone_fragments: tuple[BoneFragment, ...]
+    vertex_partial_volume: float
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> HeadShape:
-        atrophy = rng.uniform(0.8, 1.6)
+    def draw(cls, rng: np.random.Generator, ranges: NuisanceRanges = TRAINING) -> HeadShape:
+        grey = ranges.grey_matter_hu.draw(rng)
+        shares = dict(zip(CALCIFICATION_SITES, (
+            ranges.pineal_calcification_share, ranges.choroid_plexus_calcification_share,
+            ranges.falx_calcification_share, ranges.basal_ganglia_calcification_share), strict=True))
+        heights = {"pineal": (0.33, 0.39), "choroid plexus": (0.44, 0.54), "falx": (0.5, 0.85),
+                   "basal ganglia": (0.33, 0.43)}
+        calcifications = tuple(
+            Calcification(site, ranges.calcification_hu.draw(rng), float(rng.uniform(1.2, 3.5)),
+                          float(rng.uniform(*heights[site])), tuple(float(v) for v in rng.normal(0.0, 1.5, 2)))
+            for site in CALCIFICATION_SITES if rng.random() < shares[site])
+        fragments = tuple(
+            BoneFragment(ranges.bone_fragment_hu.draw(rng), float(rng.uniform(0.8, 2.2)),
+                         float(rng.uniform(0.06, 0.22)),
+                         (float(rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.45)), float(rng.uniform(-0.25, 0.25))))
+            for _ in range(int(rng.integers(1, 4)) if rng.random() < ranges.bone_fragment_share else 0))
         return cls(
-            half_width_mm=rng.uniform(66.0, 78.0),
-            half_length_mm=rng.uniform(84.0, 98.0),
-            outline_harmonics=tuple(
-                (rng.uniform(0.0, 0.035), rng.uniform(0, 2 * np.pi)) for _ in range(4)
-            ),
-            skull_mm=rng.uniform(5.0, 8.0),
-            scalp_mm=rng.uniform(3.5, 6.0),
-            csf_rim_mm=rng.uniform(0.8, 1.6) * atrophy,
-            ventricle_scale=atrophy,
-            sulcal_width=0.14 + 0.1 * atrophy,
-            grey_hu=rng.uniform(*GREY_MATTER_HU),
-            white_hu=rng.uniform(*WHITE_MATTER_HU),
-            csf_hu=rng.uniform(*CSF_HU),
-            soft_tissue_hu=rng.uniform(*SOFT_TISSUE_HU),
-            fat_hu=rng.uniform(*FAT_HU),
-            diploe_hu=rng.uniform(*DIPLOE_HU),
-            cortical_hu=rng.uniform(*CORTICAL_BONE_HU),
+            half_width_mm=ranges.half_width_mm.draw(rng),
+            aspect=ranges.aspect.draw(rng),
+            outline_harmonics=tuple((ranges.outline_irregularity.draw(rng), float(rng.uniform(0, 2 * np.pi)))
+                                    for _ in range(4)),
+            skull_mm=ranges.skull_mm.draw(rng),
+            diploe_hu=ranges.diploe_hu.draw(rng),
+            cortical_hu=ranges.cortical_hu.draw(rng),
+            scalp_mm=0.0 if rng.random() < ranges.scalp_absent_share else ranges.scalp_mm.draw(rng),
+            fat_hu=ranges.fat_hu.draw(rng),
+            soft_tissue_hu=ranges.soft_tissue_hu.draw(rng),
+            grey_hu=grey,
+            white_hu=grey - ranges.grey_white_contrast_hu.draw(rng),
+            csf_hu=ranges.csf_hu.draw(rng),
+            atrophy=ranges.atrophy.draw(rng),
+            csf_rim_mm=ranges.csf_rim_mm.draw(rng),
+            calcifications=calcifications,
+            venous_sinus_hu=ranges.venous_sinus_hu.draw(rng),
+            bone_fragments=fragments,
+            vertex_partial_volume=ranges.vertex_partial_volume.draw(rng),
         )
+
+    @property
+    def half_length_mm(self) -> float:
+        return self.half_width_mm * self.aspect
+
+    def outer_radius_mm(self, theta: np.ndarray, scale: float) -> np.ndarray:
+        """Radius of the skull's outer surface along each angle, at a slice of relative cross-section `scale`."""
+        a, b = self.half_width_mm * scale, self.half_length_mm * scale
+        outline = np.ones_like(theta)
+        for k, (amp, phase) in enumerate(self.outline_harmonics, start=2):
+            outline += amp / (k - 1) * np.cos(k * theta + phase)  # finer lobes weaker: a skull, not a star
+        return outline * a * b / np.sqrt((b * np.cos(theta)) ** 2 + (a * np.sin(theta)) ** 2)
+
+    def scalp_thickness_mm(self, theta: np.ndarray, u: float) -> np.ndarray:
+        return self.scalp_mm * (1.0 + 1.2 * np.cos(theta) ** 2 * (u < 0.6))  # temporalis muscle laterally
+
+    def reach_mm(self) -> float:
+        """Largest distance of the head's surface from its centre, over all heights and angles."""
+        theta = np.linspace(-np.pi, np.pi, 721)
+        return float(np.max(self.outer_radius_mm(theta, 1.0) + self.scalp_thickness_mm(theta, 0.0)))
 
 
 def axial_scale(u: float) -> float:
@@ -146,17 +249,15 @@ class Anatomy:
     parenchyma: np.ndarray  # fraction that is brain tissue (not CSF, not bone)
 
 
-def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.random.Generator) -> Anatomy:
-    """Render one axial slice at height u of a head; the result has no noise and no lesions yet."""
+def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.random.Generator,
+                   scan: Nuisance) -> Anatomy:
+    """Render one axial slice at height u of a head, with the study's brain texture; no noise or lesions yet."""
     px = geom.pixel_mm
     x, y, theta = geom.x, geom.y, geom.theta
     scale = axial_scale(u)
     a, b = head.half_width_mm * scale, head.half_length_mm * scale
-    outline = np.ones_like(theta)
-    for k, (amp, phase) in enumerate(head.outline_harmonics, start=2):
-        outline += amp * np.cos(k * theta + phase)
-    cos_t, sin_t = np.cos(theta), np.sin(theta)
-    outer = outline * a * b / np.sqrt((b * cos_t) ** 2 + (a * sin_t) ** 2)
+    cos_t = np.cos(theta)
+    outer = head.outer_radius_mm(theta, scale)
     depth = outer - geom.rho  # depth below the outer surface of the skull
 
     # Skull: thinner over the temporal squama, thicker towards the base; dense tables around the diploe.
@@ -166,10 +267,11 @@ def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.rando
     intracranial_depth = depth - thickness
 
     layers = TissueLayers(shape=x.shape, background_hu=AIR_HU)
-    scalp = head.scalp_mm * (1.0 + 1.2 * cos_t**2 * (u < 0.6))  # temporalis muscle laterally
-    scalp_depth = depth + scalp
-    fat = np.where(scalp_depth < 0.45 * scalp, head.fat_hu, head.soft_tissue_hu).astype(np.float32)
-    layers.paint(soft_inside(scalp_depth, px), fat, Tissue.SCALP)
+    if head.scalp_mm > 0:
+        scalp = head.scalp_thickness_mm(theta, u)
+        scalp_depth = depth + scalp
+        fat = np.where(scalp_depth < 0.45 * scalp, head.fat_hu, head.soft_tissue_hu).astype(np.float32)
+        layers.paint(soft_inside(scalp_depth, px), fat, Tissue.SCALP)
 
     through = np.clip(depth / np.maximum(thickness, 1e-3), 0.0, 1.0)
     tables = np.maximum(np.exp(-((through / 0.28) ** 2)), np.exp(-(((1.0 - through) / 0.28) ** 2)))
@@ -177,18 +279,21 @@ def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.rando
     layers.paint(soft_inside(depth, px), bone_hu, Tissue.BONE)
 
     intracranial = soft_inside(intracranial_depth, px)
-    rim = head.csf_rim_mm
+    rim = head.csf_rim_mm * head.atrophy
     layers.paint(intracranial, head.csf_hu, Tissue.CSF)
 
-    # Brain: cortex ribbon of grey matter, then grey/white texture deeper in.
+    # Brain: cortex ribbon of grey matter, then the study's texture model shaping the grey/white pattern, and
+    # a second draw of it as mottle.
     brain_depth = intracranial_depth - rim
-    texture = smooth_field(rng, x.shape, 7.0 / px)
-    white_weight = 1.0 / (1.0 + np.exp(-(texture * 1.2 + (brain_depth - 9.0) / 3.0)))
+    pattern = brain_texture(scan.brain_texture, rng, geom, scan.texture_mm)
+    white_weight = 1.0 / (1.0 + np.exp(-(pattern * 1.2 + (brain_depth - 9.0) / 3.0)))
     brain_hu = head.grey_hu + (head.white_hu - head.grey_hu) * white_weight
+    mottle = np.clip(brain_texture(scan.brain_texture, rng, geom, scan.texture_mm), -2.5, 2.5)
+    brain_hu = brain_hu + scan.texture_hu * mottle
     if 0.28 < u < 0.5:  # basal ganglia and thalami: deep grey nuclei
         for side in (-1.0, 1.0):
             nucleus = ellipse_depth(x, y, side * 0.22 * a, -0.02 * b, 0.09 * a, 0.16 * b, side * 0.3)
-            brain_hu = np.where(nucleus > 0, head.grey_hu - 1.0, brain_hu)
+            brain_hu = np.where(nucleus > 0, head.grey_hu - 1.0 + scan.texture_hu * mottle, brain_hu)
     brain = soft_inside(brain_depth, px) * intracranial
     layers.paint(brain, brain_hu, Tissue.GREY_MATTER, where_tissue=np.where(white_weight > 0.5,
                                                                              Tissue.WHITE_MATTER,
@@ -197,21 +302,21 @@ def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.rando
     # Sulci: zero crossings of a random field within the outer centimetre or so of cortex, plus the
     # interhemispheric and Sylvian fissures.
     sulcal_field = smooth_field(rng, x.shape, 5.0 / px)
-    sulcal_depth = 10.0 + 8.0 * head.ventricle_scale
-    sulci = np.clip(1.0 - np.abs(sulcal_field) / head.sulcal_width, 0.0, 1.0)
+    sulcal_depth = 10.0 + 8.0 * head.atrophy
+    sulci = np.clip(1.0 - np.abs(sulcal_field) / (0.14 + 0.1 * head.atrophy), 0.0, 1.0)
     sulci *= np.clip((sulcal_depth - brain_depth) / 4.0, 0.0, 1.0) * brain
     if u > 0.3:
-        fissure = np.clip(1.0 - (np.abs(x) - 0.6 * head.ventricle_scale) / px, 0.0, 1.0)
+        fissure = np.clip(1.0 - (np.abs(x) - 0.6 * head.atrophy) / px, 0.0, 1.0)
         fissure *= (np.abs(y) > 0.45 * b).astype(np.float32)
         sulci = np.maximum(sulci, fissure * brain)
     if 0.25 < u < 0.5:
         for side in (-1.0, 1.0):
             sylvian = segment_distance(x, y, (side * a, -0.05 * b), (side * 0.55 * a, -0.1 * b))
-            sulci = np.maximum(sulci, soft_inside(1.0 * head.ventricle_scale - sylvian, px) * brain)
+            sulci = np.maximum(sulci, soft_inside(1.0 * head.atrophy - sylvian, px) * brain)
     cisterns = np.zeros_like(x)
     if 0.18 < u < 0.32:
         ring = np.abs(np.hypot(x / 0.2, (y - 0.08 * b) / 0.18) - 0.08 * min(a, b) / 0.18)
-        cisterns = soft_inside(2.2 * head.ventricle_scale - ring, px) * brain
+        cisterns = soft_inside(2.2 * head.atrophy - ring, px) * brain
     layers.paint(np.maximum(sulci, cisterns), head.csf_hu, Tissue.CSF)
 
     ventricles = _ventricles(head, geom, u, a, b)
@@ -222,6 +327,7 @@ def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.rando
 
     if u < 0.24:
         _skull_base(layers, head, geom, u, a, b)
+    dense = _dense_structures(layers, head, geom, u, a, b, intracranial_depth, intracranial)
 
     csf = np.maximum.reduce([sulci, cisterns, midline, *ventricles])
     return Anatomy(
@@ -232,8 +338,72 @@ def render_anatomy(head: HeadShape, geom: SliceGeometry, u: float, rng: np.rando
         sulci=sulci,
         cisterns=cisterns,
         ventricles=[v * brain for v in ventricles],
-        parenchyma=np.clip(brain - csf, 0.0, 1.0),
+        parenchyma=np.clip(brain - csf - dense, 0.0, 1.0),
     )
+
+
+def _paint_dense(layers: TissueLayers, coverage: np.ndarray, hu: float, tissue: Tissue) -> None:
+    """Paint a structure denser than brain; it claims every pixel it raises visibly (`VISIBLE_RISE_HU`)."""
+    layers.paint(coverage, hu, tissue, claim_above=min(0.5, VISIBLE_RISE_HU / max(hu - 40.0, 1.0)))
+
+
+def _dense_structures(layers: TissueLayers, head: HeadShape, geom: SliceGeometry, u: float, a: float, b: float,
+                      intracranial_depth: np.ndarray, intracranial: np.ndarray) -> np.ndarray:
+    """Hyperdense structures that are not blood: dural venous sinuses, physiological calcifications, bone
+    fragments at the skull base and partial-volume bone at the vertex. Returns the fraction of each pixel
+    they cover."""
+    px, x, y, e = geom.pixel_mm, geom.x, geom.y, intracranial_depth
+    dense = np.zeros_like(x)
+
+    def paint(coverage: np.ndarray, hu: float, tissue: Tissue) -> None:
+        nonlocal dense
+        coverage = coverage * intracranial
+        _paint_dense(layers, coverage, hu, tissue)
+        dense = np.maximum(dense, coverage)
+
+    # Venous sinuses: superior sagittal (a triangle against the inner table on the midline), straight (on the
+    # midline behind the tentorium's apex) and transverse (a band along the occipital inner table).
+    if u > 0.35:
+        paint(soft_inside(np.minimum(e, 4.0 * (1.0 - e / 6.0) - np.abs(x)), px), head.venous_sinus_hu,
+              Tissue.VENOUS_SINUS)
+    if 0.28 < u < 0.45:
+        paint(soft_inside(ellipse_depth(x, y, 0.0, 0.62 * b, 3.0, 5.0), px), head.venous_sinus_hu, Tissue.VENOUS_SINUS)
+    if 0.12 < u < 0.3:
+        band = 4.5 * np.clip(1.0 - (np.angle(np.exp(1j * (geom.theta - np.pi / 2))) / 0.9) ** 2, 0.0, 1.0)
+        paint(soft_inside(np.minimum(band - e, e), px) * (band > 0), head.venous_sinus_hu, Tissue.VENOUS_SINUS)
+
+    for calc in head.calcifications:
+        if abs(u - calc.u) > SMALL_STRUCTURE_HALF_HEIGHT:
+            continue
+        r, (dx, dy) = calc.radius_mm, calc.offset_mm
+        if calc.site == "pineal":  # behind the third ventricle
+            shape = ellipse_depth(x, y, dx, 0.14 * b + dy, r, r)
+        elif calc.site == "falx":  # a plaque in the anterior falx, long front to back
+            shape = ellipse_depth(x, y, 0.0, -0.45 * b + dy, 0.8, 3.0 * r)
+        elif calc.site == "choroid plexus":  # in each atrium: 0.7 of the way back along the ventricle's body
+            reach = 0.7 * (10.0 + 14.0 * 0.8) * head.atrophy
+            shape = np.maximum.reduce([
+                ellipse_depth(x, y, side * (0.09 * a + 3.0 * head.atrophy) - reach * np.sin(side * 0.3) + dx,
+                              -0.08 * b + reach * np.cos(0.3) + dy, r, 1.3 * r)
+                for side in (-1.0, 1.0)])
+        else:  # basal ganglia: globus pallidus on both sides
+            shape = np.maximum.reduce([ellipse_depth(x, y, side * 0.2 * a + dx, -0.05 * b + dy, r, 1.4 * r)
+                                       for side in (-1.0, 1.0)])
+        paint(soft_inside(shape, px), calc.hu, Tissue.CALCIFICATION)
+
+    for fragment in head.bone_fragments:
+        if abs(u - fragment.u) <= SMALL_STRUCTURE_HALF_HEIGHT:
+            fx, fy = fragment.position
+            paint(soft_inside(ellipse_depth(x, y, fx * a, fy * b, fragment.radius_mm, fragment.radius_mm), px),
+                  fragment.hu, Tissue.BONE)
+
+    # The vertex: the slab cuts the skull tangentially, so bone fills part of the slab over the brain, most
+    # near the inner table and more the higher the slice.
+    if u > 0.86:
+        rise = min((u - 0.86) / 0.11, 1.0)
+        share = head.vertex_partial_volume * rise * np.exp(-np.maximum(e, 0.0) / (2.0 + 8.0 * rise))
+        paint(share.astype(np.float32), head.diploe_hu, Tissue.BONE)
+    return dense
 
 
 def lateral_ventricle_extent(u: float) -> float:
@@ -246,7 +416,7 @@ def _ventricles(head: HeadShape, geom: SliceGeometry, u: float, a: float, b: flo
     extent = lateral_ventricle_extent(u)
     if extent <= 0:
         return []
-    vs = head.ventricle_scale
+    vs = head.atrophy
     masks = []
     for side in (-1.0, 1.0):
         body = ellipse_depth(geom.x, geom.y, side * (0.09 * a + 3.0 * vs), -0.08 * b,
@@ -257,7 +427,7 @@ def _ventricles(head: HeadShape, geom: SliceGeometry, u: float, a: float, b: flo
 
 def _midline_ventricles(head: HeadShape, geom: SliceGeometry, u: float, a: float, b: float) -> np.ndarray:
     """Third ventricle (a midline slit) and fourth ventricle (posterior fossa)."""
-    vs = head.ventricle_scale
+    vs = head.atrophy
     mask = np.zeros_like(geom.x)
     if 0.27 < u < 0.4:
         mask = np.maximum(mask, soft_inside(

@@ -3,9 +3,10 @@
     DIR/stage_2_train/ID_<hex>.dcm      one axial slice per file
     DIR/stage_2_train.csv               ID,Label with six rows per image (ID_<hex>_<subtype>), RSNA order
 
-Every study is planned up front from the seed (identifiers, storage profile, image size, whether it bleeds), then
-rendered on its own random stream, so the output is byte-for-byte the same for the same seed whatever the
-number of worker processes.
+Every study is planned up front from the seed (identifiers, storage profile, image size, whether it bleeds, the
+nuisance ranges), then rendered on its own random stream, so the output is byte-for-byte the same for the same
+seed whatever the number of worker processes. Everything but the blood is drawn per patient and per study from
+`nuisance.TRAINING`, or with `shift` from `nuisance.SHIFTED`, whose every range lies outside training's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from ich_model.constants import LABELS, SUBTYPES
 from ich_model.synth.anatomy import HeadShape, SliceGeometry, render_anatomy
 from ich_model.synth.lesions import SUBTYPE_MIXES, draw_lesions, lesion_mask_visible, render_lesion
+from ich_model.synth.nuisance import NUISANCE_RANGES, Nuisance
 from ich_model.synth.scanner import (
     ODD_SHAPE_SHARE,
     ODD_SHAPES_AT_512,
@@ -53,11 +55,12 @@ class StudyPlan:
     series_uid: str
     image_ids: tuple[str, ...]
     patient_seed: int  # head anatomy: shared by a patient's studies
-    study_seed: int  # pose, lesions, noise
+    study_seed: int  # pose, scanner, texture, lesions
     profile_index: int
     shape: tuple[int, int]
     bleeding: bool
     subtype_mix: str = "rsna"
+    nuisance: str = "training"  # which of NUISANCE_RANGES everything but the blood is drawn from
 
 
 @dataclass
@@ -80,6 +83,8 @@ class RenderedSlice:
 @dataclass
 class RenderedStudy:
     plan: StudyPlan
+    head: HeadShape
+    scan: Nuisance
     pixel_mm: float
     orientation: tuple[float, ...]  # ImageOrientationPatient: row and column direction cosines
     slices: list[RenderedSlice]
@@ -111,9 +116,13 @@ def validate_arguments(patients: int, slices_per_study: int, size: int, positive
 
 
 def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 512,
-                 positive_fraction: float = DEFAULT_POSITIVE_FRACTION, subtype_mix: str = "rsna") -> list[StudyPlan]:
+                 positive_fraction: float = DEFAULT_POSITIVE_FRACTION, subtype_mix: str = "rsna",
+                 shift: bool = False) -> list[StudyPlan]:
+    """The studies of a set; with `shift`, everything but the blood is drawn from the shifted ranges, and the
+    identifiers from another stream than the training set of the same seed (the two sets can be pooled)."""
     validate_arguments(patients, slices_per_study, size, positive_fraction, subtype_mix)
-    rng = np.random.default_rng(seed)
+    nuisance = "shifted" if shift else "training"
+    rng = np.random.default_rng([seed, 1] if shift else seed)
     patient_of_study = [p for p in range(patients) for _ in range(1 + int(rng.random() < SECOND_STUDY_SHARE))]
     n = len(patient_of_study)
     profiles = apportion([p.share for p in STORAGE_PROFILES], n, rng)
@@ -141,28 +150,32 @@ def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 51
             shape=shape,
             bleeding=bool(bleeding[i]),
             subtype_mix=subtype_mix,
+            nuisance=nuisance,
         ))
     return plans
 
 
 def render_study(plan: StudyPlan) -> RenderedStudy:
     """Render every slice of a planned study, from skull base to vertex."""
-    head = HeadShape.draw(np.random.default_rng(plan.patient_seed))
+    ranges = NUISANCE_RANGES[plan.nuisance]
+    head = HeadShape.draw(np.random.default_rng(plan.patient_seed), ranges)
     rng = np.random.default_rng(plan.study_seed)
+    scan = Nuisance.draw(rng, ranges)
     rows, cols = plan.shape
-    pixel_mm = rng.uniform(215.0, 245.0) / min(rows, cols)
-    centre = (rng.normal(0.0, 5.0), rng.normal(0.0, 5.0))
-    geom = SliceGeometry.for_grid(rows, cols, pixel_mm, centre, rng.uniform(-0.2, 0.2))
+    # The technologist frames the whole head: the field of view is widened for a head it would cut.
+    field_of_view = max(scan.field_of_view_mm, 2.0 * (head.reach_mm() + scan.centre_offset_mm) + 4.0)
+    pixel_mm = field_of_view / min(rows, cols)
+    centre = scan.centre_mm
+    geom = SliceGeometry.for_grid(rows, cols, pixel_mm, centre, np.deg2rad(scan.rotation_deg))
     n = len(plan.image_ids)
-    head_height = rng.uniform(115.0, 135.0)
+    head_height = scan.head_height_mm
     z_fraction = np.linspace(0.03, 0.97, n) if n > 1 else np.array([0.5])
     slice_mm = 0.94 * head_height / (n - 1) if n > 1 else 5.0
     lesions = draw_lesions(rng, z_fraction, slice_mm, plan.subtype_mix) if plan.bleeding else []
-    noise_hu = rng.uniform(3.0, 10.0)
     profile = STORAGE_PROFILES[plan.profile_index]
     yy, xx = np.mgrid[0:rows, 0:cols]
     outside_fov = np.hypot(yy - (rows - 1) / 2, xx - (cols - 1) / 2) > min(rows, cols) / 2
-    tilt = np.deg2rad(rng.uniform(5.0, 20.0)) if rng.random() < 0.15 else 0.0
+    tilt = np.deg2rad(scan.gantry_tilt_deg)
     row_dir = np.array([1.0, 0.0, 0.0])
     col_dir = np.array([0.0, np.cos(tilt), -np.sin(tilt)])
     normal = np.cross(row_dir, col_dir)
@@ -171,7 +184,7 @@ def render_study(plan: StudyPlan) -> RenderedStudy:
     slices = []
     for k, image_id in enumerate(plan.image_ids):
         u = float(z_fraction[k])
-        anatomy = render_anatomy(head, geom, u, rng)
+        anatomy = render_anatomy(head, geom, u, rng, scan)
         layers = anatomy.layers
         blood = {name: np.zeros((rows, cols), np.float32) for name in SUBTYPES}
         for lesion in lesions:
@@ -183,8 +196,7 @@ def render_study(plan: StudyPlan) -> RenderedStudy:
             layers.paint(fraction, lesion.blood_hu, Tissue.BLOOD)
             blood[lesion.subtype] = np.maximum(blood[lesion.subtype], fraction)
         labels = frozenset(name for name, mask in blood.items() if lesion_mask_visible(mask))
-        hu = add_scanner_effects(layers.hu, layers.tissue == Tissue.BONE, rng, noise_hu, pixel_mm,
-                                 skull_base=u < 0.24)
+        hu = add_scanner_effects(layers.hu, layers.tissue == Tissue.BONE, rng, scan, pixel_mm, skull_base=u < 0.24)
         position = origin + (table_mm + u * head_height) * normal
         slices.append(RenderedSlice(
             image_id=image_id,
@@ -196,7 +208,7 @@ def render_study(plan: StudyPlan) -> RenderedStudy:
             blood=blood,
             labels=labels,
         ))
-    return RenderedStudy(plan, pixel_mm, (*row_dir, *col_dir), slices)
+    return RenderedStudy(plan, head, scan, pixel_mm, (*row_dir, *col_dir), slices)
 
 
 def series_header(study: RenderedStudy) -> SeriesHeader:
@@ -234,13 +246,15 @@ def _write_study_task(args: tuple[StudyPlan, Path]) -> tuple[StudyPlan, list[tup
 
 def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: int, seed: int,
                      size: int = 512, positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
-                     subtype_mix: str = "rsna", workers: int | None = None, progress: bool = True) -> SynthSummary:
-    """Write a synthetic RSNA-format training set to `out_dir` and return what it holds. With more than one worker
+                     subtype_mix: str = "rsna", workers: int | None = None, progress: bool = True,
+                     shift: bool = False) -> SynthSummary:
+    """Write a synthetic RSNA-format set to `out_dir` and return what it holds; with `shift`, the shifted set
+    (every nuisance parameter from outside the training ranges, `nuisance.SHIFTED`). With more than one worker
     the writers are spawned processes, which import the calling script: call this under
     `if __name__ == "__main__":` in a script."""
     from tqdm import tqdm
 
-    plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction, subtype_mix)
+    plans = plan_studies(patients, slices_per_study, seed, size, positive_fraction, subtype_mix, shift)
     out = Path(out_dir)
     images_dir = out / IMAGES_DIR
     if (out / LABELS_CSV).exists() or (images_dir.exists() and any(images_dir.iterdir())):

@@ -17,6 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
+from ich_model.synth.nuisance import Nuisance
+
 # Readers see these as the RSNA anonymisation left them: `ID_<hex>` in place of UIDs.
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1472"
 
@@ -77,25 +79,61 @@ def apportion(shares: list[float], count: int, rng: np.random.Generator) -> np.n
     return assignment
 
 
-def add_scanner_effects(hu: np.ndarray, bone: np.ndarray, rng: np.random.Generator, noise_hu: float,
+SHARPENED_DETAIL_HU = 30.0
+
+
+def motion_blur(image: np.ndarray, length_px: float, angle: float) -> np.ndarray:
+    """Average of the image along a line `length_px` long at `angle`: the head moved during the rotation."""
+    half = int(np.ceil(length_px / 2))
+    kernel = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
+    for t in np.linspace(-length_px / 2, length_px / 2, 2 * half + 1):
+        kernel[int(round(half + t * np.sin(angle))), int(round(half + t * np.cos(angle)))] += 1.0
+    return ndimage.convolve(image, kernel / kernel.sum(), mode="nearest")
+
+
+def noise_field(rng: np.random.Generator, shape: tuple[int, int], texture: str, grain_px: float) -> np.ndarray:
+    """Unit-variance noise with the spectrum of a reconstruction: white, low-pass (smooth kernels, iterative
+    reconstruction) or high-pass (sharp kernels)."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    if texture == "white":
+        return white
+    if texture == "filtered":
+        field = ndimage.gaussian_filter(white, grain_px)
+    elif texture == "high-pass":
+        field = white - ndimage.gaussian_filter(white, grain_px)
+    else:
+        raise ValueError(f"unknown noise texture {texture!r}")
+    return field / field.std()
+
+
+def add_scanner_effects(hu: np.ndarray, bone: np.ndarray, rng: np.random.Generator, scan: Nuisance,
                         pixel_mm: float, skull_base: bool) -> np.ndarray:
-    """Quantum noise, mild cupping and, near dense skull base, streaks."""
+    """What the scanner does to the true densities, in order: calibration (offset and slope about water, on
+    every pixel), patient motion, the reconstruction kernel, quantum noise, beam-hardening cupping and streaks."""
     rows, cols = hu.shape
-    out = hu + noise_hu * rng.standard_normal(hu.shape, dtype=np.float32)
+    out = scan.hu_offset + scan.hu_scale * hu
+    if scan.motion_mm > 0:
+        out = motion_blur(out, scan.motion_mm / pixel_mm, scan.motion_angle)
+    if scan.sharpening:  # unsharp mask; a negative amount blurs
+        # Detail clipped to soft-tissue contrast: a bone edge would otherwise ring hundreds of HU into the brain.
+        detail = np.clip(out - ndimage.gaussian_filter(out, 1.0), -SHARPENED_DETAIL_HU, SHARPENED_DETAIL_HU)
+        out = out + scan.sharpening * detail
+    out = out + scan.noise_hu * noise_field(rng, hu.shape, scan.noise_texture, scan.noise_grain_px)
     head = ndimage.binary_fill_holes(bone)
     if head.any():
         yy, xx = np.nonzero(head)
         cy, cx = yy.mean(), xx.mean()
         radius = np.sqrt(head.sum() / np.pi)
-        r2 = ((np.arange(rows)[:, None] - cy) ** 2 + (np.arange(cols)[None, :] - cx) ** 2) / radius**2
-        out -= rng.uniform(0.0, 4.0) * np.clip(1.0 - r2, 0.0, 1.0) * head  # beam-hardening cupping
-        if skull_base:
-            yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-            for _ in range(int(rng.integers(3, 7))):
+        rows_from_centre = (np.arange(rows, dtype=np.float32) - cy)[:, None]
+        cols_from_centre = (np.arange(cols, dtype=np.float32) - cx)[None, :]
+        r2 = (rows_from_centre**2 + cols_from_centre**2) / radius**2
+        out -= scan.cupping_hu * rng.uniform(0.5, 1.0) * np.clip(1.0 - r2, 0.0, 1.0) * head
+        if skull_base or scan.streak_extent == "everywhere":
+            for _ in range(scan.streak_count):
                 angle = rng.uniform(0, np.pi)
                 offset = rng.normal(0.0, radius * 0.25)
-                distance = (xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle) - offset
-                amplitude = rng.choice([-1.0, 1.0]) * rng.uniform(4.0, 9.0)
+                distance = cols_from_centre * np.sin(angle) - rows_from_centre * np.cos(angle) - offset
+                amplitude = rng.choice([-1.0, 1.0]) * scan.streak_hu * rng.uniform(0.5, 1.0)
                 out += amplitude * np.exp(-((distance * pixel_mm / 0.7) ** 2)) * head
     return out
 
