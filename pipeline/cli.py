@@ -22,7 +22,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     summary = generate_dataset(args.out, patients=args.patients, slices_per_study=args.slices_per_study,
                                seed=args.seed, size=args.size, positive_fraction=args.positive_fraction,
-                               subtype_mix=args.subtype_mix, workers=args.workers)
+                               subtype_mix=args.subtype_mix, workers=args.workers, shift=args.shift)
     print(f"wrote {summary.slices} slices of {summary.studies} studies ({summary.patients} patients) to "
           f"{summary.out_dir}")
     print("positive slices: " + ", ".join(f"{name} {count}" for name, count in
@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--subtype-mix", default="rsna", choices=sorted(SUBTYPE_MIXES),
                        help="how often each subtype occurs in bleeding studies: as in RSNA (default), or "
                             "balanced so that a small set holds every subtype")
+    synth.add_argument("--shift", action="store_true",
+                       help="write the shifted set: every nuisance parameter (anatomy, tissue densities, texture, "
+                            "calibration, noise, kernel, artefacts, pose, calcifications, sinuses) drawn from outside "
+                            "the training ranges, the blood as in training; see docs/synthetic-data.md")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     synth.set_defaults(handler=_synth)
 
