@@ -60,12 +60,12 @@ class NuisanceRanges:
     outline_irregularity: Span  # outline harmonics' amplitude (the k-th over k - 1): asymmetry, plagiocephaly
     skull_mm: Span  # vault thickness: thin in the elderly, thick with hyperostosis
     diploe_hu: Span  # bone density: osteoporotic to sclerotic
-    cortical_hu: Span
+    cortical_hu: Span  # the dense inner and outer tables
     scalp_mm: Span  # soft tissue over the skull: thin scalp to swelling
     scalp_absent_share: float  # studies reconstructed or cropped to the skull
     # Patient: tissue densities (before the scanner's calibration).
-    fat_hu: Span
-    soft_tissue_hu: Span
+    fat_hu: Span  # scalp fat
+    soft_tissue_hu: Span  # scalp and temporalis muscle; oedematous to dense
     grey_matter_hu: Span  # grey matter varies with age, hydration and scanner energy
     grey_white_contrast_hu: Span  # grey minus white: poor differentiation (age, oedema, beam energy) to crisp
     csf_hu: Span  # CSF: water, raised by protein or by beam hardening in a small head
@@ -103,7 +103,7 @@ class NuisanceRanges:
     centre_offset_mm: Span  # head off the centre of the image
     rotation_deg: Span  # in-plane rotation of the head
     gantry_tilt_share: float  # studies with a tilted gantry (header geometry)
-    gantry_tilt_deg: Span
+    gantry_tilt_deg: Span  # tilted to spare the orbits
     head_height_mm: Span  # craniocaudal coverage of the study, skull base to vertex
 
 
