@@ -11,6 +11,8 @@ Every export (a member's and the ensemble's) holds `assets/model_description.jso
                              recipe (ich_model/members.py), prevalence {trained_on, moved_to} (lists in
                              label order), training {steps_run, kept_at_step, warm_started, settings}
     members (kind ensemble): each member's own description, by name
+    ood (ensembles exported with an OOD model; optional): method, shrinkage, threshold, fitted-on counts and the
+                             share of eval split slices flagged (ich_model.ood.OodModel.description)
 
 `rebuild_member` makes the Keras network of a member from its description (`NetworkSpec.from_config`, as
 keras-hub's `from_config` rebuilds a backbone from `get_config`) and gives it the exported weights, matched by
@@ -97,15 +99,21 @@ def member_description(name: str, spec: NetworkSpec, model: tf.keras.Model, reci
     return {**_header(MEMBER, [name], embedding_size), "member": member}
 
 
-def ensemble_description(members: dict[str, dict]) -> dict:
+def ensemble_description(members: dict[str, dict], ood: dict | None = None) -> dict:
     """The description of an ensemble of member exports (`members`: name -> that export's description, in the
-    order the ensemble stacks them)."""
+    order the ensemble stacks them); `ood`: the description of its OOD model, which adds two outputs."""
     sizes = {description["member"]["embedding_size"] for description in members.values()}
     if len(sizes) != 1:
         raise DescriptionError(f"the members' embeddings differ in size ({sorted(sizes)}): an ensemble stacks "
                                f"them, so its members must share one network")
-    return {**_header(ENSEMBLE, list(members), sizes.pop()),
-            "members": {name: d["member"] for name, d in members.items()}}
+    description = {**_header(ENSEMBLE, list(members), sizes.pop()),
+                   "members": {name: d["member"] for name, d in members.items()}}
+    if ood is not None:
+        from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION  # serving imports this module
+
+        description["outputs"].update({OOD_SCORE: ["B"], OUT_OF_DISTRIBUTION: ["B"]})
+        description["ood"] = ood
+    return description
 
 
 def write_description(export_dir: str | os.PathLike, description: dict) -> None:
@@ -140,6 +148,9 @@ def read_description(export_dir: str | os.PathLike) -> dict:
                                f"{description.get('kind')!r}, no {key!r} entry)")
     if description.get("labels") != list(LABELS):
         raise DescriptionError(f"{path} has the labels {description.get('labels')}, not {list(LABELS)}")
+    ood = description.get("ood")
+    if ood is not None and not (isinstance(ood, dict) and isinstance(ood.get("threshold"), (int, float))):
+        raise DescriptionError(f"{path}: its `ood` entry has no threshold")
     for name, entry in member_entries(description).items():
         missing = [field for field in MEMBER_FIELDS if not isinstance(entry, dict) or field not in entry]
         if missing:

@@ -33,6 +33,8 @@ SHRINKAGE = 0.1
 VARIANCE_FLOOR = 1e-6
 # Held-out (in-distribution) slices flagged at most: the threshold is their 95th percentile.
 IN_DISTRIBUTION_FLAG_SHARE = 0.05
+# Bins of the held-out scores' histogram in the description (the run report draws it).
+HISTOGRAM_BINS = 30
 
 
 def shrunk_covariance(centred: np.ndarray) -> np.ndarray:
@@ -65,7 +67,8 @@ def flag_threshold(held_out_scores: np.ndarray) -> float:
 class OodModel:
     """Class-conditional Gaussians on each member's embedding: means [M, C, D] (classes in `classes` order),
     precisions [M, D, D]; fitted on `class_counts` training slices per class; `threshold` (None until
-    `calibrated`) set on `held_out_slices` held-out slices, of which `held_out_flagged_share` lie above it."""
+    `calibrated`) set on `held_out_slices` held-out slices, of which `held_out_flagged_share` lie above it, their
+    scores' histogram (bin edges, counts) in `held_out_histogram`."""
 
     means: np.ndarray
     precision: np.ndarray
@@ -74,6 +77,7 @@ class OodModel:
     threshold: float | None = None
     held_out_slices: int = 0
     held_out_flagged_share: float | None = None
+    held_out_histogram: tuple[tuple[float, ...], tuple[int, ...]] | None = None
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, any_labels: np.ndarray) -> OodModel:
@@ -104,8 +108,10 @@ class OodModel:
         """This model with its threshold set on held-out (eval split) embeddings [N, M, D]."""
         scores = self.scores(held_out_embeddings)
         threshold = flag_threshold(scores)
+        counts, edges = np.histogram(scores, bins=HISTOGRAM_BINS)
         return dataclasses.replace(self, threshold=threshold, held_out_slices=len(scores),
-                                   held_out_flagged_share=float(np.mean(scores > threshold)))
+                                   held_out_flagged_share=float(np.mean(scores > threshold)),
+                                   held_out_histogram=(tuple(map(float, edges)), tuple(map(int, counts))))
 
     def description(self) -> dict:
         """What the export's description records of this model (ich_model/description.py, `ood`)."""
@@ -118,6 +124,6 @@ class OodModel:
             "target_flagged_share": IN_DISTRIBUTION_FLAG_SHARE,
             "fitted_on": {"split": "train", "slices": int(sum(self.class_counts)),
                           "per_class": {str(c): n for c, n in zip(self.classes, self.class_counts, strict=True)}},
-            "held_out": {"split": "eval", "slices": self.held_out_slices,
-                         "flagged_share": self.held_out_flagged_share},
+            "eval_slices": self.held_out_slices, "flagged_share_eval": self.held_out_flagged_share,
+            "eval_histogram": {"edges": list(self.held_out_histogram[0]), "counts": list(self.held_out_histogram[1])},
         }

@@ -3,7 +3,9 @@
 The raw tf.Examples are built by the reader and the Example builder that the ExampleGen uses (ich_model.dicom,
 ich_model.examples), slices placed in their study the same way, and scored by the SavedModel's
 `serving_default`: training and serving cannot drift. A file that is not a usable CT slice is reported with its
-reason and skipped.
+reason and skipped. With an ensemble that ships an OOD model (ich_model/ood.py), each slice also gets its
+out-of-distribution score and flag, and each study the median of its slices' scores and whether that median is
+above the threshold: the median, so that a few unusual slices (skull base, vertex) do not flag a normal study.
 """
 
 from __future__ import annotations
@@ -45,13 +47,17 @@ class Skipped:
 @dataclass
 class Predictions:
     """Per slice (in study order): image and study IDs, probabilities and spread [N, 6] and each member's
-    probabilities [N, M, 6]; and the skipped files."""
+    probabilities [N, M, 6]; with an OOD model (else None) its scores and flags [N] (the SavedModel's) and its
+    threshold; and the skipped files."""
 
     image_ids: list[str] = field(default_factory=list)
     study_uids: list[str] = field(default_factory=list)
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
     spread: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
     member_probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, len(LABELS)), np.float32))
+    ood_scores: np.ndarray | None = None
+    ood_flags: np.ndarray | None = None
+    ood_threshold: float | None = None
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     explained: list[Path] = field(default_factory=list)  # Grad-CAM pictures written
@@ -62,6 +68,17 @@ class Predictions:
         for study, probabilities in zip(self.study_uids, self.probabilities, strict=True):
             rows[study].append(probabilities)
         return {study: np.max(values, axis=0) for study, values in sorted(rows.items())}
+
+    def study_ood(self) -> dict[str, tuple[float, bool]] | None:
+        """Per study, the median of its slices' OOD scores and whether it is above the threshold (None without an
+        OOD model)."""
+        if self.ood_scores is None:
+            return None
+        rows = defaultdict(list)
+        for study, score in zip(self.study_uids, self.ood_scores, strict=True):
+            rows[study].append(score)
+        return {study: (float(np.median(scores)), bool(np.median(scores) > self.ood_threshold))
+                for study, scores in sorted(rows.items())}
 
 
 def _attempt(reader, path: Path, skipped: list[Skipped]):
@@ -83,7 +100,15 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     import tensorflow as tf
     from tqdm import tqdm
 
-    from ich_model.serving import MEMBER_PROBABILITIES, PROBABILITIES, SERVING_SIGNATURE, SPREAD
+    from ich_model.serving import (
+        MEMBER_PROBABILITIES,
+        OOD_SCORE,
+        OUT_OF_DISTRIBUTION,
+        PROBABILITIES,
+        SERVING_SIGNATURE,
+        SPREAD,
+        ood_threshold,
+    )
 
     result = Predictions()
     headers = {}
@@ -102,12 +127,13 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
 
     model = tf.saved_model.load(str(model_dir))
     serve = model.signatures[SERVING_SIGNATURE]
+    result.ood_threshold = ood_threshold(model)
     explainer = None
     if explain_dir is not None:
         from ich_model.explain import Explainer
 
         explainer = Explainer(model_dir, explain_dir, explain_threshold, loaded=model)
-    probabilities, spread, members = [], [], []
+    probabilities, spread, members, ood_scores, ood_flags = [], [], [], [], []
     started = time.monotonic()
     with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:
         for start in range(0, len(ordered), batch_size):
@@ -123,6 +149,9 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
                 probabilities.append(outputs[PROBABILITIES].numpy())
                 spread.append(outputs[SPREAD].numpy())
                 members.append(outputs[MEMBER_PROBABILITIES].numpy())
+                if result.ood_threshold is not None:
+                    ood_scores.append(outputs[OOD_SCORE].numpy())
+                    ood_flags.append(outputs[OUT_OF_DISTRIBUTION].numpy() > 0.5)
                 result.image_ids += batch_ids
                 result.study_uids += batch_studies
                 if explainer is not None:
@@ -134,25 +163,41 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     if probabilities:
         result.probabilities, result.spread = np.concatenate(probabilities), np.concatenate(spread)
         result.member_probabilities = np.concatenate(members)
+    if result.ood_threshold is not None:
+        result.ood_scores = np.concatenate(ood_scores) if ood_scores else np.zeros(0, np.float32)
+        result.ood_flags = np.concatenate(ood_flags) if ood_flags else np.zeros(0, bool)
     return result
 
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike, output_format: str) -> list[Path]:
     """Write the slices in `output_format` to `out` (and, for the CSV formats, the study summary beside it as
-    `<name>_studies.csv`); returns the files written."""
+    `<name>_studies.csv`); returns the files written. With an OOD model, the slices (except in Kaggle's `rsna`
+    rows) carry `ood_score` and `out_of_distribution`, the studies `ood_score_median` and `out_of_distribution`;
+    without one, those fields are absent."""
+    from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION
+
     if output_format not in FORMATS:
         raise ValueError(f"unknown format {output_format!r}; formats are {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    studies = predictions.studies()
+    studies, study_ood = predictions.studies(), predictions.study_ood()
+    study_score = f"{OOD_SCORE}_median"
+    slice_ood = ([[] for _ in predictions.image_ids] if predictions.ood_scores is None else
+                 [[(OOD_SCORE, round(float(score), 6)), (OUT_OF_DISTRIBUTION, bool(flag))]
+                  for score, flag in zip(predictions.ood_scores, predictions.ood_flags, strict=True)])
     if output_format == "json":
         out.write_text(json.dumps({
             "labels": list(LABELS),
+            **({} if study_ood is None else {"ood_threshold": predictions.ood_threshold}),
             "slices": [{"image_id": image_id, "study_uid": study, "probabilities": p.round(6).tolist(),
-                        "spread": s.round(6).tolist()}
-                       for image_id, study, p, s in zip(predictions.image_ids, predictions.study_uids,
-                                                        predictions.probabilities, predictions.spread, strict=True)],
-            "studies": {study: dict(zip(LABELS, p.round(6).tolist(), strict=True)) for study, p in studies.items()},
+                        "spread": s.round(6).tolist(), **dict(ood)}
+                       for image_id, study, p, s, ood in zip(predictions.image_ids, predictions.study_uids,
+                                                             predictions.probabilities, predictions.spread,
+                                                             slice_ood, strict=True)],
+            "studies": {study: {**dict(zip(LABELS, p.round(6).tolist(), strict=True)),
+                                **({} if study_ood is None else {study_score: round(study_ood[study][0], 6),
+                                                                 OUT_OF_DISTRIBUTION: study_ood[study][1]})}
+                        for study, p in studies.items()},
             "skipped": [vars(s) for s in predictions.skipped],
         }, indent=1) + "\n")
         return [out]
@@ -164,13 +209,24 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
                 writer.writerows([f"{image_id}_{label}", f"{value:.6f}"]
                                  for label, value in zip(LABELS, p, strict=True))
         else:
-            writer.writerow(["image_id", "study_uid", *LABELS, *(f"{label}_spread" for label in LABELS)])
-            for image_id, study, p, s in zip(predictions.image_ids, predictions.study_uids,
-                                             predictions.probabilities, predictions.spread, strict=True):
-                writer.writerow([image_id, study, *(f"{v:.6f}" for v in p), *(f"{v:.6f}" for v in s)])
+            writer.writerow(["image_id", "study_uid", *LABELS, *(f"{label}_spread" for label in LABELS),
+                             *([] if study_ood is None else [OOD_SCORE, OUT_OF_DISTRIBUTION])])
+            for image_id, study, p, s, ood in zip(predictions.image_ids, predictions.study_uids,
+                                                  predictions.probabilities, predictions.spread, slice_ood,
+                                                  strict=True):
+                writer.writerow([image_id, study, *(f"{v:.6f}" for v in p), *(f"{v:.6f}" for v in s),
+                                 *(_csv_value(value) for _, value in ood)])
     studies_out = out.with_name(f"{out.stem}_studies.csv")
     with open(studies_out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["study_uid", *(f"{label}_max" for label in LABELS)])
-        writer.writerows([study, *(f"{v:.6f}" for v in p)] for study, p in studies.items())
+        writer.writerow(["study_uid", *(f"{label}_max" for label in LABELS),
+                         *([] if study_ood is None else [study_score, OUT_OF_DISTRIBUTION])])
+        writer.writerows([study, *(f"{v:.6f}" for v in p),
+                          *([] if study_ood is None else map(_csv_value, study_ood[study]))]
+                         for study, p in studies.items())
     return [out, studies_out]
+
+
+def _csv_value(value: float | bool) -> str:
+    """An OOD field in a CSV cell: a flag as 0/1, a score with six decimals."""
+    return str(int(value)) if isinstance(value, bool) else f"{value:.6f}"

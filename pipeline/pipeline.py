@@ -61,7 +61,9 @@ def create_components(config: PipelineConfig) -> list:
     baseline = latest_blessed_model_resolver()
     trainers = member_trainers(training_examples, transform.outputs["transform_graph"], config.trainer_settings,
                                base_model=baseline.outputs["model"])
-    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
+    # The OOD model is fitted on this span's train split and calibrated on its eval split, the slices the
+    # Evaluator scores (one Examples artifact, whatever the training window).
+    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"], example_gen.outputs["examples"])
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],
         baseline_model=baseline.outputs["model"], schema=schema_gen.outputs["schema"],

@@ -39,7 +39,9 @@ def member_trainers(examples, transform_graph, settings: TrainerSettings, base_m
     return trainers
 
 
-def ensemble_of(trainers: list, transform_graph):
-    """The Ensemble component over the three member Trainers (in member order a, b, c)."""
+def ensemble_of(trainers: list, transform_graph, examples):
+    """The Ensemble component over the three member Trainers (in member order a, b, c); its OOD model is fitted
+    on the members' embeddings of `examples` (the ExampleGen's raw train and eval splits)."""
     model_a, model_b, model_c = (t.outputs["model"] for t in trainers)
-    return Ensemble(model_a=model_a, model_b=model_b, model_c=model_c, transform_graph=transform_graph)
+    return Ensemble(model_a=model_a, model_b=model_b, model_c=model_c, transform_graph=transform_graph,
+                    examples=examples)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tfx.types import standard_artifacts, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen.component import DicomExampleGen
@@ -85,9 +85,11 @@ def export_member(transform_dir: Path, name: str, member: tf.keras.Model, export
     return str(export_dir)
 
 
-def export_ensemble(transform_dir: Path, members: list, out: Path, spec: NetworkSpec | None = None) -> str:
+def export_ensemble(transform_dir: Path, members: list, out: Path, spec: NetworkSpec | None = None,
+                    examples_dir: Path | None = None) -> str:
     """Keras members a, b, c (built from `spec`, by default the tiny cascade) exported each on its own, then
-    merged by the Ensemble component from their Model artifacts; returns the ensemble's SavedModel folder."""
+    merged by the Ensemble component from their Model artifacts, its OOD model fitted on the Examples in
+    `examples_dir` (by default `examples` beside `transform_dir`); returns the ensemble's SavedModel folder."""
     artifacts = []
     for name, member in zip("abc", members, strict=True):
         artifact = standard_artifacts.Model()
@@ -96,7 +98,10 @@ def export_ensemble(transform_dir: Path, members: list, out: Path, spec: Network
         artifacts.append(artifact)
     transform_graph = standard_artifacts.TransformGraph()
     transform_graph.uri = str(transform_dir)
+    examples = standard_artifacts.Examples()
+    examples.uri = str(examples_dir or transform_dir.parent / "examples")
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
     ensemble = standard_artifacts.Model()
     ensemble.uri = str(out / "ensemble")
-    Ensemble.test_call(*artifacts, transform_graph, ensemble)
+    Ensemble.test_call(*artifacts, transform_graph, examples, ensemble)
     return path_utils.serving_model_path(ensemble.uri)

@@ -1,7 +1,8 @@
 """Exported members and ensemble: raw tf.Examples in, numpy-checked mean, spread and embeddings out, the same
 after a reload from disk; each export's description, the Keras members rebuilt from it, warm start by variable
-name, Grad-CAM on every architecture, the clear error for an export without a description; and one member trained
-by the real TFX Trainer executor with run_fn, checked against the labels it was trained on."""
+name, Grad-CAM on every architecture, the clear error for an export without a description; the ensemble's OOD
+score against an independent numpy Mahalanobis fit on its own train split embeddings; and one member trained by
+the real TFX Trainer executor with run_fn, checked against the labels it was trained on."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
-from ich_model.constants import LABELS, NUM_LABELS
+from ich_model.constants import ANY, LABELS, NUM_LABELS
 from ich_model.description import (
     DESCRIPTION_VERSION,
     DescriptionError,
@@ -30,10 +31,13 @@ from ich_model.explain import GradCam
 from ich_model.members import sampled_prevalence
 from ich_model.model.network import build_network, feature_tap, tap_layer
 from ich_model.model.presets import ARCHITECTURES, PRESETS, build_cascade, network_spec
+from ich_model.ood import IN_DISTRIBUTION_FLAG_SHARE, SHRINKAGE
 from ich_model.preprocessing import preprocess_dicom
 from ich_model.serving import (
     EMBEDDING,
     MEMBER_PROBABILITIES,
+    OOD_SCORE,
+    OUT_OF_DISTRIBUTION,
     PROBABILITIES,
     SERVING_SIGNATURE,
     SPREAD,
@@ -116,6 +120,61 @@ def test_the_ensemble_describes_itself_and_its_members_rebuild_to_its_outputs(pi
     for index, model in enumerate(rebuilt.values()):
         np.testing.assert_allclose(model(images, training=False).numpy(),
                                    served[MEMBER_PROBABILITIES].numpy()[:, index], atol=1e-5)
+
+
+def served_split(serve, root: Path, split: str) -> tuple[dict, np.ndarray]:
+    """The served outputs (numpy) on one split's raw Examples, and their `any` labels."""
+    examples = read_split(root / "examples", split)
+    outputs = serve(examples=tf.constant([e.SerializeToString() for e in examples]))
+    labels = np.array([e.features.feature["label"].int64_list.value[LABELS.index(ANY)] for e in examples])
+    return {name: value.numpy() for name, value in outputs.items()}, labels
+
+
+def numpy_mahalanobis_scores(train: np.ndarray, any_labels: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Lee et al.'s score, written out: per member, class means of `any`, the tied covariance shrunk towards its
+    diagonal, inverted; the minimum over classes of the squared distance, averaged over members."""
+    per_member = []
+    for member in range(train.shape[1]):
+        x = train[:, member].astype(np.float64)
+        means = {c: x[any_labels == c].mean(axis=0) for c in np.unique(any_labels)}
+        covariance = np.cov(x - np.stack([means[c] for c in any_labels]), rowvar=False, bias=True)
+        precision = np.linalg.inv((1 - SHRINKAGE) * covariance + SHRINKAGE * np.diag(np.diag(covariance)))
+        distances = [np.einsum("nd,de,ne->n", scored[:, member] - mean, precision, scored[:, member] - mean)
+                     for mean in means.values()]
+        per_member.append(np.min(distances, axis=0))
+    return np.mean(per_member, axis=0)
+
+
+def test_the_shipped_ood_score_is_numpy_mahalanobis_on_the_train_split_embeddings(pipeline_inputs, tmp_path):
+    root, _ = pipeline_inputs
+    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+    loaded = tf.saved_model.load(ensemble_dir)
+    serve = loaded.signatures[SERVING_SIGNATURE]
+    train, train_labels = served_split(serve, root, "train")
+    held_out, _ = served_split(serve, root, "eval")
+
+    expected = numpy_mahalanobis_scores(train[EMBEDDING], train_labels, held_out[EMBEDDING])
+    np.testing.assert_allclose(held_out[OOD_SCORE], expected, rtol=1e-3)
+    assert held_out[OOD_SCORE].shape == (len(expected),) and held_out[OOD_SCORE].dtype == np.float32
+
+    ood = read_description(ensemble_dir)["ood"]
+    assert ood["method"] == "mahalanobis_class_conditional" and ood["shrinkage"] == SHRINKAGE
+    assert float(loaded.ood_threshold.numpy()) == ood["threshold"]
+    assert ood["fitted_on"]["slices"] == len(train_labels)
+    assert ood["fitted_on"]["per_class"] == {str(c): int(np.sum(train_labels == c)) for c in np.unique(train_labels)}
+    # The threshold flags at most the in-distribution share of the eval split, and the description says how many.
+    flagged = held_out[OUT_OF_DISTRIBUTION]
+    assert set(np.unique(flagged)) <= {0.0, 1.0} and flagged.mean() <= IN_DISTRIBUTION_FLAG_SHARE
+    np.testing.assert_array_equal(flagged, (held_out[OOD_SCORE] > ood["threshold"]).astype(np.float32))
+    assert (ood["eval_slices"], ood["flagged_share_eval"]) == (len(flagged), flagged.mean())
+    counts, edges = np.histogram(held_out[OOD_SCORE], bins=len(ood["eval_histogram"]["counts"]))
+    assert ood["eval_histogram"]["counts"] == counts.tolist()
+    np.testing.assert_allclose(ood["eval_histogram"]["edges"], edges, rtol=1e-4)
+    assert read_description(ensemble_dir)["outputs"].keys() == held_out.keys()
+    # Slices far from every training slice (all pixels saturated: a bone-white image) are flagged.
+    images = tf.ones([2, 256, 256, 3])
+    far = loaded.member_outputs_from_images(images)[EMBEDDING].numpy()
+    assert numpy_mahalanobis_scores(train[EMBEDDING], train_labels, far).min() > ood["threshold"]
 
 
 def test_a_member_warm_starts_from_its_namesake_by_variable_name(pipeline_inputs, tmp_path):
@@ -227,6 +286,7 @@ def test_member_trained_by_the_tfx_trainer_serves_raw_examples(pipeline_inputs, 
     np.testing.assert_allclose(served[PROBABILITIES].numpy(), from_images[PROBABILITIES].numpy()[:, 0], atol=1e-5)
     np.testing.assert_allclose(served[EMBEDDING].numpy(), from_images[EMBEDDING].numpy(), atol=1e-5)
     assert np.all(served[SPREAD].numpy() == 0)
+    assert OOD_SCORE not in served and OUT_OF_DISTRIBUTION not in served  # the Ensemble fits the OOD model
     assert list(Path(model_run.uri).rglob("events.out.tfevents*"))  # TensorBoard logs were written
 
     member = read_description(serving_dir)["member"]

@@ -52,7 +52,10 @@ def test_held_out_threshold_flags_its_share_and_a_far_slice(known):
     assert abs(np.mean(calibrated.scores(fresh) > calibrated.threshold) - IN_DISTRIBUTION_FLAG_SHARE) < 0.015
     far = means[:, :1].transpose(1, 0, 2) + 20.0  # 20 from every mean in every dimension
     assert calibrated.scores(far)[0] > 10 * calibrated.threshold
-    assert calibrated.description()["held_out"] == {"split": "eval", "slices": 2_000, "flagged_share": 0.05}
+    described = calibrated.description()
+    assert (described["eval_slices"], described["flagged_share_eval"]) == (2_000, 0.05)
+    assert sum(described["eval_histogram"]["counts"]) == 2_000
+    assert len(described["eval_histogram"]["edges"]) == len(described["eval_histogram"]["counts"]) + 1
 
 
 @pytest.mark.parametrize("count, flagged", [(16, 0), (20, 1), (39, 1), (400, 20)])

@@ -1,6 +1,7 @@
 """`ich predict` on real DICOM files: its probabilities equal the SavedModel's on the ExampleGen's own Examples of
 the same slices, the RSNA CSV has six rows per image in RSNA order, the study summary is the per-study maximum,
-and a broken file is reported and skipped."""
+a broken file is reported and skipped; each slice carries the ensemble's OOD score and flag and each study their
+median and its flag, and a member export (no OOD model) is scored without them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tensorflow as tf
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import LABELS, SUBTYPES
 from ich_model.model.presets import build_cascade
-from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE, SPREAD
+from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION, PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
 
@@ -78,6 +79,58 @@ def test_predictions_equal_the_savedmodel_on_the_examplegen_examples(scored):
         np.testing.assert_allclose([figures[label] for label in LABELS], rows.max(axis=0), atol=1e-5)
 
 
+def served_ood(model_dir) -> tuple[dict[str, tuple[float, float, str]], float]:
+    """image ID -> (OOD score, flag, study) from the SavedModel on the ExampleGen's Examples, and its threshold."""
+    root = model_dir.parent.parent
+    examples = read_split(root / "examples", "train") + read_split(root / "examples", "eval")
+    loaded = tf.saved_model.load(str(model_dir))
+    outputs = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant([e.SerializeToString() for e in examples]))
+    return {e.features.feature["image_id"].bytes_list.value[0].decode(): (
+        float(outputs[OOD_SCORE][i]), float(outputs[OUT_OF_DISTRIBUTION][i]),
+        e.features.feature["study_uid"].bytes_list.value[0].decode()) for i, e in enumerate(examples)}, float(
+        loaded.ood_threshold.numpy())
+
+
+def test_each_slice_carries_its_ood_score_and_each_study_the_median_and_its_flag(scored):
+    _, _, model_dir, outputs = scored
+    expected, threshold = served_ood(model_dir)
+    document = json.loads(outputs["json"].read_text())
+    assert document["ood_threshold"] == threshold
+    for row in document["slices"]:
+        score, flag, _ = expected[row["image_id"]]
+        np.testing.assert_allclose(row[OOD_SCORE], score, rtol=1e-5)
+        assert row[OUT_OF_DISTRIBUTION] is bool(flag)
+    study_rows = list(csv.DictReader(outputs["wide"].with_name(f"{outputs['wide'].stem}_studies.csv").read_text()
+                                     .splitlines()))
+    assert len(study_rows) == len(document["studies"])
+    for row in study_rows:
+        median = np.median([score for score, _, study in expected.values() if study == row["study_uid"]])
+        figures = document["studies"][row["study_uid"]]
+        np.testing.assert_allclose([float(row["ood_score_median"]), figures["ood_score_median"]], median, rtol=1e-5)
+        assert row[OUT_OF_DISTRIBUTION] == str(int(median > threshold))
+        assert figures[OUT_OF_DISTRIBUTION] is bool(median > threshold)
+    for row in csv.DictReader(outputs["wide"].read_text().splitlines()):
+        score, flag, _ = expected[row["image_id"]]
+        np.testing.assert_allclose(float(row[OOD_SCORE]), score, rtol=1e-5)
+        assert row[OUT_OF_DISTRIBUTION] == str(int(flag))
+
+
+def test_a_member_export_is_scored_without_ood_fields(scored, tmp_path):
+    from pipeline.cli import main
+
+    root, _, _, _ = scored
+    member_dir = root / "member_a" / "Format-Serving"  # one member as its Trainer exports it: no OOD model
+    assert main(["predict", str(root / "rsna"), "--model", str(member_dir), "--format", "wide",
+                 "--out", str(tmp_path / "wide.csv")]) == 0
+    assert main(["predict", str(root / "rsna"), "--model", str(member_dir), "--format", "json",
+                 "--out", str(tmp_path / "scores.json")]) == 0
+    header = next(csv.reader((tmp_path / "wide.csv").read_text().splitlines()))
+    studies_header = next(csv.reader((tmp_path / "wide_studies.csv").read_text().splitlines()))
+    document = json.loads((tmp_path / "scores.json").read_text())
+    assert OOD_SCORE not in header and OUT_OF_DISTRIBUTION not in studies_header and "ood_threshold" not in document
+    assert document["slices"] and all(OOD_SCORE not in row for row in document["slices"])
+
+
 def test_the_rsna_csv_has_six_rows_per_image_in_rsna_order(scored):
     root, _, model_dir, outputs = scored
     expected = reference(root, model_dir)
@@ -94,7 +147,7 @@ def test_the_rsna_csv_has_six_rows_per_image_in_rsna_order(scored):
         np.testing.assert_allclose([float(v) for _, v in body[start:start + 6]], expected[image_id][0], atol=1e-5)
     studies = list(csv.reader(outputs["rsna"].with_name(f"{outputs['rsna'].stem}_studies.csv").read_text()
                               .splitlines()))
-    assert studies[0] == ["study_uid", *(f"{label}_max" for label in LABELS)]
+    assert studies[0] == ["study_uid", *(f"{label}_max" for label in LABELS), "ood_score_median", OUT_OF_DISTRIBUTION]
     assert len(studies) - 1 == len({study for *_, study in expected.values()})
 
 

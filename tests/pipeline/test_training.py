@@ -25,7 +25,7 @@ def test_three_independent_trainers_feed_the_ensemble(tmp_path):
                                          materialize=False)
     trainers = member_trainers(example_gen.outputs["examples"], transform.outputs["transform_graph"],
                                TrainerSettings(preset="tiny", train_steps=100, eval_steps=10, seed=7))
-    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"])
+    ensemble = ensemble_of(trainers, transform.outputs["transform_graph"], example_gen.outputs["examples"])
     # Building the pipeline resolves every component's upstream nodes from its input channels.
     tfx.dsl.Pipeline(pipeline_name="training-part", pipeline_root=str(tmp_path / "root"),
                      components=[example_gen, statistics, schema, transform, *trainers, ensemble])
@@ -41,7 +41,9 @@ def test_three_independent_trainers_feed_the_ensemble(tmp_path):
         assert train_args.num_steps == 100
         # Independent: each depends on ExampleGen and Transform only, never on another trainer.
         assert {node.id for node in trainer.upstream_nodes} == {example_gen.id, transform.id}
-    assert {node.id for node in ensemble.upstream_nodes} == {"trainer_a", "trainer_b", "trainer_c", transform.id}
+    # The Ensemble also reads the raw Examples: its OOD model is fitted on the members' embeddings of them.
+    assert {node.id for node in ensemble.upstream_nodes} == {"trainer_a", "trainer_b", "trainer_c", transform.id,
+                                                            example_gen.id}
 
 
 def test_trainer_settings_refuse_unknown_keys_and_values():
