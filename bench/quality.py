@@ -16,6 +16,13 @@ transform graph. The held-out set is a separate `ich synth` seed with more patie
   scaling fitted on the run's eval split (the pipeline has no calibration step; this shows what one would give).
 - Uncertainty: the AUROC of the members' spread on `any` for telling a wrong slice-level `any` call (at 0.5).
 - The per-label AUC table in the RSNA papers' order (any, EDH, IPH, IVH, SAH, SDH).
+- Under shift: the ensemble and each member on a set whose every nuisance parameter is drawn from outside the
+  training ranges (`ich synth --shift`, seed 2027). Goal: macro AUC at least 0.90, and each label's mean
+  predicted probability within 0.05 of its share of positive slices.
+- Out of distribution: the AUROC of the ensemble's shipped `ood_score` (and, to compare, of the members' energy
+  and disagreement) for telling the shifted set, and inputs that are not head CT (bench/robustness.py), from the
+  in-distribution held-out set; the share of each set that the model flags; and the share of the wrong `any`
+  calls that the flag catches. Goal: AUROC at least 0.95.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ sys.path.insert(0, str(ROOT))
 from bench.common import latest_ensemble_run, results_path, with_sd, write_results  # noqa: E402 - after the path is set
 
 HELD_OUT_SEED = 2026
+SHIFTED_SEED = 2027
+SHIFTED_MACRO_AUC_GOAL = 0.90
+CALIBRATION_GAP_GOAL = 0.05  # |mean predicted probability - share of positives|, per label
+OOD_AUROC_GOAL = 0.95
 CALIBRATION_BINS = 10
 PAPER_ORDER = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 
@@ -89,13 +100,18 @@ def platt_scaled(train_labels, train_probabilities, probabilities):
     return scaled
 
 
+def predict_quietly(paths, model_dir):
+    """`ich predict`'s scoring of `paths` with the SavedModel, without its progress bar."""
+    from ich_model.predict import predict
+
+    return predict(paths, model_dir, progress=False)
+
+
 def scored(paths, model_dir, labels_by_id):
     """`ich predict`'s scoring of `paths` with the SavedModel, and the labels in the same slice order."""
     import numpy as np
 
-    from ich_model.predict import predict
-
-    result = predict(paths, model_dir, progress=False)
+    result = predict_quietly(paths, model_dir)
     return result, np.array([labels_by_id[i] for i in result.image_ids], np.float64)
 
 
@@ -134,20 +150,21 @@ def over_seeds(per_seed: list[dict]) -> dict:
             "macro_auc_sd": sd(macro), "weighted_log_loss_sd": sd(loss), "per_seed": per_seed}
 
 
-def train_architecture(architecture: str, seed: int, run: dict, out_dir: Path) -> str:
+def train_variant(overrides: dict, run: dict, out_dir: Path) -> str:
     """One network trained by ich_model.trainer.run_fn on the fn_args that TFX builds from the run's member A
-    Trainer execution (its Examples, transform graph, steps and settings), from scratch, with `architecture` and
-    `seed`; returns its exported SavedModel."""
+    Trainer execution (its Examples, transform graph, steps and settings), from scratch, with the Trainer
+    settings in `overrides` (e.g. architecture and seed); returns its exported SavedModel."""
     from tfx.components.trainer import fn_args_utils
 
     from ich_model.trainer import run_fn
 
     inputs = {key: artifacts for key, artifacts in run["trainer_inputs"].items() if key != "base_model"}
     properties = {**run["trainer_properties"],
-                  "custom_config": json.dumps({**run["custom_config"], "architecture": architecture, "seed": seed})}
+                  "custom_config": json.dumps({**run["custom_config"], **overrides})}
     fn_args = fn_args_utils.get_common_fn_args(inputs, properties)
-    fn_args.serving_model_dir = str(out_dir / architecture / f"seed{seed}" / "serving")
-    fn_args.model_run_dir = str(out_dir / architecture / f"seed{seed}" / "run")
+    where = out_dir / "-".join(f"{key}-{value}" for key, value in sorted(overrides.items()))
+    fn_args.serving_model_dir = str(where / "serving")
+    fn_args.model_run_dir = str(where / "run")
     run_fn(fn_args)
     return fn_args.serving_model_dir
 
@@ -174,44 +191,143 @@ def latest_run(pipeline_root: str, pipeline_name: str) -> dict:
     }
 
 
+def calibration_gaps(labels, probabilities) -> dict:
+    """Per label, the mean predicted probability minus the share of positive slices."""
+    from ich_model.constants import LABELS
+
+    return {label: float(probabilities[:, i].mean() - labels[:, i].mean()) for i, label in enumerate(LABELS)}
+
+
+def models_on(result, labels) -> dict:
+    """`figures` and `calibration_gaps` of the ensemble and of each member (stacked in MEMBERS order) on one
+    scored set."""
+    from ich_model.members import MEMBERS
+
+    outputs = {"ensemble": result.probabilities,
+               **{f"member_{name}": result.member_probabilities[:, i] for i, name in enumerate(MEMBERS)}}
+    return {name: {**figures(labels, p), "calibration_gap": calibration_gaps(labels, p)}
+            for name, p in outputs.items()}
+
+
+def ood_measures(result) -> dict:
+    """Per slice, each out-of-distribution score: the shipped one when the model has it, and the two that the
+    outputs give every model (bench/robustness.py)."""
+    from bench.robustness import disagreement, energy
+
+    measures = {"energy": energy(result.member_probabilities), "disagreement": disagreement(result.spread)}
+    if result.ood_scores is not None:
+        measures = {"ood_score (shipped)": result.ood_scores, **measures}
+    return measures
+
+
+def out_of_distribution_figures(in_distribution, labels, shifted, shifted_labels, not_head_ct: dict) -> dict:
+    """AUROC of every OOD measure against the in-distribution held-out slices, for the shifted set and for the
+    pooled and separate inputs that are not head CT; the share each set the model flags; and how many of the
+    wrong `any` calls (at 0.5) the flag catches."""
+    import numpy as np
+
+    from bench.robustness import auroc
+    from ich_model.constants import LABELS
+
+    reference = ood_measures(in_distribution)
+    others = {"shifted": shifted, **not_head_ct}
+    figures_ = {"auroc": {}, "slices": {name: len(r.image_ids) for name, r in others.items()}}
+    for measure, scores in reference.items():
+        row = {name: auroc(scores, ood_measures(r)[measure]) for name, r in others.items()}
+        pooled = np.concatenate([ood_measures(r)[measure] for r in not_head_ct.values()])
+        row["not_head_ct (pooled)"] = auroc(scores, pooled)
+        figures_["auroc"][measure] = row
+    if "ood_score (shipped)" in reference:
+        flagged = {"in_distribution": in_distribution, **others}
+        figures_["flagged_share"] = {name: float(np.mean(r.ood_flags)) for name, r in flagged.items()}
+        any_index = LABELS.index("any")
+        caught = {}
+        for name, result, truth in (("in_distribution", in_distribution, labels),
+                                    ("shifted", shifted, shifted_labels)):
+            wrong = (result.probabilities[:, any_index] >= 0.5) != truth[:, any_index].astype(bool)
+            caught[name] = {"wrong_any_calls": int(wrong.sum()),
+                            "flagged": int(np.sum(wrong & result.ood_flags))}
+        figures_["wrong_any_calls_flagged"] = caught
+    return figures_
+
+
+def _pair(row: dict) -> str:
+    return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
+
+
+def print_models(title: str, models: dict) -> None:
+    from ich_model.constants import ABBREVIATIONS
+
+    header = "  ".join(f"{ABBREVIATIONS[label]:>6}" for label in PAPER_ORDER)
+    print(f"\n{title}\n  {'model':<31}{header}  {'macro':>12}  {'wLogLoss':>15}  {'params':>7}")
+    for name, row in models.items():
+        aucs = "  ".join("   n/a" if row["auc"][label] is None else f"{row['auc'][label]:6.3f}"
+                         for label in PAPER_ORDER)
+        params = f"{row['parameters'] / 1e6:6.2f}M" if "parameters" in row else ""
+        print(f"  {name:<31}{aucs}  {with_sd(row, 'macro_auc', 3):>12}  {with_sd(row, 'weighted_log_loss', 4):>15}"
+              f"  {params:>7}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-root", default=str(ROOT / "build" / "bench" / "pipeline"))
     parser.add_argument("--pipeline-name", default="ich")
     parser.add_argument("--patients", type=int, default=200, help="held-out patients (the demo set has 150)")
-    parser.add_argument("--seeds", type=int, default=3, help="trainings of each ablation network (seeds 1..N)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="trainings of each ablation network (seeds 1..N; 0 leaves the ablation out)")
+    parser.add_argument("--intensity-seeds", type=int, default=2,
+                        help="trainings of member A's recipe with and without the scanner intensity augmentation")
     parser.add_argument("--held-out", type=Path, default=ROOT / "build" / "bench" / "held-out")
+    parser.add_argument("--shifted", type=Path, default=ROOT / "build" / "bench" / "shifted")
+    parser.add_argument("--not-head-ct", type=Path, default=ROOT / "build" / "bench" / "not-head-ct")
     parser.add_argument("--json", type=Path, default=results_path("quality"))
     args = parser.parse_args()
 
     from sklearn.metrics import roc_auc_score
 
+    from bench.robustness import write_not_head_ct
     from ich_model.constants import ABBREVIATIONS, LABELS
     from ich_model.labels import read_rsna_labels
-    from ich_model.members import MEMBERS
-    from ich_model.synth import LABELS_CSV, generate_dataset
+    from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
     from pipeline.configs import preset
 
-    if not (args.held_out / LABELS_CSV).exists():
-        demo = preset("demo").synth
-        print(f"generating the held-out set: {args.patients} patients, seed {HELD_OUT_SEED}", flush=True)
-        generate_dataset(args.held_out, args.patients, demo.slices_per_study, HELD_OUT_SEED,
-                         positive_fraction=demo.positive_fraction, subtype_mix=demo.subtype_mix)
-    labels_by_id = read_rsna_labels(args.held_out / LABELS_CSV).labels
+    demo = preset("demo").synth
+    for folder, seed, shift in ((args.held_out, HELD_OUT_SEED, False), (args.shifted, SHIFTED_SEED, True)):
+        if not (folder / LABELS_CSV).exists():
+            print(f"generating the {'shifted' if shift else 'held-out'} set: {args.patients} patients, seed {seed}",
+                  flush=True)
+            generate_dataset(folder, args.patients, demo.slices_per_study, seed, shift=shift,
+                             positive_fraction=demo.positive_fraction, subtype_mix=demo.subtype_mix)
+    labels_by_id = {**read_rsna_labels(args.held_out / LABELS_CSV).labels,
+                    **read_rsna_labels(args.shifted / LABELS_CSV).labels}
     run = latest_run(args.pipeline_root, args.pipeline_name)
-    results = {"held_out": {"patients": args.patients, "seed": HELD_OUT_SEED}, "train_steps": run["train_steps"],
-               "batch_size": run["custom_config"].get("batch_size")}
+    results = {"held_out": {"patients": args.patients, "seed": HELD_OUT_SEED},
+               "shifted": {"patients": args.patients, "seed": SHIFTED_SEED},
+               "train_steps": run["train_steps"], "batch_size": run["custom_config"].get("batch_size")}
 
-    print(f"scoring the held-out set with the ensemble {run['ensemble']}", flush=True)
+    print(f"scoring the held-out and shifted sets with the ensemble {run['ensemble']}", flush=True)
     ensemble, labels = scored([args.held_out], run["ensemble"], labels_by_id)
-    results["held_out"]["slices"] = len(labels)
-    results["held_out"]["positives"] = dict(zip(LABELS, labels.sum(axis=0).astype(int).tolist(), strict=True))
-    models = {"ensemble": figures(labels, ensemble.probabilities)}
-    for index, name in enumerate(MEMBERS):  # the Ensemble component stacks them in this order
-        models[f"member_{name}"] = figures(labels, ensemble.member_probabilities[:, index])
+    shifted, shifted_labels = scored([args.shifted], run["ensemble"], labels_by_id)
+    for key, truth in (("held_out", labels), ("shifted", shifted_labels)):
+        results[key]["slices"] = len(truth)
+        results[key]["positives"] = dict(zip(LABELS, truth.sum(axis=0).astype(int).tolist(), strict=True))
+    models = models_on(ensemble, labels)
     results["ensemble_vs_members"] = models
     results["ensemble_goal_met"] = at_least_as_good(models["ensemble"],
                                                     [row for m, row in models.items() if m != "ensemble"])
+    shifted_models = models_on(shifted, shifted_labels)
+    results["shifted_models"] = shifted_models
+    gaps = shifted_models["ensemble"]["calibration_gap"]
+    results["shifted_goal_met"] = bool(shifted_models["ensemble"]["macro_auc"] >= SHIFTED_MACRO_AUC_GOAL
+                                       and max(abs(g) for g in gaps.values()) <= CALIBRATION_GAP_GOAL)
+
+    templates = sorted((args.held_out / IMAGES_DIR).glob("*.dcm"))
+    folders = write_not_head_ct(args.not_head_ct, templates, HELD_OUT_SEED)
+    not_head_ct = {kind: predict_quietly([folder], run["ensemble"]) for kind, folder in folders.items()}
+    results["out_of_distribution"] = out_of_distribution_figures(ensemble, labels, shifted, shifted_labels,
+                                                                 not_head_ct)
+    auroc = results["out_of_distribution"]["auroc"].get("ood_score (shipped)")
+    results["ood_goal_met"] = None if auroc is None else bool(min(auroc.values()) >= OOD_AUROC_GOAL)
 
     eval_labels, eval_probabilities = eval_split_scores(run["ensemble"], run["eval_split"])
     calibrated = platt_scaled(eval_labels, eval_probabilities, ensemble.probabilities)
@@ -230,12 +346,12 @@ def main() -> None:
 
     ablation = {}
     with tempfile.TemporaryDirectory(prefix="ich-bench-ablation-") as tmp:
-        for architecture in ARCHITECTURES:
+        for architecture in ARCHITECTURES if args.seeds > 0 else ():
             per_seed = []
             for seed in range(1, args.seeds + 1):
                 print(f"training {architecture}, seed {seed} of {args.seeds}: {run['train_steps']} steps, "
                       "member A's recipe", flush=True)
-                model_dir = train_architecture(architecture, seed, run, Path(tmp))
+                model_dir = train_variant({"architecture": architecture, "seed": seed}, run, Path(tmp))
                 result, _ = scored([args.held_out], model_dir, labels_by_id)
                 per_seed.append(figures(labels, result.probabilities))
                 print(f"  {architecture}, seed {seed}: macro AUC {per_seed[-1]['macro_auc']:.3f}, weighted log "
@@ -243,30 +359,56 @@ def main() -> None:
             ablation[architecture] = {**over_seeds(per_seed),
                                       "parameters": build_network(network_spec(
                                           architecture, run["custom_config"]["preset"])).count_params()}
-    results["ablation"] = ablation
-    results["ablation_seeds"] = args.seeds
-    results["cascade_goal_met"] = at_least_as_good(ablation["cascade"],
-                                                   [ablation[a] for a in ARCHITECTURES if a != "cascade"])
+        intensity = {}
+        for on in (True, False) if args.intensity_seeds > 0 else ():
+            per_seed = {"held_out": [], "shifted": []}
+            for seed in range(1, args.intensity_seeds + 1):
+                print(f"training member A's recipe with the scanner intensity augmentation {'on' if on else 'off'}, "
+                      f"seed {seed} of {args.intensity_seeds}", flush=True)
+                model_dir = train_variant({"scanner_intensity": on, "seed": seed}, run, Path(tmp))
+                for key, folder in (("held_out", args.held_out), ("shifted", args.shifted)):
+                    result, truth = scored([folder], model_dir, labels_by_id)
+                    per_seed[key].append(figures(truth, result.probabilities))
+                print(f"  held-out macro AUC {per_seed['held_out'][-1]['macro_auc']:.3f}, shifted "
+                      f"{per_seed['shifted'][-1]['macro_auc']:.3f}", flush=True)
+            intensity["on" if on else "off"] = {key: over_seeds(rows) for key, rows in per_seed.items()}
+    if intensity:
+        results["scanner_intensity_ablation"] = {**intensity, "seeds": args.intensity_seeds}
+    if ablation:
+        results["ablation"] = ablation
+        results["ablation_seeds"] = args.seeds
+        results["cascade_goal_met"] = at_least_as_good(ablation["cascade"],
+                                                       [ablation[a] for a in ARCHITECTURES if a != "cascade"])
 
-    print(f"\nheld-out: {len(labels)} slices of {args.patients} patients (seed {HELD_OUT_SEED})")
-    header = "  ".join(f"{ABBREVIATIONS[label]:>6}" for label in PAPER_ORDER)
-    print(f"  {'model':<31}{header}  {'macro':>12}  {'wLogLoss':>15}  {'params':>7}")
-    rows = {**results["ensemble_vs_members"],
-            **{f"{name} (mean of {args.seeds})": row for name, row in ablation.items()}}
-    for name, row in rows.items():
-        aucs = "  ".join("   n/a" if row["auc"][label] is None else f"{row['auc'][label]:6.3f}"
-                         for label in PAPER_ORDER)
-        params = f"{row['parameters'] / 1e6:6.2f}M" if "parameters" in row else ""
-        print(f"  {name:<31}{aucs}  {with_sd(row, 'macro_auc', 3):>12}  {with_sd(row, 'weighted_log_loss', 4):>15}"
-              f"  {params:>7}")
+    print_models(f"held-out: {len(labels)} slices of {args.patients} patients (seed {HELD_OUT_SEED})",
+                 {**models, **{f"{name} (mean of {args.seeds})": row for name, row in ablation.items()}})
     print(f"  ensemble at least as good as its best member: {results['ensemble_goal_met']}")
-    print(f"  cascade at least as good as both single-family networks (means over {args.seeds} seeds): "
-          f"{results['cascade_goal_met']}")
+    if ablation:
+        print(f"  cascade at least as good as both single-family networks (means over {args.seeds} seeds): "
+              f"{results['cascade_goal_met']}")
     print("  ECE per label (exported -> Platt on the eval split): " + ", ".join(
         f"{ABBREVIATIONS[label]} {v['exported']:.3f} -> {v['platt_on_eval_split']:.3f}"
         for label, v in results["calibration_ece"].items()))
     print(f"  AUROC of the spread on `any` for its {results['wrong_any_calls']} wrong calls: "
           f"{results['spread_flags_errors_auroc']}")
+    print_models(f"shifted: {len(shifted_labels)} slices of {args.patients} patients (seed {SHIFTED_SEED})",
+                 shifted_models)
+    print("  ensemble's mean probability minus the share of positives: " + ", ".join(
+        f"{ABBREVIATIONS[label]} {gap:+.3f}" for label, gap in gaps.items()))
+    print(f"  macro AUC >= {SHIFTED_MACRO_AUC_GOAL} and every gap within {CALIBRATION_GAP_GOAL}: "
+          f"{results['shifted_goal_met']}")
+    if intensity:
+        print(f"\nmember A's recipe, scanner intensity on vs off (mean of {args.intensity_seeds} seeds), macro AUC / "
+              "wLogLoss: " + "; ".join(f"{state}: held-out {_pair(row['held_out'])}, shifted {_pair(row['shifted'])}"
+                                       for state, row in intensity.items()))
+    ood = results["out_of_distribution"]
+    print("\nout of distribution, AUROC against the in-distribution held-out slices:")
+    for measure, row in ood["auroc"].items():
+        print(f"  {measure:<22}" + ", ".join(f"{name} {value:.3f}" for name, value in row.items()))
+    if "flagged_share" in ood:
+        print("  flagged share: " + ", ".join(f"{name} {share:.1%}" for name, share in ood["flagged_share"].items()))
+        print("  wrong `any` calls flagged: " + ", ".join(
+            f"{name} {c['flagged']} of {c['wrong_any_calls']}" for name, c in ood["wrong_any_calls_flagged"].items()))
     write_results(args.json, results)
 
 
