@@ -153,8 +153,11 @@ class _FlaggedShareCombiner(beam.CombineFn):
         flagged, total = accumulator
         if not _has_output(element.prediction, self._key.model_name, self._key.output_name):
             return accumulator
+        # The flag has no label; the pipeline's inputs carry the other outputs' labels, which TFMA would refuse here.
+        unlabelled = metric_types.StandardMetricInputs(
+            {key: value for key, value in element.items() if key != tfma_constants.LABELS_KEY})
         for _, flags, weights in metric_util.to_label_prediction_example_weight(
-                element, model_name=self._key.model_name, output_name=self._key.output_name,
+                unlabelled, model_name=self._key.model_name, output_name=self._key.output_name,
                 example_weighted=self._key.example_weighted, allow_none=True, flatten=False):
             flags = np.asarray(flags, np.float64)
             weights = np.broadcast_to(np.asarray(weights, np.float64), flags.shape)
