@@ -232,9 +232,10 @@ def out_of_distribution_figures(in_distribution, labels, shifted, shifted_labels
     reference = ood_measures(in_distribution)
     others = {"shifted": shifted, **not_head_ct}
     figures_ = {"auroc": {}, "slices": {name: len(r.image_ids) for name, r in others.items()}}
+    measured = {name: ood_measures(r) for name, r in others.items()}
     for measure, scores in reference.items():
-        row = {name: auroc(scores, ood_measures(r)[measure]) for name, r in others.items()}
-        pooled = np.concatenate([ood_measures(r)[measure] for r in not_head_ct.values()])
+        row = {name: auroc(scores, measured[name][measure]) for name in others}
+        pooled = np.concatenate([measured[name][measure] for name in not_head_ct])
         row["not_head_ct (pooled)"] = auroc(scores, pooled)
         figures_["auroc"][measure] = row
     if "ood_score (shipped)" in reference:
