@@ -141,8 +141,7 @@ def _slices_section(record: RunRecord) -> str:
         rows.append(f'<tr><td>{html.escape(_slice_name(key))}</td><td class="num">{count_text}</td>{cells}</tr>')
     return ("<p>Ensemble AUC per label on every slice the Evaluator computed; in each label's column the weakest "
             "slice is highlighted. n/a: the slice has no positive (or no negative) of that label.</p>"
-            + _table(["slice", "slices (examples)", *(ABBREVIATIONS[label] for label in LABELS)], rows, "slices")
-            + _flagged_share_table(record))
+            + _table(["slice", "slices (examples)", *(ABBREVIATIONS[label] for label in LABELS)], rows, "slices"))
 
 
 def _flagged_share_table(record: RunRecord) -> str:
@@ -153,18 +152,19 @@ def _flagged_share_table(record: RunRecord) -> str:
     rows = [f"<tr><td>{html.escape(_slice_name(key))}</td>"
             f'<td class="num">{"n/a" if share is None else f"{share:.1%}"}</td></tr>' for key, share in shares]
     return ('<h3>Flagged out of distribution</h3><p>The share of each slice\'s examples that the ensemble flags '
-            'out of distribution (<a href="#ood">its score</a> above the threshold); a span or scanner group far '
+            'out of distribution (its score above the threshold); a span or scanner group far '
             "above the eval split's share holds images unlike the training slices.</p>"
             + _table(["slice", "flagged"], rows, "flagged"))
 
 
 def _ood_section(record: RunRecord, image: str | None) -> str:
     if record.ood is None or image is None:
-        return "<p>This model has no out-of-distribution score.</p>"
+        return "<p>This model has no out-of-distribution score.</p>" + _flagged_share_table(record)
     ood = record.ood
     return (f"<p>The ensemble flags a slice when its out-of-distribution score is above {ood['threshold']:.4g}, "
             f"set on the eval split, of which it flags {ood['flagged_share_eval']:.1%}.</p>"
-            f'<img src="{image}" alt="histogram of the eval split\'s out-of-distribution scores">')
+            f'<img src="{image}" alt="histogram of the eval split\'s out-of-distribution scores">'
+            + _flagged_share_table(record))
 
 
 def _training_section(record: RunRecord, image: str) -> str:

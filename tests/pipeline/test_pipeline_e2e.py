@@ -400,6 +400,8 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     for feature in SLICE_FEATURES:
         assert any(name.startswith(f"{feature} = ") for name in slices), feature
     assert "span = 3" in slices
+    flagged = {row[0]: float(row[1].rstrip("%")) for row in page.sections["ood"]["rows"][1:]}
+    assert page.sections["ood"]["images"] and 0 <= flagged["overall"] <= 100 and "span = 3" in flagged
     ingestion = {row[0]: row[1] for row in page.sections["ingestion"]["rows"][1:] if len(row) == 2}
     span_3_files = [p for p in (Path(config.input_base) / span_folder(3) / IMAGES_DIR).iterdir()]
     assert ingestion["span"] == "3" and int(ingestion["files found"]) == len(span_3_files)
