@@ -92,9 +92,11 @@ def test_standard_error_metric_is_the_spread_of_per_slice_sklearn_log_losses():
         metric.update_state(labels[:2], probabilities[:2], sample_weight=np.ones(2))
 
 
-def test_flagged_share_is_the_weighted_share_of_flagged_examples_per_slice_without_labels():
-    """TFMA's metric inputs as its evaluator builds them for this metric (no labels), through the metric's own
-    computation, per slice; a model without the output (a baseline exported before the score) gives NaN."""
+@pytest.mark.parametrize("labelled", [False, True], ids=["no labels", "the other outputs' labels"])
+def test_flagged_share_is_the_weighted_share_of_flagged_examples_per_slice_labelled_or_not(labelled):
+    """TFMA's metric inputs as its evaluator builds them for this metric (no labels; or, as in the pipeline, the
+    labels of the outputs that have them), through the metric's own computation, per slice; a model without the
+    output (a baseline exported before the score) gives NaN."""
     rng = np.random.default_rng(5)
     n = 90
     slice_keys = [(), (("span", 1),), (("span", 2),)]
@@ -111,11 +113,14 @@ def test_flagged_share_is_the_weighted_share_of_flagged_examples_per_slice_witho
                                                PROBABILITIES: np.full(6, 0.5, np.float32)},
                                  "baseline": {PROBABILITIES: np.full(6, 0.5, np.float32)}},
                  "example_weights": np.array([weights[i]])} for i in range(n)]
+    if labelled:
+        for x in extracts:
+            x["labels"] = {PROBABILITIES: np.zeros(6, np.float32)}
 
     with beam.Pipeline() as pipeline:
         inputs = (pipeline
                   | beam.Create([(slice_keys[s], x) for s, x in zip(slices, extracts, strict=True)])
-                  | beam.MapTuple(lambda key, x: (key, metric_util.to_standard_metric_inputs(x, include_labels=False))))
+                  | beam.MapTuple(lambda key, x: (key, metric_util.to_standard_metric_inputs(x, include_labels=labelled))))
         candidate = inputs | "candidate" >> beam.CombinePerKey(computation.combiner)
         nothing = inputs | "baseline" >> beam.CombinePerKey(baseline.combiner)
 
