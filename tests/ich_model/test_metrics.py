@@ -120,7 +120,8 @@ def test_flagged_share_is_the_weighted_share_of_flagged_examples_per_slice_label
     with beam.Pipeline() as pipeline:
         inputs = (pipeline
                   | beam.Create([(slice_keys[s], x) for s, x in zip(slices, extracts, strict=True)])
-                  | beam.MapTuple(lambda key, x: (key, metric_util.to_standard_metric_inputs(x, include_labels=labelled))))
+                  | beam.MapTuple(lambda key, x: (
+                      key, metric_util.to_standard_metric_inputs(x, include_labels=labelled))))
         candidate = inputs | "candidate" >> beam.CombinePerKey(computation.combiner)
         nothing = inputs | "baseline" >> beam.CombinePerKey(baseline.combiner)
 
