@@ -131,7 +131,7 @@ def spans(tmp_path_factory):
         "input_base": str(base), "pipeline_root": str(root / "root"), "beam_pipeline_args": json.dumps(BEAM_ARGS),
         # Span 1 learns from scratch; spans 2 and 3 move little from it (a few warm steps), so that span 3's
         # candidate still tells bleeding from clean and its shuffled labels show.
-        "train_steps": "60", "warm_start_steps": "5", "eval_every_steps": "20", "eval_steps": "4",
+        "train_steps": "100", "warm_start_steps": "5", "eval_every_steps": "20", "eval_steps": "4",
         "batch_size": "16",
         # A 25% sample of a split this small can hold no Example at all (then the schema has no features).
         "statistics_sample_rate": "1.0",
