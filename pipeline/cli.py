@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -123,8 +124,15 @@ def _compile(args: argparse.Namespace) -> int:
     from pipeline.kubeflow_runner import cluster_config, compile_pipeline
 
     config = cluster_config(_config(args), pipeline_root=args.pipeline_root, input_base=args.data)
+    if args.accelerators is not None:
+        config = dataclasses.replace(config, trainer_accelerators=args.accelerators)
+    if args.accelerator_type:
+        config = dataclasses.replace(config, accelerator_type=args.accelerator_type)
     out = compile_pipeline(config, image=args.image, output=args.out)
-    print(f"wrote {out} (image {args.image}, pipeline root {config.pipeline_root}, input {config.input_base})")
+    gpus = (f"{config.trainer_accelerators} x {config.accelerator_type} per trainer"
+            if config.trainer_accelerators else "no accelerators")
+    print(f"wrote {out} (image {args.image}, pipeline root {config.pipeline_root}, input {config.input_base}, "
+          f"{gpus})")
     return 0
 
 
@@ -247,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--data", default=DEFAULT_INPUT_BASE,
                           help=f"input base with span-N folders (default {DEFAULT_INPUT_BASE})")
     compile_.add_argument("--out", default=DEFAULT_OUTPUT, help=f"output file (default {DEFAULT_OUTPUT})")
+    compile_.add_argument("--accelerators", type=int, metavar="N",
+                          help="accelerators per trainer (default: the preset's; cluster 4, 0 trains on CPU); the "
+                               "Ensemble and the Evaluator get one when the trainers get any")
+    compile_.add_argument("--accelerator-type", metavar="TYPE",
+                          help="the accelerator's resource name or type (default nvidia.com/gpu; e.g. "
+                               "NVIDIA_TESLA_A100 on Vertex AI)")
     _add_config_options(compile_, "cluster")
     compile_.set_defaults(handler=_compile)
     return parser

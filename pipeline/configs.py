@@ -90,6 +90,10 @@ class PipelineConfig:
     auc_regression_tolerance: float = 0.01  # a candidate may lose at most this much AUC against the baseline
     log_loss_regression_tolerance: float = 0.005
     synth: SynthSettings = SynthSettings()
+    # Kubeflow only (`ich compile`, pipeline/resources.py): the accelerator each trainer requests, and its kind;
+    # 0 trains on CPU. The Ensemble and the Evaluator, which run the members, get one when the trainers do.
+    trainer_accelerators: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
 
     @property
     def trainer_settings(self) -> TrainerSettings:
@@ -111,13 +115,14 @@ PRESETS = {
     "demo": PipelineConfig(preset="demo"),
     "workstation": PipelineConfig(
         preset="workstation", model_preset="b0", train_steps=20_000, warm_start_steps=5_000, eval_steps=200,
-        eval_every_steps=2_000, cache_examples=False, statistics_sample_rate=0.05,
+        eval_every_steps=2_000, cache_examples=False, statistics_sample_rate=0.05, trainer_accelerators=1,
         auc_floors={name: 0.9 for name in LABELS}, max_weighted_log_loss=0.09, auc_regression_tolerance=0.002,
         log_loss_regression_tolerance=0.001),
     "cluster": PipelineConfig(
         preset="cluster", model_preset="s", train_steps=60_000, warm_start_steps=15_000, eval_steps=500,
         eval_every_steps=5_000, cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),
         span_window=1,  # Kubeflow Pipelines v2 cannot resolve a window of spans (see pipeline/retraining.py)
+        trainer_accelerators=4,
         auc_floors={name: 0.95 for name in LABELS},
         max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
 }

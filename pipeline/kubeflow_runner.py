@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import yaml
+from google.protobuf import json_format
 from tfx import v1 as tfx
 
 from components.dicom_example_gen.span_folders import SPAN_PATTERN
 from pipeline.configs import CONTAINER_IMAGE, PipelineConfig
 from pipeline.pipeline import create_pipeline
+from pipeline.resources import task_resources
 
 DEFAULT_OUTPUT = "pipeline.yaml"
 # The cluster defaults that the committed pipeline.yaml is compiled with (`ich compile` with no options).
@@ -42,5 +45,31 @@ def compile_pipeline(config: PipelineConfig, image: str = CONTAINER_IMAGE, outpu
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=str(out.parent), output_filename=out.name)
-    runner.run(create_pipeline(config), write_out=True)
+    pipeline = create_pipeline(config)
+    resources = {component_id: need.spec(config.accelerator_type)
+                 for component_id, need in task_resources(config).items()}
+    for component in pipeline.components:
+        if component.id in resources:
+            component.with_platform_config(resources[component.id])
+    runner.run(pipeline, write_out=True)
+    _fill_dropped_resources(out, resources)
     return out
+
+
+def _fill_dropped_resources(spec_path: Path, resources: dict) -> None:
+    """TFX 1.16's step builder drops the platform config of a FileBasedExampleGen (its executor spec is built
+    apart from the others'), so the DicomExampleGen's request is written into the compiled spec here, in the same
+    YAML layout as TFX's writer (sort_keys), below the same header comments."""
+    text = spec_path.read_text()
+    lines = text.splitlines(keepends=True)
+    header = "".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+    document = yaml.safe_load(text)
+    executors = document["deploymentSpec"]["executors"]
+    changed = False
+    for component_id, spec in resources.items():
+        container = executors[document["components"][component_id]["executorLabel"]]["container"]
+        if "resources" not in container:
+            container["resources"] = json_format.MessageToDict(spec)
+            changed = True
+    if changed:
+        spec_path.write_text(header + yaml.dump(document, sort_keys=True))

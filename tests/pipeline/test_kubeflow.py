@@ -44,3 +44,50 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
     assert set(spec.root.dag.tasks["Pusher"].dependent_tasks) == {"Ensemble", "Evaluator"}
     loaded = kfp.components.load_component_from_file(str(COMMITTED))
     assert loaded.name == spec.pipeline_info.name
+
+
+
+def _resources(spec_path: Path) -> dict:
+    """Task name -> the resources its container requests, parsed into kfp's own protos; resolver tasks, which
+    run no container, are left out."""
+    spec = json_format.ParseDict(yaml.safe_load(spec_path.read_text()), pipeline_spec_pb2.PipelineSpec())
+    deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                       pipeline_spec_pb2.PipelineDeploymentConfig())
+    executors = {name: deployment.executors[spec.components[task.component_ref.name].executor_label]
+                 for name, task in spec.root.dag.tasks.items()}
+    return {name: executor.container.resources for name, executor in executors.items()
+            if executor.HasField("container")}
+
+
+def test_every_task_of_the_committed_spec_requests_cpu_and_memory_and_the_members_tasks_accelerators():
+    resources = _resources(COMMITTED)
+    assert set(resources) == TASKS - BASELINE_TASKS - {"latest_transform_cache_resolver"}
+    for task, request in resources.items():
+        # Requests equal limits (guaranteed), and every task asks for at least a core and a GB.
+        assert request.cpu_request == request.cpu_limit >= 1, task
+        assert request.memory_request == request.memory_limit >= 1, task
+    gpus = {task: (request.accelerator.type, request.accelerator.count) for task, request in resources.items()
+            if request.accelerator.count}
+    assert gpus == {"trainer_a": ("nvidia.com/gpu", 4), "trainer_b": ("nvidia.com/gpu", 4),
+                    "trainer_c": ("nvidia.com/gpu", 4), "Ensemble": ("nvidia.com/gpu", 1),
+                    "Evaluator": ("nvidia.com/gpu", 1)}
+    # A trainer's cores feed its GPUs: at least 12 per GPU.
+    assert all(resources[t].cpu_request >= 12 * 4 for t in ("trainer_a", "trainer_b", "trainer_c"))
+    # The DicomExampleGen's request survives TFX's FileBasedExampleGen step builder, which drops it.
+    assert resources["DicomExampleGen"].cpu_request >= 4 and resources["DicomExampleGen"].memory_request >= 8
+
+
+def test_ich_compile_sets_the_accelerators_per_trainer_and_a_cpu_preset_requests_none(tmp_path):
+    from pipeline.cli import main
+
+    out = tmp_path / "a100.yaml"
+    assert main(["compile", "--out", str(out), "--accelerators", "2", "--accelerator-type", "NVIDIA_TESLA_A100"]) == 0
+    resources = _resources(out)
+    assert {(r.accelerator.type, r.accelerator.count) for t, r in resources.items() if t.startswith("trainer_")} == {
+        ("NVIDIA_TESLA_A100", 2)}
+    assert resources["Evaluator"].accelerator.count == 1 and resources["Pusher"].accelerator.count == 0
+
+    cpu = tmp_path / "cpu.yaml"
+    assert main(["compile", "--out", str(cpu), "--accelerators", "0"]) == 0
+    assert not any(request.accelerator.count for request in _resources(cpu).values())
+    assert all(request.cpu_request >= 1 for request in _resources(cpu).values())
