@@ -48,7 +48,13 @@ def _transform(r: dict) -> list[str]:
 
 def _train(r: dict) -> list[str]:
     tiny = r["networks"]["cascade tiny"]["train_images_per_s"]
-    return [f"| train | tiny cascade training | {tiny:.1f} img/s | >= 15 img/s | {_goal(tiny >= 15)} |"]
+    rows = [f"| train | tiny cascade training | {tiny:.1f} img/s | >= 15 img/s | {_goal(tiny >= 15)} |"]
+    precision = r.get("tiny_precision", {})
+    for name in ("mixed_bfloat16", "float32 + XLA"):
+        if name in precision:
+            rows.append(f"| train | tiny cascade, {name} vs float32, batch 32 | "
+                        f"{precision[name]['vs_float32']:.2f}x | | |")
+    return rows
 
 
 def _pipeline(r: dict) -> list[str]:

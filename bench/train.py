@@ -4,7 +4,9 @@
 
 Each network trains with member A's optimizer and loss on fixed random 256x256 batches (the speed of a step does
 not depend on the pixels); the first step (graph building) is not timed. Goal: `tiny` at 15 images/s or more
-on 2 CPU cores. `b0` and `s` are GPU presets and run with small batches here.
+on 2 CPU cores. `b0` and `s` are GPU presets and run with small batches here. Then the tiny cascade under
+float32, the GPU presets' mixed-precision policy (bfloat16 on this CPU) and float32 compiled with XLA: whether
+either is a lever on a CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+
+# name -> (Keras policy, XLA): the demo's float32, the GPU presets' policy as this CPU runs it, float32 with XLA.
+PRECISION_VARIANTS = {"float32": ("float32", False), "mixed_bfloat16": ("mixed_bfloat16", False),
+                      "float32 + XLA": ("float32", True)}
 
 
 def main() -> None:
@@ -45,17 +51,21 @@ def main() -> None:
         "cascade s": (lambda: build_cascade("s", seed=1), 4, 2),
     }
     rng = np.random.default_rng(0)
-    results = {"cpu_count": os.cpu_count(), "networks": {}}
-    for name, (build, batch, steps) in networks.items():
-        tf.keras.backend.clear_session()
-        model = compile_member(build(), MEMBERS["a"], total_steps=1000)
+
+    def train_rate(model, batch: int, steps: int) -> float:
         images = rng.random((batch, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, CHANNELS), dtype=np.float32)
         labels = (rng.random((batch, NUM_LABELS)) < 0.2).astype(np.float32)
         model.train_on_batch(images, labels)
         start = time.perf_counter()
         for _ in range(steps):
             model.train_on_batch(images, labels)
-        rate = batch * steps / (time.perf_counter() - start)
+        return batch * steps / (time.perf_counter() - start)
+
+    results = {"cpu_count": os.cpu_count(), "networks": {}, "tiny_precision": {}}
+    for name, (build, batch, steps) in networks.items():
+        tf.keras.backend.clear_session()
+        model = compile_member(build(), MEMBERS["a"], total_steps=1000)
+        rate = train_rate(model, batch, steps)
         results["networks"][name] = {"train_images_per_s": rate, "batch": batch, "parameters": model.count_params(),
                                      "gflops_256": model_flops(model) / 1e9}
         print(f"  {name:<32} {rate:7.1f} img/s  (batch {batch}, {model.count_params() / 1e6:5.2f} M parameters, "
@@ -63,6 +73,22 @@ def main() -> None:
     tiny = results["networks"]["cascade tiny"]["train_images_per_s"]
     results["tiny_vs_goal_15"] = tiny / 15.0
     print(f"tiny: {tiny:.1f} img/s = {tiny / 15:.2f}x the goal of 15 img/s")
+
+    print("tiny cascade, batch 32, by precision:")
+    for name, (policy, xla) in PRECISION_VARIANTS.items():
+        tf.keras.backend.clear_session()
+        tf.keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = compile_member(build_cascade("tiny", seed=1), MEMBERS["a"], total_steps=1000)
+            model.jit_compile = xla
+            rate = train_rate(model, 32, args.steps)
+        finally:
+            tf.keras.mixed_precision.set_global_policy("float32")
+        results["tiny_precision"][name] = {"train_images_per_s": rate}
+        print(f"  {name:<32} {rate:7.1f} img/s", flush=True)
+    baseline = results["tiny_precision"]["float32"]["train_images_per_s"]
+    for name in PRECISION_VARIANTS:
+        results["tiny_precision"][name]["vs_float32"] = results["tiny_precision"][name]["train_images_per_s"] / baseline
     write_results(args.json, results)
 
 

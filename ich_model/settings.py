@@ -14,6 +14,8 @@ from typing import Any
 
 from ich_model.constants import BATCH_SIZE
 
+PRECISIONS = ("float32", "mixed")
+
 
 @dataclass(frozen=True)
 class TrainerSettings:
@@ -28,6 +30,9 @@ class TrainerSettings:
     warm_start_steps: int = 0  # steps when starting from the latest blessed ensemble; 0: train_steps
     seed: int | None = None  # the weights' initialisation and the sampler's order; None: the recipe's seed
     scanner_intensity: bool | None = None  # the intensity augmentation on or off; None: as the recipe says
+    # "float32", or "mixed": bfloat16 where the device computes it (CPUs, GPUs of compute capability 8.0 and up),
+    # float16 with loss scaling on older GPUs; the head and the loss stay float32 (ich_model/precision.py).
+    precision: str = "float32"
 
     def __post_init__(self):
         from ich_model.members import MEMBERS
@@ -36,6 +41,8 @@ class TrainerSettings:
         if self.member not in MEMBERS:
             raise ValueError(f"unknown member {self.member!r}; members are {', '.join(MEMBERS)}")
         network_spec(self.architecture, self.preset)  # raises for an unknown or unsized architecture
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; precisions are {', '.join(PRECISIONS)}")
         for name in ("train_steps", "eval_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

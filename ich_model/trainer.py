@@ -45,6 +45,7 @@ from ich_model.members import (
 )
 from ich_model.model.network import NetworkSpec, build_network, correct_label_prior, describe
 from ich_model.model.presets import network_spec
+from ich_model.precision import FLOAT32, precision_policy
 from ich_model.preprocessing import IMAGE
 from ich_model.serving import ScoringModule
 from ich_model.settings import TrainerSettings
@@ -112,6 +113,14 @@ def _differences(theirs, ours, path: str = "network") -> list[tuple[str, object,
     return [] if theirs == ours else [(path, theirs, ours)]
 
 
+def in_float32(model: tf.keras.Model, spec: NetworkSpec) -> tf.keras.Model:
+    """`model`, trained under a mixed-precision policy, rebuilt under float32 with the same (float32) weights."""
+    with precision_policy(FLOAT32):
+        rebuilt = build_network(spec, name=model.name)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def _strategy() -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
@@ -159,45 +168,48 @@ def run_fn(fn_args) -> None:
     if settings.cache_examples:
         evaluation = evaluation.cache()  # the same batches every time: validation reads exactly these
 
-    train_steps, warm_started = settings.train_steps, False
-    with _strategy().scope():
-        model = build_network(spec, prior=sampled, seed=seed, name=f"member_{recipe.name}")
-        if fn_args.base_model:
-            try:
-                base_prevalence = warm_start(model, spec, fn_args.base_model, recipe.name)
-            except DescriptionError as reason:
-                logging.warning("member %s: training from scratch, not from %s: %s", recipe.name,
-                                fn_args.base_model, reason)
-            else:
-                # The base member's output was moved to the prevalence of its own data; training resumes on
-                # balanced batches.
-                correct_label_prior(model, trained_on=base_prevalence, actual=sampled)
-                train_steps, warm_started = settings.steps_from_base, True
-        logging.info("member %s: %s, %d steps", recipe.name,
-                     f"warm start from {fn_args.base_model}" if warm_started else "from scratch", train_steps)
-        compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
-    logging.info(describe(model))
-    eval_every = settings.evaluation_interval(train_steps)
-    epochs = max(1, train_steps // eval_every)
-    kept_weights = os.path.join(fn_args.model_run_dir, KEPT_WEIGHTS)
-    keeper = KeepWithinOneStandardError(kept_weights)
-    model.fit(
-        train, steps_per_epoch=eval_every, epochs=epochs,
-        validation_data=evaluation, validation_steps=validation_steps,
-        callbacks=[
-            keeper,
-            tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
-        ],
-        verbose=2,
-    )
-    if keeper.kept is not None:
-        logging.info("member %s: keeping evaluation %d of %d (eval %s %s, standard errors %s)", recipe.name,
-                     keeper.kept + 1, len(keeper.losses), CHECKPOINT_METRIC, np.round(keeper.losses, 4),
-                     np.round(keeper.standard_errors, 4))
-        model.load_weights(kept_weights)
-    else:  # the eval metric was never finite: keep the last weights
-        logging.warning("no kept checkpoint (the eval %s was never finite); exporting the last weights",
-                        CHECKPOINT_METRIC)
+    with precision_policy(settings.precision) as policy:
+        train_steps, warm_started = settings.train_steps, False
+        with _strategy().scope():
+            model = build_network(spec, prior=sampled, seed=seed, name=f"member_{recipe.name}")
+            if fn_args.base_model:
+                try:
+                    base_prevalence = warm_start(model, spec, fn_args.base_model, recipe.name)
+                except DescriptionError as reason:
+                    logging.warning("member %s: training from scratch, not from %s: %s", recipe.name,
+                                    fn_args.base_model, reason)
+                else:
+                    # The base member's output was moved to the prevalence of its own data; training resumes on
+                    # balanced batches.
+                    correct_label_prior(model, trained_on=base_prevalence, actual=sampled)
+                    train_steps, warm_started = settings.steps_from_base, True
+            logging.info("member %s: %s, %d steps", recipe.name,
+                         f"warm start from {fn_args.base_model}" if warm_started else "from scratch", train_steps)
+            compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
+        logging.info(describe(model))
+        eval_every = settings.evaluation_interval(train_steps)
+        epochs = max(1, train_steps // eval_every)
+        kept_weights = os.path.join(fn_args.model_run_dir, KEPT_WEIGHTS)
+        keeper = KeepWithinOneStandardError(kept_weights)
+        model.fit(
+            train, steps_per_epoch=eval_every, epochs=epochs,
+            validation_data=evaluation, validation_steps=validation_steps,
+            callbacks=[
+                keeper,
+                tf.keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
+            ],
+            verbose=2,
+        )
+        if keeper.kept is not None:
+            logging.info("member %s: keeping evaluation %d of %d (eval %s %s, standard errors %s)", recipe.name,
+                         keeper.kept + 1, len(keeper.losses), CHECKPOINT_METRIC, np.round(keeper.losses, 4),
+                         np.round(keeper.standard_errors, 4))
+            model.load_weights(kept_weights)
+        else:  # the eval metric was never finite: keep the last weights
+            logging.warning("no kept checkpoint (the eval %s was never finite); exporting the last weights",
+                            CHECKPOINT_METRIC)
+    if policy != FLOAT32:  # served in float32, whatever it trained in
+        model = in_float32(model, spec)
     correct_label_prior(model, trained_on=sampled, actual=prevalence)
     description = member_description(
         recipe.name, spec, model, recipe, trained_on=sampled, moved_to=prevalence, steps_run=eval_every * epochs,

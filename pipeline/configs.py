@@ -82,6 +82,7 @@ class PipelineConfig:
     batch_size: int = TrainerSettings.batch_size
     eval_every_steps: int = 50
     cache_examples: bool = TrainerSettings.cache_examples
+    precision: str = TrainerSettings.precision  # the GPU presets train in mixed precision
     # Evaluation and blessing (the ensemble's `probabilities` output, overall slice).
     operating_threshold: float = 0.5
     # The demo's floors catch a model that learned nothing (0.5); see docs/decisions.md, "The demo's floors".
@@ -100,7 +101,8 @@ class PipelineConfig:
         """What each member Trainer is told (its `member` is set per Trainer)."""
         return TrainerSettings(preset=self.model_preset, train_steps=self.train_steps, eval_steps=self.eval_steps,
                                batch_size=self.batch_size, eval_every_steps=self.eval_every_steps,
-                               cache_examples=self.cache_examples, warm_start_steps=self.warm_start_steps)
+                               cache_examples=self.cache_examples, warm_start_steps=self.warm_start_steps,
+                               precision=self.precision)
 
     @property
     def serving_path(self) -> str:
@@ -115,14 +117,15 @@ PRESETS = {
     "demo": PipelineConfig(preset="demo"),
     "workstation": PipelineConfig(
         preset="workstation", model_preset="b0", train_steps=20_000, warm_start_steps=5_000, eval_steps=200,
-        eval_every_steps=2_000, cache_examples=False, statistics_sample_rate=0.05, trainer_accelerators=1,
+        eval_every_steps=2_000, cache_examples=False, statistics_sample_rate=0.05,
+        trainer_accelerators=1, precision="mixed",
         auc_floors={name: 0.9 for name in LABELS}, max_weighted_log_loss=0.09, auc_regression_tolerance=0.002,
         log_loss_regression_tolerance=0.001),
     "cluster": PipelineConfig(
         preset="cluster", model_preset="s", train_steps=60_000, warm_start_steps=15_000, eval_steps=500,
         eval_every_steps=5_000, cache_examples=False, statistics_sample_rate=0.05, beam_pipeline_args=(),
         span_window=1,  # Kubeflow Pipelines v2 cannot resolve a window of spans (see pipeline/retraining.py)
-        trainer_accelerators=4,
+        trainer_accelerators=4, precision="mixed",
         auc_floors={name: 0.95 for name in LABELS},
         max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
 }

@@ -44,5 +44,5 @@ class LayerScale(tf.keras.layers.Layer):
         return {**super().get_config(), "init_value": self.init_value}
 
 
-def layer_norm(name: str) -> tf.keras.layers.LayerNormalization:
-    return tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name)
+def layer_norm(name: str, dtype=None) -> tf.keras.layers.LayerNormalization:
+    return tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)

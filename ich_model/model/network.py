@@ -144,11 +144,13 @@ def correct_label_prior(model: tf.keras.Model, trained_on: np.ndarray, actual: n
 
 
 def classification_head(x, prior: np.ndarray, dropout: float):
-    x = tf.keras.layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(x)
-    x = layer_norm("head_ln")(x)
-    x = tf.keras.layers.Dropout(dropout, name="head_dropout")(x)
+    """Pooling, LayerNorm, dropout and the sigmoid output, in float32 under any mixed-precision policy: the
+    embedding, the probabilities and the loss keep float32's range."""
+    x = tf.keras.layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER, dtype="float32")(x)
+    x = layer_norm("head_ln", dtype="float32")(x)
+    x = tf.keras.layers.Dropout(dropout, name="head_dropout", dtype="float32")(x)
     return tf.keras.layers.Dense(NUM_LABELS, activation="sigmoid", bias_initializer=label_prior_bias(prior),
-                                 name=OUTPUT_LAYER)(x)
+                                 name=OUTPUT_LAYER, dtype="float32")(x)
 
 
 def _stage_features(spec: NetworkSpec, image) -> list:
