@@ -99,6 +99,13 @@ def _quality(r: dict) -> list[str]:
         lines.append(f"| quality | shifted set: ensemble macro AUC; largest gap of mean probability to positive share "
                      f"| {shifted['macro_auc']:.3f}; {worst[0]} {worst[1]:+.3f} | >= 0.90; within 0.05 | "
                      f"{_goal(r['shifted_goal_met'])} |")
+    intensity = r.get("scanner_intensity_ablation")
+    if intensity:
+        seeds = len(intensity["on"]["held_out"]["per_seed"])
+        lines.append(f"| quality | member A's recipe with vs without the scanner intensity jitter, macro AUC held-out; "
+                     f"shifted (mean of {seeds} seeds) | {intensity['on']['held_out']['macro_auc']:.3f}; "
+                     f"{intensity['on']['shifted']['macro_auc']:.3f} vs {intensity['off']['held_out']['macro_auc']:.3f}; "
+                     f"{intensity['off']['shifted']['macro_auc']:.3f} | | |")
     ood = r.get("out_of_distribution", {}).get("auroc", {}).get("ood_score (shipped)")
     if ood is not None:
         lines.append(f"| quality | OOD AUROC vs in-distribution: shifted; not head CT (pooled) | "
@@ -129,6 +136,23 @@ def _auc_table(r: dict) -> list[str]:
     return lines
 
 
+def _ood_table(r: dict) -> list[str]:
+    """AUROC of each measure per set against the in-distribution held-out slices, the shipped flag's share per set
+    and the wrong `any` calls it catches."""
+    ood = r["out_of_distribution"]
+    sets = list(next(iter(ood["auroc"].values())))
+    lines = ["| score | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{row[s]:.3f}" for s in sets) + " |" for name, row in ood["auroc"].items()]
+    shares = ood["flagged_share"]
+    lines += ["", "| flagged by the shipped threshold | " + " | ".join(shares) + " |", "|---" * (len(shares) + 1) + "|",
+              "| share of slices | " + " | ".join(f"{v:.1%}" for v in shares.values()) + " |"]
+    caught = ood["wrong_any_calls_flagged"]
+    lines += ["", "Wrong `any` calls flagged: " + "; ".join(
+        f"{name} {v['flagged']} of {v['wrong_any_calls']} ({v['flagged'] / v['wrong_any_calls']:.1%})"
+        for name, v in caught.items() if v["wrong_any_calls"]) + "."]
+    return lines
+
+
 def write_results(statuses: dict[str, str]) -> Path:
     import tensorflow as tf
 
@@ -154,6 +178,9 @@ def write_results(statuses: dict[str, str]) -> Path:
         lines += ["", f"## Per-label AUC on held-out synthetic data ({held_out['slices']} slices of "
                       f"{held_out['patients']} patients, seed {held_out['seed']})", ""]
         lines += _auc_table(results["quality"])
+        if "out_of_distribution" in results["quality"]:
+            lines += ["", "## Out of distribution: AUROC against the in-distribution held-out slices", ""]
+            lines += _ood_table(results["quality"])
     if "pipeline" in results:
         lines += ["", "## Where `ich run` spends its time", "", "| component | seconds | share |", "|---|---|---|"]
         lines += [f"| {node} | {seconds:.0f} | {results['pipeline']['share_of_wall_time'][node]:.0%} |"
