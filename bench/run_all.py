@@ -102,7 +102,8 @@ def _quality(r: dict) -> list[str]:
     intensity = r.get("scanner_intensity_ablation")
     if intensity:
         seeds = len(intensity["on"]["held_out"]["per_seed"])
-        on, off = ("; ".join(f"{intensity[k][s]['macro_auc']:.3f}" for s in ("held_out", "shifted")) for k in ("on", "off"))
+        on, off = ("; ".join(f"{intensity[k][s]['macro_auc']:.3f}" for s in ("held_out", "shifted"))
+                   for k in ("on", "off"))
         lines.append(f"| quality | member A's recipe with vs without the scanner intensity jitter, macro AUC held-out; "
                      f"shifted (mean of {seeds} seeds) | {on} vs {off} | | |")
     ood = r.get("out_of_distribution", {}).get("auroc", {}).get("ood_score (shipped)")
