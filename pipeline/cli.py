@@ -204,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions.csv", help="output file (default predictions.csv)")
     predict.add_argument("--format", default="rsna", choices=FORMATS,
                          help="rsna: Kaggle's submission rows (ID_<hex>_<subtype>,p); wide: one row per slice with "
-                              "six probabilities and six spreads; json. The CSV formats add <out>_studies.csv "
-                              "(per study, each subtype's maximum over its slices).")
+                              "six probabilities, six spreads and, for a pipeline ensemble, ood_score and "
+                              "out_of_distribution; json: all of it and ood_threshold. The CSV formats add "
+                              "<out>_studies.csv (per study, each subtype's maximum over its slices, the median "
+                              "ood_score and its flag).")
     predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
     predict.add_argument("--explain", metavar="DIR",
                          help="write DIR/<image_id>_<subtype>.png: the brain window with a Grad-CAM heat map for "
