@@ -113,13 +113,15 @@ def main() -> None:
         options.threading.private_threadpool_size = cores
         return dataset.with_options(options)
 
-    def timed(dataset, batches: int) -> float:
+    def timed(dataset, batches: int, counter) -> tuple[float, int]:
+        """Seconds for `batches` batches of `dataset`, and the records `counter` saw read meanwhile."""
         iterator = iter(dataset)
         next(iterator)  # the first batch builds the graph and fills the buffers
+        before = int(counter.numpy())
         start = time.perf_counter()
         for _ in range(batches):
             next(iterator)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, int(counter.numpy()) - before
 
     results = {"batch_size": BATCH_SIZE, "timed_batches": args.batches, "sets": {}}
     for set_name, files in sets.items():
@@ -133,7 +135,7 @@ def main() -> None:
         for cores in (1, 2):
             counter = tf.Variable(0, dtype=tf.int64)
             floor = with_threads(raw_stream(files, counter).repeat().batch(BATCH_SIZE), cores)
-            seconds = timed(floor, args.batches)
+            seconds, _ = timed(floor, args.batches, counter)
             entry[f"floor_images_per_s_{cores}_cores"] = args.batches * BATCH_SIZE / seconds
             print(f"  floor (inflate and parse only), {cores} core(s): "
                   f"{entry[f'floor_images_per_s_{cores}_cores']:.0f} records/s", flush=True)
@@ -145,17 +147,11 @@ def main() -> None:
                 batches = with_threads(training_batches(
                     raw_stream(files, counter), recipe, prevalence, BATCH_SIZE, seed=1,
                     to_images=lambda features: tft_layer(features)[IMAGE]), cores)
-                iterator = iter(batches)
-                next(iterator)
-                before = int(counter.numpy())
-                start = time.perf_counter()
-                for _ in range(args.batches):
-                    next(iterator)
-                seconds = time.perf_counter() - start
+                seconds, reads = timed(batches, args.batches, counter)
                 images = args.batches * BATCH_SIZE
                 row[f"images_per_s_{cores}_cores"] = images / seconds
                 # Prefetching reads ahead of what was taken: the count is an upper bound by a few batches.
-                row["raw_reads_per_image"] = (int(counter.numpy()) - before) / images
+                row["raw_reads_per_image"] = reads / images
             entry["members"][member] = row
             rates = ", ".join(f"{row[f'images_per_s_{cores}_cores']:.0f} on {cores}" for cores in cores_measured)
             print(f"  member {member}: images/s {rates} core(s); {row['raw_reads_per_image']:.1f} raw Examples read "

@@ -8,6 +8,7 @@ the cluster's own.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import yaml
@@ -61,8 +62,7 @@ def _fill_dropped_resources(spec_path: Path, resources: dict) -> None:
     apart from the others'), so the DicomExampleGen's request is written into the compiled spec here, in the same
     YAML layout as TFX's writer (sort_keys), below the same header comments."""
     text = spec_path.read_text()
-    lines = text.splitlines(keepends=True)
-    header = "".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+    header = "".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines(keepends=True)))
     document = yaml.safe_load(text)
     executors = document["deploymentSpec"]["executors"]
     changed = False

@@ -159,12 +159,13 @@ def _flagged_share_table(record: RunRecord) -> str:
 
 def _ood_section(record: RunRecord, image: str | None) -> str:
     if record.ood is None or image is None:
-        return "<p>This model has no out-of-distribution score.</p>" + _flagged_share_table(record)
-    ood = record.ood
-    return (f"<p>The ensemble flags a slice when its out-of-distribution score is above {ood['threshold']:.4g}, "
-            f"set on the eval split, of which it flags {ood['flagged_share_eval']:.1%}.</p>"
-            f'<img src="{image}" alt="histogram of the eval split\'s out-of-distribution scores">'
-            + _flagged_share_table(record))
+        score = "<p>This model has no out-of-distribution score.</p>"
+    else:
+        score = (f"<p>The ensemble flags a slice when its out-of-distribution score is above "
+                 f"{record.ood['threshold']:.4g}, set on the eval split, of which it flags "
+                 f"{record.ood['flagged_share_eval']:.1%}.</p>"
+                 f'<img src="{image}" alt="histogram of the eval split\'s out-of-distribution scores">')
+    return score + _flagged_share_table(record)
 
 
 def _training_section(record: RunRecord, image: str) -> str:
