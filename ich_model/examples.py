@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from ich_model.constants import NUM_LABELS
+from ich_model.constants import NUM_LABELS, SUBTYPES
 from ich_model.dicom import PIXEL_DTYPE, CtSlice, SliceHeader
 
 IMAGE_ID = "image_id"
@@ -46,6 +47,30 @@ RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
        (RESCALE_SLOPE, RESCALE_INTERCEPT, Z_POSITION, RELATIVE_POSITION, PIXEL_SPACING_MM)},
     LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
 }
+
+
+TRAIN_SPLIT = "train"
+# Beside the train split, the ExampleGen writes each subtype's positives of that split to a folder of their own, so
+# that the balanced sampler's positive streams read only what they yield (filtering the whole split reads about
+# 1/prevalence records per draw). TFX's components see only the folders the artifact's split_names list.
+POSITIVES_FOLDER = "Positives-{split}"
+
+
+def positives_uri(examples_uri: str, split: str, subtype: str) -> str:
+    """The folder of `split`'s Examples that are positive for `subtype`."""
+    if subtype not in SUBTYPES:
+        raise ValueError(f"{subtype!r} is not a subtype; expected one of {SUBTYPES}")
+    return os.path.join(examples_uri, POSITIVES_FOLDER.format(split=split), subtype)
+
+
+def positives_pattern(split_pattern: str, subtype: str) -> str:
+    """The file pattern of a subtype's positives, from the pattern of the split files that hold them as TFX's
+    Trainer gives it (`<examples>/Split-<split>/*`)."""
+    split_dir = os.path.dirname(split_pattern.rstrip("/"))
+    folder = os.path.basename(split_dir)
+    if not folder.startswith("Split-"):
+        raise ValueError(f"{split_pattern!r} is not a split's file pattern (<examples>/Split-<split>/*)")
+    return os.path.join(positives_uri(os.path.dirname(split_dir), folder[len("Split-"):], subtype), "*")
 
 
 @dataclass(frozen=True)

@@ -94,16 +94,24 @@ def _slots(present: list[int], hard_subtypes: tuple[str, ...]) -> list[int]:
     return slots + [len(present)] * (BATCH_SIZE - len(slots))
 
 
-def balanced_stream(examples: tf.data.Dataset, prevalence, seed: int,
-                    hard_subtypes: tuple[str, ...] = ()) -> tf.data.Dataset:
+def balanced_stream(examples: tf.data.Dataset, prevalence, seed: int, hard_subtypes: tuple[str, ...] = (),
+                    positives: dict[int, tf.data.Dataset] | None = None) -> tf.data.Dataset:
     """An endless stream of (features, label) pairs, unbatched: in every window of BATCH_SIZE draws, two come
     from each subtype's positives (four from each of `hard_subtypes`') and the rest from all examples,
-    shuffled. `prevalence` is the share of positives per label (project order) in `examples`."""
+    shuffled. `prevalence` is the share of positives per label (project order) in `examples`. `positives` maps
+    each subtype index with positives to a dataset of exactly its positives among `examples` (the ExampleGen's
+    positive folders), so that every stream reads only what it yields; without it, each subtype's stream filters
+    `examples`, which reads about 1/prevalence of them per draw."""
     everything = examples.repeat().shuffle(1024, seed=seed)
     present = _present_subtypes(prevalence)
-    positives = [examples.filter(_positive_for(i)).repeat().shuffle(256, seed=seed + i) for i in present]
+    if positives is None:
+        positives = {i: examples.filter(_positive_for(i)) for i in present}
+    elif set(positives) != set(present):
+        raise ValueError(f"positive streams for subtypes {sorted(positives)}, but the examples hold positives of "
+                         f"{present} (indices into {SUBTYPES})")
+    streams = [positives[i].repeat().shuffle(256, seed=seed + i) for i in present]
     selector = tf.data.Dataset.from_tensor_slices(tf.constant(_slots(present, hard_subtypes), tf.int64)).repeat()
-    return tf.data.Dataset.choose_from_datasets([*positives, everything], selector)
+    return tf.data.Dataset.choose_from_datasets([*streams, everything], selector)
 
 
 def sampled_prevalence(cooccurrence: np.ndarray, count: int, hard_subtypes: tuple[str, ...] = ()) -> np.ndarray:
@@ -121,14 +129,15 @@ def sampled_prevalence(cooccurrence: np.ndarray, count: int, hard_subtypes: tupl
 
 
 def training_batches(examples: tf.data.Dataset, recipe: Recipe, prevalence, batch_size: int = BATCH_SIZE,
-                     seed: int | None = None, to_images=None) -> tf.data.Dataset:
+                     seed: int | None = None, to_images=None,
+                     positives: dict[int, tf.data.Dataset] | None = None) -> tf.data.Dataset:
     """(features, label) examples -> endless augmented (image, label) batches for this member. `to_images`
     turns a batch of features into images (for raw Examples: the transform graph); by default the features
-    are the images."""
+    are the images. `positives`: each subtype's positives, as balanced_stream takes them."""
     seed = recipe.seed if seed is None else seed
     spec = recipe.augmentation
     to_images = to_images or (lambda features: features)
-    return (balanced_stream(examples, prevalence, seed, recipe.hard_subtypes)
+    return (balanced_stream(examples, prevalence, seed, recipe.hard_subtypes, positives)
             .batch(batch_size, drop_remainder=True)
             .map(lambda features, labels: (augment(to_images(features), spec), labels),
                  num_parallel_calls=tf.data.AUTOTUNE)

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from ich_model.constants import NUM_LABELS
+from ich_model.constants import NUM_LABELS, SUBTYPES
 from ich_model.description import (
     DescriptionError,
     assign_by_name,
@@ -34,7 +34,7 @@ from ich_model.description import (
     read_description,
     rebuild_member,
 )
-from ich_model.examples import LABEL
+from ich_model.examples import LABEL, positives_pattern
 from ich_model.members import (
     BATCH_SIZE,
     CHECKPOINT_METRIC,
@@ -75,6 +75,29 @@ def raw_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTran
         tft_output.raw_metadata.schema)
     return raw.unbatch().map(lambda features: (features, tf.cast(tf.reshape(features[LABEL], [NUM_LABELS]),
                                                                  tf.float32)))
+
+
+def positive_examples(file_patterns: list[str], data_accessor, tft_output: tft.TFTransformOutput,
+                      cooccurrence: np.ndarray) -> dict[int, tf.data.Dataset] | None:
+    """Each subtype's train positives as raw_examples pairs, read from the ExampleGen's positive folders, for the
+    subtypes that have any; None (the sampler then filters the split) when an Examples artifact has no such
+    folders, as those written before they existed. A folder whose count disagrees with the split's labels is an
+    error: the sampler's prevalence (sampled_prevalence) is computed from the split."""
+    patterns = {subtype: [positives_pattern(p, subtype) for p in file_patterns] for subtype in SUBTYPES}
+    folders = sorted({os.path.dirname(os.path.dirname(p)) for group in patterns.values() for p in group})
+    missing = [folder for folder in folders if not tf.io.gfile.isdir(folder)]
+    if missing:
+        logging.warning("no positive folders in %s (Examples written before they existed): each subtype's stream "
+                        "filters the whole train split, reading about 1/prevalence Examples per draw", missing)
+        return None
+    counts = {subtype: label_counts(group)[0] for subtype, group in patterns.items()}
+    for index, subtype in enumerate(SUBTYPES):
+        if counts[subtype] != int(cooccurrence[index, index]):
+            raise ValueError(f"{counts[subtype]} Examples in the {subtype} positive folders {patterns[subtype]}, but "
+                             f"the train split holds {int(cooccurrence[index, index])} {subtype} positives: the "
+                             f"Examples artifact is incomplete; ingest the span again")
+    return {index: raw_examples(patterns[subtype], data_accessor, tft_output)
+            for index, subtype in enumerate(SUBTYPES) if counts[subtype]}
 
 
 def warm_start(model: tf.keras.Model, spec: NetworkSpec, base_model_dir: str, member_name: str) -> np.ndarray:
@@ -160,9 +183,13 @@ def run_fn(fn_args) -> None:
         return tft_layer(raw_batch)[IMAGE]
 
     train_raw = raw_examples(fn_args.train_files, fn_args.data_accessor, tft_output)
+    positives = positive_examples(fn_args.train_files, fn_args.data_accessor, tft_output, cooccurrence)
     if settings.cache_examples:  # small sets: keep the raw Examples in memory between epochs
         train_raw = train_raw.cache()
-    train = training_batches(train_raw, recipe, prevalence, batch_size, seed=seed, to_images=to_images)
+        if positives is not None:
+            positives = {index: stream.cache() for index, stream in positives.items()}
+    train = training_batches(train_raw, recipe, prevalence, batch_size, seed=seed, to_images=to_images,
+                             positives=positives)
     evaluation = (raw_examples(fn_args.eval_files, fn_args.data_accessor, tft_output)
                   .batch(batch_size).take(validation_steps).map(lambda raw, labels: (to_images(raw), labels)))
     if settings.cache_examples:

@@ -15,7 +15,7 @@ from components.dicom_example_gen.executor import (
     Executor,
 )
 from components.dicom_example_gen.span_folders import SPAN_GLOB, SPAN_PATTERN
-from ich_model.examples import PATIENT_ID
+from ich_model.examples import PATIENT_ID, TRAIN_SPLIT
 
 # The RSNA download: `stage_2_train/` and `stage_2_train.csv` (the test folder and the sample submission,
 # which has no labels, stay out).
@@ -38,7 +38,7 @@ def patient_split_config(train_share: float) -> example_gen_pb2.Output:
         raise ValueError(f"train_share must be between 0 and 1 (exclusive), got {train_share}")
     train = min(max(round(train_share * HASH_BUCKETS), 1), HASH_BUCKETS - 1)
     return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=train),
+        splits=[example_gen_pb2.SplitConfig.Split(name=TRAIN_SPLIT, hash_buckets=train),
                 example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=HASH_BUCKETS - train)],
         partition_feature_name=PATIENT_ID))
 
@@ -47,8 +47,9 @@ class DicomExampleGen(FileBasedExampleGen):
     """Ingests CT DICOM (any depth, with or without `.dcm`) and RSNA label CSVs into tf.Examples.
 
     Input base: the RSNA layout itself (`stage_2_train/` + `stage_2_train.csv`) or span folders
-    (`span-{SPAN}/...`, each with its DICOM files and CSV). Output: `train` and `eval` split by patient; an
-    ingestion report (`ingestion_report.json`) beside the splits, with its counts as artifact properties.
+    (`span-{SPAN}/...`, each with its DICOM files and CSV). Output: `train` and `eval` split by patient; each
+    subtype's train positives in `Positives-train/<subtype>/` for the balanced sampler; an ingestion report
+    (`ingestion_report.json`) beside the splits, with its counts as artifact properties.
     """
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

@@ -9,7 +9,8 @@ The Beam graph, for one input split pattern:
 Only headers and label vectors are shuffled; pixels are read after the joins and stream to the writer, so memory
 does not grow with the input. Every reject, warning and label problem becomes an event written beside the
 Examples; `Do` sums them into `ingestion_report.json` and artifact properties, and fails the run when the
-rejected share of the input files exceeds `max_reject_share`. The splits are written by `tfrecord_sink`.
+rejected share of the input files exceeds `max_reject_share`. The splits are written by `tfrecord_sink`, and beside
+them each subtype's positives of the train split, which the Trainer's balanced sampler reads.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components.dicom_example_gen.tfrecord_sink import write_split_records
+from ich_model.constants import SUBTYPES
 from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
-from ich_model.examples import place_slices, slice_to_example
+from ich_model.examples import LABEL, TRAIN_SPLIT, place_slices, positives_uri, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
 
 REPORT_FILE = "ingestion_report.json"
@@ -218,6 +220,16 @@ def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], s
     return built.examples
 
 
+def _positive_for(subtype_index: int):
+    """Filter: the Example (proto or serialized) is labelled positive for the subtype."""
+    def positive(example) -> bool:
+        if isinstance(example, bytes):
+            example = tf.train.Example.FromString(example)
+        labels = example.features.feature[LABEL].int64_list.value
+        return bool(labels) and labels[subtype_index] == 1
+    return positive
+
+
 def summarize_events(events_dir: str) -> dict[str, Any]:
     """The ingestion report: counts by reason and every rejected file, missing file and label problem."""
     report: dict[str, Any] = {"input_files": 0, "ingested": 0, "rejected": {}, "warnings": {},
@@ -277,6 +289,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                 _ = split | f"WriteSplit[{name}]" >> write_split_records(
                     artifact_utils.get_split_uri(artifacts, name),
                     os.path.join(examples.uri, WRITE_TEMP_DIR, name))
+            if TRAIN_SPLIT in splits:
+                self._write_positives(splits[TRAIN_SPLIT], examples.uri)
         tf.io.gfile.rmtree(os.path.join(examples.uri, WRITE_TEMP_DIR))  # emptied by the writers' final moves
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")
@@ -287,6 +301,19 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             raise ValueError(
                 f"split {', '.join(empty)} received no examples: splitting is by patient, and this input has too "
                 f"few patients for the configured shares; add patients or change train_share")
+
+    @staticmethod
+    def _write_positives(train, examples_uri: str) -> None:
+        """Each subtype's train positives into their own folder (ich_model.examples.POSITIVES_FOLDER). Every
+        folder is made, even one that stays empty, so that the Trainer can tell "no positives" from an artifact
+        written before these folders existed."""
+        for index, subtype in enumerate(SUBTYPES):
+            folder = positives_uri(examples_uri, TRAIN_SPLIT, subtype)
+            tf.io.gfile.makedirs(folder)
+            _ = (train
+                 | f"Positives[{subtype}]" >> beam.Filter(_positive_for(index))
+                 | f"WritePositives[{subtype}]" >> write_split_records(
+                     folder, os.path.join(examples_uri, WRITE_TEMP_DIR, f"positives-{subtype}")))
 
     @staticmethod
     def _report(examples, events_dir: str, exec_properties: dict[str, Any]) -> None:

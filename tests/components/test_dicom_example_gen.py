@@ -4,9 +4,11 @@ and broken files, checked against what pydicom reads from the same files."""
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import json
 import math
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -23,10 +25,12 @@ from tfx.types import standard_component_specs
 
 from components.dicom_example_gen.component import DicomExampleGen
 from components.dicom_example_gen.executor import REPORT_FILE, dicom_to_example
-from ich_model.constants import LABELS
-from ich_model.examples import example_pixels
+from ich_model.constants import LABELS, SUBTYPES
+from ich_model.examples import LABEL, example_pixels, positives_uri
+from ich_model.members import BATCH_SIZE, MEMBERS, balanced_stream, sampled_prevalence
 from ich_model.reference import is_rsna_wrapped, rsna_hounsfield
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+from ich_model.trainer import positive_examples
 from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen, split_files
 
 BROKEN = {  # file name in the input -> expected reject reason
@@ -188,6 +192,70 @@ def test_split_files_are_gzip_streams_of_exactly_what_tensorflow_s_tfrecord_writ
             for record in records:
                 writer.write(record)
         assert records and written == reference.read_bytes(), path
+
+
+LABEL_SPEC = {LABEL: tf.io.FixedLenFeature([len(LABELS)], tf.int64)}
+
+
+def labelled_records(files: list[str]) -> tf.data.Dataset:
+    """(serialized Example, float labels) pairs, the pixels left unparsed."""
+    return tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        lambda record: (record, tf.cast(tf.io.parse_single_example(record, LABEL_SPEC)[LABEL], tf.float32)))
+
+
+def positive_files(out: Path, subtype: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(positives_uri(str(out), "train", subtype), "*.gz")))
+
+
+def test_each_subtype_s_train_positives_are_written_beside_the_split(ingested):
+    out, _ = ingested
+    train = [(record.numpy(), labels.numpy()) for record, labels in labelled_records(split_files(out, "train"))]
+    with_positives = 0
+    for index, subtype in enumerate(SUBTYPES):
+        expected = sorted(record for record, labels in train if labels[index] == 1)
+        written = sorted(record.numpy() for record, _ in labelled_records(positive_files(out, subtype)))
+        assert written == expected, subtype
+        with_positives += bool(expected)
+        assert os.path.isdir(positives_uri(str(out), "train", subtype))  # made even when empty
+    assert with_positives >= 3
+    assert not glob.glob(str(out / "Positives-eval"))  # only the train split is sampled
+
+
+@pytest.mark.parametrize("member", ["a", "c"])
+def test_the_sampler_on_the_positive_folders_draws_what_sampled_prevalence_says(ingested, member):
+    out, _ = ingested
+    labels = np.array([[v for v in e.features.feature[LABEL].int64_list.value] for e in read_split(out, "train")],
+                      dtype=np.float64)
+    cooccurrence, prevalence = labels.T @ labels, labels.mean(axis=0)  # numpy, not the Trainer's counting
+    positives = {index: labelled_records(positive_files(out, subtype)) for index, subtype in enumerate(SUBTYPES)
+                 if cooccurrence[index, index]}
+    hard = MEMBERS[member].hard_subtypes
+    stream = balanced_stream(labelled_records(split_files(out, "train")), prevalence, seed=0, hard_subtypes=hard,
+                             positives=positives)
+    windows = 400
+    drawn = np.concatenate([batch.numpy() for _, batch in stream.batch(BATCH_SIZE).take(windows)])
+    expected = sampled_prevalence(cooccurrence, len(labels), hard)
+    assert np.allclose(drawn.mean(axis=0), expected, atol=0.015), (drawn.mean(axis=0), expected)
+    assert (expected > prevalence + 0.05)[:-1].all()
+
+
+def test_the_trainer_falls_back_to_filtering_without_positive_folders_and_refuses_an_incomplete_one(
+        ingested, tmp_path, caplog):
+    out, _ = ingested
+    copy = tmp_path / "examples"
+    shutil.copytree(out, copy)
+    pattern = [str(copy / "Split-train" / "*")]
+    labels = np.array([[v for v in e.features.feature[LABEL].int64_list.value] for e in read_split(copy, "train")],
+                      dtype=np.float64)
+    cooccurrence = labels.T @ labels
+    index = next(index for index in range(len(SUBTYPES)) if cooccurrence[index, index])
+    Path(positive_files(copy, SUBTYPES[index])[0]).unlink()
+    with pytest.raises(ValueError, match=rf"\d+ Examples in the {SUBTYPES[index]} positive folders .* but the train "
+                                         rf"split holds {int(cooccurrence[index, index])} {SUBTYPES[index]} positives"):
+        positive_examples(pattern, None, None, cooccurrence)
+    shutil.rmtree(copy / "Positives-train")
+    assert positive_examples(pattern, None, None, cooccurrence) is None
+    assert "no positive folders" in caplog.text
 
 
 def test_no_identifying_tag_reaches_the_outputs(ingested):
