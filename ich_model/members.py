@@ -12,7 +12,9 @@
 All three sample balanced batches (every batch holds at least two positives of each subtype, so that rare
 subtypes such as epidural are seen in every step; `sampled_prevalence` is the share of positives that this gives,
 which the trainer corrects for before export) and train with binary cross-entropy and Adam, the learning rate
-warmed up linearly over the first 5% of steps then cosine-decayed to zero, batch size 32. Member C's hard cases
+warmed up linearly over the first 5% of steps then cosine-decayed to zero, batch size 32 (the GPU presets' larger
+batches scale the rate by the square-root rule, `peak_learning_rate`; a batch of 128 holds four windows of 32
+draws, so the sampled prevalence is the same). Member C's hard cases
 are the two subtypes that the benchmark's networks detect worst (subarachnoid: thin blood along the sulci and
 cisterns; epidural: rare, and against the bone); it gets four of their positives per batch instead of two. The
 emphasis is in the sampler, not the loss, so that cross-entropy stays a proper scoring rule: every member
@@ -22,6 +24,7 @@ are in the project order (`ich_model.constants.LABELS`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,12 +67,21 @@ MEMBERS: dict[str, Recipe] = {
 }
 
 
-def learning_rate_schedule(recipe: Recipe, total_steps: int) -> tf.keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up to the recipe's rate over the first 5% of steps, then cosine decay to zero."""
+def peak_learning_rate(recipe: Recipe, batch_size: int = BATCH_SIZE) -> float:
+    """The recipe's rate, which is for the seed's batch of 32, at another batch size by the square-root rule that
+    suits Adam (Malladi et al., NeurIPS 2022: the rate grows with the square root of the batch, not linearly as
+    for SGD); the warm-up absorbs the early steps' larger updates."""
+    return recipe.learning_rate * math.sqrt(batch_size / BATCH_SIZE)
+
+
+def learning_rate_schedule(recipe: Recipe, total_steps: int,
+                           batch_size: int = BATCH_SIZE) -> tf.keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up to the peak rate (peak_learning_rate) over the first 5% of steps, then cosine decay to
+    zero."""
     warmup = max(1, int(WARMUP_SHARE * total_steps))
     return tf.keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup), alpha=0.0,
-        warmup_target=recipe.learning_rate, warmup_steps=warmup)
+        warmup_target=peak_learning_rate(recipe, batch_size), warmup_steps=warmup)
 
 
 def _positive_for(index: int):
@@ -145,14 +157,14 @@ def training_batches(examples: tf.data.Dataset, recipe: Recipe, prevalence, batc
 
 
 def compile_member(model: tf.keras.Model, recipe: Recipe, total_steps: int, trained_on=None,
-                   actual=None) -> tf.keras.Model:
+                   actual=None, batch_size: int = BATCH_SIZE) -> tf.keras.Model:
     """Binary cross-entropy, Adam on the recipe's schedule, and as metrics the macro AUC and the weighted log
     loss (with its standard error) of the output moved from the prevalence it is `trained_on` (the balanced
     batches') to the `actual` one (the data's; `prior_shift`, which `correct_label_prior` applies before
     export); without them, of the output as it is."""
     shift = None if trained_on is None else prior_shift(trained_on, actual)
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(recipe, total_steps)),
+        optimizer=tf.keras.optimizers.Adam(learning_rate_schedule(recipe, total_steps, batch_size)),
         loss=tf.keras.losses.BinaryCrossentropy(),
         metrics=[tf.keras.metrics.AUC(multi_label=True, num_labels=NUM_LABELS, thresholds=AUC_THRESHOLDS,
                                       name="macro_auc"),

@@ -212,7 +212,7 @@ def run_fn(fn_args) -> None:
                     train_steps, warm_started = settings.steps_from_base, True
             logging.info("member %s: %s, %d steps", recipe.name,
                          f"warm start from {fn_args.base_model}" if warm_started else "from scratch", train_steps)
-            compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence)
+            compile_member(model, recipe, train_steps, trained_on=sampled, actual=prevalence, batch_size=batch_size)
         logging.info(describe(model))
         eval_every = settings.evaluation_interval(train_steps)
         epochs = max(1, train_steps // eval_every)

@@ -129,8 +129,8 @@ def _compile(args: argparse.Namespace) -> int:
     if args.accelerator_type:
         config = dataclasses.replace(config, accelerator_type=args.accelerator_type)
     out = compile_pipeline(config, image=args.image, output=args.out)
-    gpus = (f"{config.trainer_accelerators} x {config.accelerator_type} per trainer"
-            if config.trainer_accelerators else "no accelerators")
+    gpus = (f"{config.trainer_accelerators} x {config.accelerator_type} per trainer, global batch "
+            f"{config.batch_size}" if config.trainer_accelerators else "no accelerators")
     print(f"wrote {out} (image {args.image}, pipeline root {config.pipeline_root}, input {config.input_base}, "
           f"{gpus})")
     return 0

@@ -41,6 +41,9 @@ class TaskResources:
 def task_resources(config: PipelineConfig) -> dict[str, TaskResources]:
     """Component id -> what its task requests. Resolvers run no container and are not listed."""
     accelerators = config.trainer_accelerators
+    if accelerators and config.batch_size % accelerators:
+        raise ValueError(f"batch_size {config.batch_size} does not divide among {accelerators} accelerators per "
+                         f"trainer: each takes an equal share of the global batch; set a multiple of {accelerators}")
     trainer = (TaskResources(CPUS_PER_TRAINER_ACCELERATOR * accelerators,
                              MEMORY_GB_PER_TRAINER_ACCELERATOR * accelerators, accelerators)
                if accelerators else TaskResources(8, 32))

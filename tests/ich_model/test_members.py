@@ -31,11 +31,12 @@ from ich_model.preprocessing import preprocess_dicom
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 
 
-def test_learning_rate_warms_up_then_follows_a_cosine():
+@pytest.mark.parametrize("batch_size", [BATCH_SIZE, 128, 512])
+def test_learning_rate_warms_up_then_follows_a_cosine(batch_size):
     recipe, total = MEMBERS["a"], 1000
-    schedule = learning_rate_schedule(recipe, total)
+    schedule = learning_rate_schedule(recipe, total, batch_size)
     warmup = int(0.05 * total)
-    lr = recipe.learning_rate
+    lr = recipe.learning_rate * (batch_size / 32) ** 0.5  # the square-root rule from the seed's batch of 32
     assert float(schedule(0)) == pytest.approx(0.0)
     assert float(schedule(warmup // 2)) == pytest.approx(lr * (warmup // 2) / warmup, rel=1e-4)
     for step in (warmup, warmup + (total - warmup) // 2, total - 1):

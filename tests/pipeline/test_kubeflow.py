@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import kfp
+import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -91,3 +92,17 @@ def test_ich_compile_sets_the_accelerators_per_trainer_and_a_cpu_preset_requests
     assert main(["compile", "--out", str(cpu), "--accelerators", "0"]) == 0
     assert not any(request.accelerator.count for request in _resources(cpu).values())
     assert all(request.cpu_request >= 1 for request in _resources(cpu).values())
+
+
+def test_a_global_batch_that_does_not_divide_among_the_accelerators_is_refused(tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "three.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["compile", "--out", str(out), "--accelerators", "3"])
+    assert exit_.value.code == 2
+    assert "batch_size 512 does not divide among 3 accelerators" in capsys.readouterr().err
+    assert not out.exists()
+    # The trainers' batch reaches the spec as the members' settings say.
+    assert main(["compile", "--out", str(out), "--accelerators", "4", "--set", "batch_size=256"]) == 0
+    assert '"batch_size": 256' in out.read_text()
