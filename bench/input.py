@@ -172,7 +172,8 @@ def main() -> None:
         # Prefetching reads ahead of what was taken: the count is an upper bound by a few batches.
         return {"images_per_s": images / seconds, "raw_reads_per_image": reads / images}
 
-    results = {"batch_size": BATCH_SIZE, "timed_batches": args.batches, "sets": {}}
+    results = {"batch_size": BATCH_SIZE, "timed_batches": args.batches, "reads_goal": READS_GOAL,
+               "rate_per_core_goal": RATE_PER_CORE_GOAL, "sets": {}}
     for set_name, (files, positive_files) in sets.items():
         set_labels = np.array([tf.io.parse_single_example(r, label_spec)[LABEL].numpy()
                                for r in tf.data.TFRecordDataset(files, compression_type="GZIP")])

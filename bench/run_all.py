@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - after the path is set
 
-# In this order: pipeline runs `ich run` on the demo set, whose artifacts inference and quality then use.
-BENCHMARKS = ("ingest", "transform", "train", "pipeline", "inference", "quality")
+# In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use.
+BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality")
 
 
 def _goal(met: bool | None) -> str:
@@ -62,6 +62,35 @@ def _pipeline(r: dict) -> list[str]:
     where = ", ".join(f"{node} {seconds:.0f} s" for node, seconds in top)
     return [f"| pipeline | `ich run` on the demo set ({r['train_steps']} steps per member) | "
             f"{r['wall_time_s'] / 60:.1f} min | | (largest: {where}) |"]
+
+
+def _input(r: dict) -> list[str]:
+    rows = []
+    for set_name, entry in r["sets"].items():
+        a = entry["members"]["a"]
+        rows.append(f"| input | {set_name}: member A's batches, positive folders, images/s on 1; 2 cores (floor: "
+                    f"parse only, 1 core) | {a['images_per_s_1_cores']:.0f}; {a['images_per_s_2_cores']:.0f} "
+                    f"({entry['floor_images_per_s_1_cores']:.0f}) | >= {r['rate_per_core_goal']:.0f} per core | "
+                    f"{_goal(a['images_per_s_1_cores'] >= r['rate_per_core_goal'])} |")
+        before = entry.get("filter", {}).get("raw_reads_per_image")
+        before = (f"{before:.2f} measured" if before is not None else
+                  f"{entry['filter_reads_per_image_computed']:.1f} computed")
+        worst = max(row["raw_reads_per_image"] for row in entry["members"].values())
+        rows.append(f"| input | {set_name}: raw Examples read per training image, positive folders (filtering the "
+                    f"split, before) | {worst:.2f} ({before}) | <= {r['reads_goal']} | "
+                    f"{_goal(worst <= r['reads_goal'])} |")
+    return rows
+
+
+def _scale(r: dict) -> list[str]:
+    factors = sorted(r["factors"], key=int)
+    worst_time = max(r["components"].items(), key=lambda item: item[1]["time_ratio"])
+    worst_memory = max(r["components"].items(), key=lambda item: item[1]["peak_memory_growth"])
+    return [f"| scale | largest time ratio, {factors[-1]}x vs {factors[0]}x the data ({worst_time[0]}) | "
+            f"{worst_time[1]['time_ratio']:.2f}x | <= {8.5 * int(factors[-1]) / 8 / int(factors[0]):.2f}x | "
+            f"{_goal(r['time_goal_met'])} |",
+            f"| scale | largest peak memory growth, {factors[-1]}x vs {factors[0]}x ({worst_memory[0]}) | "
+            f"{worst_memory[1]['peak_memory_growth']:.2f}x | <= 1.25x | {_goal(r['memory_goal_met'])} |"]
 
 
 def _inference(r: dict) -> list[str]:
@@ -115,7 +144,7 @@ def _quality(r: dict) -> list[str]:
 
 
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
-             "inference": _inference, "quality": _quality}
+             "input": _input, "scale": _scale, "inference": _inference, "quality": _quality}
 
 
 def _auc_table(r: dict) -> list[str]:
@@ -153,6 +182,25 @@ def _ood_table(r: dict) -> list[str]:
     return lines
 
 
+def _scale_table(r: dict) -> list[str]:
+    factors = sorted(r["factors"], key=int)
+    low, high = r["factors"][factors[0]], r["factors"][factors[-1]]
+    lines = [f"`ich run --no-cache`, {r['train_steps']} steps per member, {low['slices']} to {high['slices']} slices "
+             f"({factors[0]}x to {factors[-1]}x). RSNA projections (752,803 slices) from the per-slice cost between "
+             f"the two; on 16 cores the per-slice part is taken to spread over 8 times this machine's cores.", "",
+             f"| component | s at {factors[0]}x | s at {factors[-1]}x | time ratio | peak MB at {factors[0]}x | "
+             f"peak MB at {factors[-1]}x | ms per slice | RSNA h here | RSNA h, 16 cores |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for node, row in r["components"].items():
+        lines.append(f"| {node} | {low['seconds'][node]:.0f} | {high['seconds'][node]:.0f} | {row['time_ratio']:.2f} | "
+                     f"{low['peak_rss_mb'].get(node, 0):.0f} | {high['peak_rss_mb'].get(node, 0):.0f} | "
+                     f"{row['seconds_per_slice'] * 1000:.0f} | {row['rsna_hours_here']:.1f} | "
+                     f"{row['rsna_hours_16_cores']:.1f} |")
+    lines += ["", f"Examples: {r['examples_bytes_per_slice'] / 1e3:.0f} kB per slice; the RSNA set about "
+                  f"{r['rsna_examples_gb']:.0f} GB with its positive folders."]
+    return lines
+
+
 def write_results(statuses: dict[str, str]) -> Path:
     import tensorflow as tf
 
@@ -186,6 +234,9 @@ def write_results(statuses: dict[str, str]) -> Path:
         lines += [f"| {node} | {seconds:.0f} | {results['pipeline']['share_of_wall_time'][node]:.0%} |"
                   for node, seconds in sorted(results["pipeline"]["component_seconds"].items(),
                                               key=lambda item: -item[1])]
+    if "scale" in results:
+        lines += ["", "## How each component grows with the data, and the full RSNA set projected", ""]
+        lines += _scale_table(results["scale"])
     lines += ["", "Each benchmark's JSON in `bench/results/` holds every figure it measured."]
     out = ROOT / "bench" / "RESULTS.md"
     out.write_text("\n".join(lines) + "\n")
