@@ -96,6 +96,8 @@ def positive_examples(file_patterns: list[str], data_accessor, tft_output: tft.T
             raise ValueError(f"{counts[subtype]} Examples in the {subtype} positive folders {patterns[subtype]}, but "
                              f"the train split holds {int(cooccurrence[index, index])} {subtype} positives: the "
                              f"Examples artifact is incomplete; ingest the span again")
+    logging.info("balanced sampler: each subtype's positives from its own folder (%s)",
+                 ", ".join(f"{subtype} {count}" for subtype, count in counts.items()))
     return {index: raw_examples(patterns[subtype], data_accessor, tft_output)
             for index, subtype in enumerate(SUBTYPES) if counts[subtype]}
 
