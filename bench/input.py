@@ -105,6 +105,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-root", default=str(ROOT / "build" / "pipeline"))
     parser.add_argument("--pipeline-name", default="ich")
+    parser.add_argument("--examples", help="an Examples artifact's folder (default: the latest run's)")
+    parser.add_argument("--transform-graph", help="a transform graph's folder (default: the latest run's)")
     parser.add_argument("--batches", type=int, default=15, help="timed batches per measurement (after one)")
     parser.add_argument("--json", type=Path, default=results_path("input"))
     args = parser.parse_args()
@@ -119,11 +121,14 @@ def main() -> None:
     from ich_model.members import MEMBERS, training_batches
     from ich_model.preprocessing import IMAGE
 
-    run = latest_run(args.pipeline_root, args.pipeline_name)
-    examples = run["trainer_inputs"]["examples"][0]
-    transform_graph = run["trainer_inputs"]["transform_graph"][0]
-    train_files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-train", "*.gz"))
-    tft_output = tft.TFTransformOutput(transform_graph.uri)
+    if args.examples and args.transform_graph:
+        examples_uri, transform_graph_uri = args.examples, args.transform_graph
+    else:
+        run = latest_run(args.pipeline_root, args.pipeline_name)
+        examples_uri = run["trainer_inputs"]["examples"][0].uri
+        transform_graph_uri = run["trainer_inputs"]["transform_graph"][0].uri
+    train_files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-train", "*.gz"))
+    tft_output = tft.TFTransformOutput(transform_graph_uri)
     raw_spec = tft_output.raw_feature_spec()
     tft_layer = tft_output.transform_features_layer()
     label_spec = {LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64)}
