@@ -207,6 +207,11 @@ def positive_files(out: Path, subtype: str) -> list[str]:
     return sorted(glob.glob(os.path.join(positives_uri(str(out), "train", subtype), "*.gz")))
 
 
+def train_labels(out: Path) -> np.ndarray:
+    """The train split's label vectors, read from the Examples as protos."""
+    return np.array([e.features.feature[LABEL].int64_list.value for e in read_split(out, "train")], dtype=np.float64)
+
+
 def test_each_subtype_s_train_positives_are_written_beside_the_split(ingested):
     out, _ = ingested
     train = [(record.numpy(), labels.numpy()) for record, labels in labelled_records(split_files(out, "train"))]
@@ -224,8 +229,7 @@ def test_each_subtype_s_train_positives_are_written_beside_the_split(ingested):
 @pytest.mark.parametrize("member", ["a", "c"])
 def test_the_sampler_on_the_positive_folders_draws_what_sampled_prevalence_says(ingested, member):
     out, _ = ingested
-    labels = np.array([[v for v in e.features.feature[LABEL].int64_list.value] for e in read_split(out, "train")],
-                      dtype=np.float64)
+    labels = train_labels(out)
     cooccurrence, prevalence = labels.T @ labels, labels.mean(axis=0)  # numpy, not the Trainer's counting
     positives = {index: labelled_records(positive_files(out, subtype)) for index, subtype in enumerate(SUBTYPES)
                  if cooccurrence[index, index]}
@@ -245,8 +249,7 @@ def test_the_trainer_falls_back_to_filtering_without_positive_folders_and_refuse
     copy = tmp_path / "examples"
     shutil.copytree(out, copy)
     pattern = [str(copy / "Split-train" / "*")]
-    labels = np.array([[v for v in e.features.feature[LABEL].int64_list.value] for e in read_split(copy, "train")],
-                      dtype=np.float64)
+    labels = train_labels(copy)
     cooccurrence = labels.T @ labels
     index = next(index for index in range(len(SUBTYPES)) if cooccurrence[index, index])
     Path(positive_files(copy, SUBTYPES[index])[0]).unlink()
