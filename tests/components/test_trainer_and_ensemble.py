@@ -7,6 +7,7 @@ the real TFX Trainer executor with run_fn, checked against the labels it was tra
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,26 @@ def pipeline_inputs(tmp_path_factory):
     return root, examples
 
 
+@pytest.fixture(scope="module")
+def exported(pipeline_inputs, tmp_path_factory):
+    """`exported(architecture)`: untrained tiny members a, b, c (seeds 1, 2, 3) and the Ensemble's export of
+    them, made once per module for each architecture (an export takes most of a test's time); a test that
+    changes an export works on a copy."""
+    root, _ = pipeline_inputs
+    made = {}
+
+    def export(architecture: str = "cascade") -> tuple[list[tf.keras.Model], str]:
+        if architecture not in made:
+            spec = network_spec(architecture, "tiny")
+            members = [build_network(spec, seed=seed, name=f"member_{name}")
+                       for seed, name in zip((1, 2, 3), "abc", strict=True)]
+            made[architecture] = members, export_ensemble(root / "transform", members,
+                                                          tmp_path_factory.mktemp(architecture), spec)
+        return made[architecture]
+
+    return export
+
+
 def eval_batch(root: Path):
     examples = read_split(root / "examples", "eval")
     ids = [e.features.feature["image_id"].bytes_list.value[0].decode() for e in examples]
@@ -79,12 +100,11 @@ def pooled_features(model: tf.keras.Model, images) -> np.ndarray:
     return features.numpy().mean(axis=(1, 2))
 
 
-def test_ensemble_reports_numpy_mean_spread_and_embeddings_and_survives_a_reload(pipeline_inputs, tmp_path):
+def test_ensemble_reports_numpy_mean_spread_and_embeddings_and_survives_a_reload(pipeline_inputs, exported):
     root, _ = pipeline_inputs
     serialized, images = eval_batch(root)
-    members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
+    members, ensemble_dir = exported()
     expected = np.stack([m(images, training=False).numpy() for m in members], axis=1)  # [B, 3, 6]
-    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
 
     served = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE](examples=serialized)
     np.testing.assert_allclose(served[MEMBER_PROBABILITIES].numpy(), expected, atol=1e-5)
@@ -98,11 +118,10 @@ def test_ensemble_reports_numpy_mean_spread_and_embeddings_and_survives_a_reload
     np.testing.assert_allclose(served[EMBEDDING].numpy(), embeddings, atol=1e-4)
 
 
-def test_the_ensemble_describes_itself_and_its_members_rebuild_to_its_outputs(pipeline_inputs, tmp_path):
+def test_the_ensemble_describes_itself_and_its_members_rebuild_to_its_outputs(pipeline_inputs, exported):
     root, _ = pipeline_inputs
     serialized, images = eval_batch(root)
-    members = [build_cascade("tiny", seed=seed) for seed in (4, 5, 6)]
-    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
+    _, ensemble_dir = exported()
 
     description = read_description(ensemble_dir)
     assert description["version"] == DESCRIPTION_VERSION and description["kind"] == "ensemble"
@@ -145,9 +164,9 @@ def numpy_mahalanobis_scores(train: np.ndarray, any_labels: np.ndarray, scored: 
     return np.mean(per_member, axis=0)
 
 
-def test_the_shipped_ood_score_is_numpy_mahalanobis_on_the_train_split_embeddings(pipeline_inputs, tmp_path):
+def test_the_shipped_ood_score_is_numpy_mahalanobis_on_the_train_split_embeddings(pipeline_inputs, exported):
     root, _ = pipeline_inputs
-    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+    _, ensemble_dir = exported()
     loaded = tf.saved_model.load(ensemble_dir)
     serve = loaded.signatures[SERVING_SIGNATURE]
     train, train_labels = served_split(serve, root, "train")
@@ -177,11 +196,10 @@ def test_the_shipped_ood_score_is_numpy_mahalanobis_on_the_train_split_embedding
     assert numpy_mahalanobis_scores(train[EMBEDDING], train_labels, far).min() > ood["threshold"]
 
 
-def test_a_member_warm_starts_from_its_namesake_by_variable_name(pipeline_inputs, tmp_path):
+def test_a_member_warm_starts_from_its_namesake_by_variable_name(pipeline_inputs, exported):
     root, _ = pipeline_inputs
     _, images = eval_batch(root)
-    members = [build_cascade("tiny", seed=seed) for seed in (1, 2, 3)]
-    ensemble_dir = export_ensemble(root / "transform", members, tmp_path)
+    members, ensemble_dir = exported()
 
     fresh = build_cascade("tiny", seed=99)
     assert not np.allclose(fresh(images, training=False).numpy(), members[1](images, training=False).numpy())
@@ -216,10 +234,8 @@ def test_warm_start_and_rebuild_match_variables_by_name_whatever_their_order(pip
     ("efficientnet_only", "tiny", "is a cascade network of efficientnet \\+ convnext; this run trains a "
                                   "efficientnet_only network of efficientnet"),
 ])
-def test_warm_start_refuses_another_network_with_the_reason(pipeline_inputs, tmp_path, architecture, preset,
-                                                            reason):
-    root, _ = pipeline_inputs
-    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+def test_warm_start_refuses_another_network_with_the_reason(exported, architecture, preset, reason):
+    _, ensemble_dir = exported()
     spec = network_spec(architecture, preset)
     other = build_network(spec, seed=99)
     before = [v.numpy() for v in other.variables]
@@ -228,9 +244,8 @@ def test_warm_start_refuses_another_network_with_the_reason(pipeline_inputs, tmp
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other.variables, strict=True))
 
 
-def test_an_export_without_a_description_is_a_clear_error(pipeline_inputs, tmp_path):
-    root, _ = pipeline_inputs
-    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], tmp_path)
+def test_an_export_without_a_description_is_a_clear_error(exported, tmp_path):
+    ensemble_dir = shutil.copytree(exported()[1], tmp_path / "ensemble")
     Path(description_path(ensemble_dir)).unlink()
     message = "has no model description \\(assets/model_description.json\\)"
     with pytest.raises(DescriptionError, match=message):
@@ -240,14 +255,11 @@ def test_an_export_without_a_description_is_a_clear_error(pipeline_inputs, tmp_p
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_grad_cam_reads_the_declared_tap_of_every_architecture(pipeline_inputs, tmp_path, architecture):
+def test_grad_cam_reads_the_declared_tap_of_every_architecture(pipeline_inputs, exported, architecture):
     """The members rebuilt from an export of any architecture give the heat maps of the networks exported."""
     root, _ = pipeline_inputs
     _, images = eval_batch(root)
-    spec = network_spec(architecture, "tiny")
-    members = [build_network(spec, seed=seed, name=f"member_{name}")
-               for seed, name in zip((1, 2, 3), "abc", strict=True)]
-    ensemble_dir = export_ensemble(root / "transform", members, tmp_path, spec)
+    members, ensemble_dir = exported(architecture)
 
     heat = GradCam(rebuild_members(ensemble_dir)).heatmaps(images[:4], LABELS.index("any"))
     expected = GradCam(dict(zip("abc", members, strict=True))).heatmaps(images[:4], LABELS.index("any"))

@@ -1,5 +1,5 @@
-"""Mixed precision: each preset's cascade trains two steps under the GPU presets' policy on this CPU, with the head
-and the loss in float32, and is rebuilt in float32 for export with the same weights."""
+"""Mixed precision: each preset's cascade is built under the GPU presets' policy (b0 and tiny also train two steps
+on this CPU), with the head and the loss in float32, and is rebuilt in float32 for export with the same weights."""
 
 from __future__ import annotations
 
@@ -35,16 +35,19 @@ def test_the_gpu_presets_train_in_mixed_precision_and_the_demo_in_float32():
         TrainerSettings(precision="half")
 
 
-@pytest.mark.parametrize("model_preset", ["b0", "s"])  # tiny: the float16 test below
-def test_each_preset_trains_two_steps_under_the_mixed_policy_and_exports_in_float32(model_preset):
+# tiny: the float16 test below. s is b0's families at other sizes: built, not trained (its train step's graph
+# alone takes minutes on a CPU).
+@pytest.mark.parametrize("model_preset, train", [("b0", True), ("s", False)])
+def test_each_preset_builds_under_the_mixed_policy_trains_and_exports_in_float32(model_preset, train):
     spec = network_spec("cascade", model_preset)
     with precision_policy("mixed") as policy:
         model = build_network(spec, seed=1, name="member_a")
         compile_member(model, MEMBERS["a"], total_steps=2)
-        history = model.fit(_batch(0), steps_per_epoch=2, epochs=1, verbose=0)
+        if train:
+            history = model.fit(_batch(0), steps_per_epoch=2, epochs=1, verbose=0)
+            assert np.isfinite(history.history["loss"]).all()
     assert policy == "mixed_bfloat16"
     assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
-    assert np.isfinite(history.history["loss"]).all()
     convolutions = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
     assert convolutions and {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
     assert {v.dtype for v in model.trainable_variables} == {tf.float32}
