@@ -77,6 +77,10 @@ class CtSlice:
         """Position along the patient's feet-head axis (ImagePositionPatient[2]); NaN when unknown."""
         return self.image_position[2] if self.image_position else math.nan
 
+    @property
+    def slice_position_mm(self) -> float:
+        return position_along_normal(self.image_position, self.image_orientation)
+
     def hounsfield_units(self) -> np.ndarray:
         return self.pixels.astype(np.float64) * self.rescale_slope + self.rescale_intercept
 
@@ -137,6 +141,21 @@ def _first(value) -> float | None:
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         return float(value[0]) if len(value) else None
     return float(value)
+
+
+def position_along_normal(position: tuple[float, ...] | None, orientation: tuple[float, ...] | None) -> float:
+    """ImagePositionPatient projected on the slice normal (row cosines x column cosines), in mm: the coordinate
+    that orders a series' slices and spaces them, a tilted gantry's included (its z positions are closer than
+    its slices). Without an orientation, or with a degenerate one, the slice is taken as axial (z); NaN without
+    a position."""
+    if position is None:
+        return math.nan
+    if orientation is not None:
+        normal = np.cross(orientation[:3], orientation[3:])
+        length = float(np.linalg.norm(normal))
+        if length > 1e-6:
+            return float(np.dot(position, normal / length))
+    return float(position[2])
 
 
 def _floats(value, count: int) -> tuple[float, ...] | None:
@@ -240,6 +259,7 @@ class SliceHeader:
     study_uid: str
     series_uid: str
     z_position: float
+    slice_position_mm: float  # along the slice normal (position_along_normal)
 
 
 def read_header(source: str | os.PathLike | bytes) -> SliceHeader:
@@ -253,4 +273,6 @@ def _read_header(source: str | os.PathLike | bytes) -> SliceHeader:
     ds = _open(source, defer_pixels=not isinstance(source, bytes | bytearray))
     _check_single_ct_image(ds)
     position = _floats(ds.get("ImagePositionPatient", ()), 3)
-    return SliceHeader(*_identity(ds, source), z_position=position[2] if position else math.nan)
+    orientation = _floats(ds.get("ImageOrientationPatient", ()), 6)
+    return SliceHeader(*_identity(ds, source), z_position=position[2] if position else math.nan,
+                       slice_position_mm=position_along_normal(position, orientation))

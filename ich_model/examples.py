@@ -29,6 +29,7 @@ RESCALE_SLOPE = "rescale_slope"
 RESCALE_INTERCEPT = "rescale_intercept"
 LABEL = "label"
 Z_POSITION = "z_position"
+SLICE_POSITION = "slice_position_mm"  # along the slice normal: what orders and spaces a series' slices
 SLICE_INDEX = "slice_index"
 SLICE_COUNT = "slice_count"
 RELATIVE_POSITION = "relative_position"
@@ -44,7 +45,7 @@ RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
        (IMAGE_ID, PATIENT_ID, STUDY_UID, SERIES_UID, PIXELS, INTERCEPT_GROUP, IMAGE_SIZE)},
     **{name: tf.io.FixedLenFeature([], tf.int64) for name in (HEIGHT, WIDTH, SLICE_INDEX, SLICE_COUNT, SPAN)},
     **{name: tf.io.FixedLenFeature([], tf.float32) for name in
-       (RESCALE_SLOPE, RESCALE_INTERCEPT, Z_POSITION, RELATIVE_POSITION, PIXEL_SPACING_MM)},
+       (RESCALE_SLOPE, RESCALE_INTERCEPT, Z_POSITION, SLICE_POSITION, RELATIVE_POSITION, PIXEL_SPACING_MM)},
     LABEL: tf.io.FixedLenFeature([NUM_LABELS], tf.int64),
 }
 
@@ -75,7 +76,8 @@ def positives_pattern(split_pattern: str, subtype: str) -> str:
 
 @dataclass(frozen=True)
 class SlicePlacement:
-    """Where a slice sits in its study, ordered by ImagePositionPatient z (feet to head)."""
+    """Where a slice sits in its study, ordered by position along the slice normal (feet to head for an axial
+    series)."""
 
     slice_index: int
     slice_count: int
@@ -86,9 +88,10 @@ class SlicePlacement:
 
 
 def place_slices(headers: Iterable[SliceHeader]) -> dict[str, SlicePlacement]:
-    """Order a study's slices by z position (slices without one go last, by image ID)."""
-    ordered = sorted(headers, key=lambda h: (math.isnan(h.z_position), 0.0 if math.isnan(h.z_position)
-                                             else h.z_position, h.image_id))
+    """Order a study's slices by position along the slice normal (slices without one go last, by image ID)."""
+    ordered = sorted(headers, key=lambda h: (math.isnan(h.slice_position_mm),
+                                             0.0 if math.isnan(h.slice_position_mm) else h.slice_position_mm,
+                                             h.image_id))
     return {h.image_id: SlicePlacement(i, len(ordered)) for i, h in enumerate(ordered)}
 
 
@@ -126,6 +129,7 @@ def slice_to_example(ct: CtSlice, placement: SlicePlacement, label: np.ndarray |
         RESCALE_SLOPE: _float(ct.rescale_slope),
         RESCALE_INTERCEPT: _float(ct.rescale_intercept),
         Z_POSITION: _float(ct.z_position),
+        SLICE_POSITION: _float(ct.slice_position_mm),
         SLICE_INDEX: _ints(placement.slice_index),
         SLICE_COUNT: _ints(placement.slice_count),
         RELATIVE_POSITION: _float(placement.relative_position),

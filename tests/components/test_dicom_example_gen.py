@@ -120,9 +120,13 @@ def check_examples(base: Path):
             expected_group = "wrapped" if is_rsna_wrapped(ds) else f"{float(ds.RescaleIntercept):g}"
             assert feature(e, "intercept_group").decode() == expected_group
             assert feature(e, "pixel_spacing_mm") == pytest.approx(float(ds.PixelSpacing[0]))
-            studies[ds.StudyInstanceUID].append((float(ds.ImagePositionPatient[2]), image_id))
+            orientation = np.array(ds.ImageOrientationPatient, float)
+            along_normal = float(np.dot(np.array(ds.ImagePositionPatient, float),
+                                        np.cross(orientation[:3], orientation[3:])))
+            assert feature(e, "slice_position_mm") == pytest.approx(along_normal, abs=1e-3)
+            studies[ds.StudyInstanceUID].append((along_normal, float(ds.ImagePositionPatient[2]), image_id))
         for slices in studies.values():
-            for index, (z, image_id) in enumerate(sorted(slices)):
+            for index, (_, z, image_id) in enumerate(sorted(slices)):
                 e = by_id[image_id]
                 assert feature(e, "slice_index") == index
                 assert feature(e, "slice_count") == len(slices)

@@ -179,3 +179,52 @@ def test_multi_valued_window_tags_take_the_first_value_and_any_size_is_kept():
     ct = read_slice(dataset_bytes(ds))
     assert (ct.window_center, ct.window_width) == (36.0, 80.0)
     assert ct.pixels.shape == (436, 374) and ct.image_size == "436x374"
+
+
+def series_slices(orientation: list[float], positions: np.ndarray) -> list[bytes]:
+    """CT_small re-positioned: one file per position, all with the given ImageOrientationPatient, stored in an
+    order unrelated to their positions (image IDs 0, 1, ... in the order given)."""
+    files = []
+    for index, position in enumerate(positions):
+        ds = ct_small()
+        ds.SOPInstanceUID = f"1.2.3.{index}"
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
+        files.append(dataset_bytes(ds))
+    return files
+
+
+@pytest.mark.parametrize("orientation", [
+    [1, 0, 0, 0, 0, -1],  # coronal: every slice at the same z
+    [1, 0, 0, 0, np.cos(np.deg2rad(25)), -np.sin(np.deg2rad(25))],  # axial, gantry tilted 25 degrees
+    [0, 1, 0, 0, 0, -1],  # sagittal
+])
+def test_slices_are_placed_along_the_normal_of_their_orientation(orientation):
+    from ich_model.examples import place_slices
+
+    normal = np.cross(orientation[:3], orientation[3:])
+    rng = np.random.default_rng(3)
+    offsets = rng.permutation(5) * 5.0  # 5 mm apart, stored out of order
+    positions = np.array([10.0, -20.0, 30.0]) + offsets[:, None] * normal
+    headers = [read_header(data) for data in series_slices(orientation, positions)]
+    expected = np.array([np.dot(p, normal) for p in positions])  # numpy, from the headers as written
+    np.testing.assert_allclose([h.slice_position_mm for h in headers], expected, atol=1e-3)
+    np.testing.assert_allclose(np.diff(np.sort(expected)), 5.0, atol=1e-3)  # the slices' own spacing
+    placements = place_slices(headers)
+    assert [placements[h.image_id].slice_index for h in headers] == list(np.argsort(np.argsort(expected)))
+    assert read_slice(series_slices(orientation, positions[:1])[0]).slice_position_mm == pytest.approx(expected[0],
+                                                                                                       abs=1e-3)
+
+
+def test_a_slice_without_orientation_is_taken_as_axial_and_one_without_position_goes_last():
+    from ich_model.examples import place_slices
+
+    with_position, without_orientation, without_position = (ct_small() for _ in range(3))
+    for index, ds in enumerate((with_position, without_orientation, without_position)):
+        ds.SOPInstanceUID = f"1.2.3.{index}"
+    del without_orientation.ImageOrientationPatient
+    del without_position.ImagePositionPatient
+    headers = [read_header(dataset_bytes(ds)) for ds in (without_position, without_orientation, with_position)]
+    assert headers[1].slice_position_mm == pytest.approx(float(without_orientation.ImagePositionPatient[2]))
+    assert np.isnan(headers[0].slice_position_mm)
+    assert place_slices(headers)["1.2.3.2"].slice_index == 2  # no position: last
