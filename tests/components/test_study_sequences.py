@@ -1,0 +1,156 @@
+"""StudySequenceGen on real DICOM through the real ExampleGen, Transform and Ensemble executors: its records against
+numpy's order along the slice normal computed from pydicom's reading of the headers, the SavedModel's own outputs on
+the same slices and the label CSV; a slice without a position, two slices at one position and a study of two series,
+counted in the report; the patient split kept."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from tfx.types import artifact_utils, standard_artifacts
+
+from components.dicom_example_gen import DicomExampleGen
+from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
+from ich_model import context
+from ich_model.constants import NUM_LABELS
+from ich_model.labels import read_rsna_labels
+from ich_model.model.presets import build_cascade
+from ich_model.serving import EMBEDDING, PROBABILITIES, SERVING_SIGNATURE, SPREAD
+from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+from pipeline.configs import beam_args_with_workers_image
+from tests.pipeline_helpers import BEAM_ARGS, export_ensemble, read_split, run_example_gen, run_transform
+
+SPLITS = ("train", "eval")
+
+
+def edit(path: Path, change) -> None:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Synthetic studies with three quirks written into their headers, ingested, and the component's output."""
+    root = tmp_path_factory.mktemp("sequences")
+    generate_dataset(root / "rsna", patients=6, slices_per_study=5, seed=21, size=64, positive_fraction=0.5,
+                     progress=False)
+    files = sorted((root / "rsna" / IMAGES_DIR).glob("*.dcm"))
+    by_study = defaultdict(list)
+    for path in files:
+        by_study[pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID].append(path)
+    first, second, third = (by_study[uid] for uid in sorted(by_study)[:3])
+    edit(first[0], lambda ds: delattr(ds, "ImagePositionPatient"))  # no position
+    twin = pydicom.dcmread(second[1], stop_before_pixels=True).ImagePositionPatient
+
+    def same_position(ds):
+        ds.ImagePositionPatient = twin
+
+    edit(second[2], same_position)  # two slices at one position
+    for path in third[:2]:  # a study of two series
+        edit(path, lambda ds: setattr(ds, "SeriesInstanceUID", ds.SeriesInstanceUID + ".2"))
+
+    examples = run_example_gen(DicomExampleGen(str(root / "rsna"), train_share=0.5), root / "examples")
+    run_transform(root / "examples", root / "transform", root / "tft-tmp")
+    ensemble_dir = export_ensemble(root / "transform", [build_cascade("tiny", seed=s) for s in (1, 2, 3)], root)
+    model = standard_artifacts.Model()
+    model.uri = str(Path(ensemble_dir).parent)
+    sequences = standard_artifacts.Examples()
+    sequences.uri = str(root / "sequences")
+    Executor(Executor.Context(beam_pipeline_args=beam_args_with_workers_image(BEAM_ARGS))).Do(
+        {EXAMPLES_KEY: [examples], MODEL_KEY: [model]}, {STUDY_SEQUENCES_KEY: [sequences]}, {})
+    return root, ensemble_dir, sequences
+
+
+def records(sequences, split: str) -> list[tf.train.Example]:
+    return read_split(Path(sequences.uri), split)
+
+
+def values(record: tf.train.Example, name: str) -> list:
+    feature = record.features.feature[name]
+    return list(getattr(feature, feature.WhichOneof("kind")).value)
+
+
+def numpy_order(root: Path) -> dict[tuple[str, str], list[tuple[float, str]]]:
+    """Per (study, series): (position along the normal, image ID) in order, from pydicom's headers; slices without
+    a position last, ties by image ID."""
+    series = defaultdict(list)
+    for path in (root / "rsna" / IMAGES_DIR).glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        orientation = np.array(ds.ImageOrientationPatient, float)
+        position = (float(np.dot(np.array(ds.ImagePositionPatient, float),
+                                 np.cross(orientation[:3], orientation[3:])))
+                    if "ImagePositionPatient" in ds else np.nan)
+        series[(ds.StudyInstanceUID, ds.SeriesInstanceUID)].append((position, str(ds.SOPInstanceUID)))
+    return {key: sorted(slices, key=lambda s: (np.isnan(s[0]), np.nan_to_num(s[0]), s[1]))
+            for key, slices in series.items()}
+
+
+def test_each_series_is_one_record_in_numpy_s_order_along_the_normal(built):
+    root, _, sequences = built
+    expected = numpy_order(root)
+    seen = {}
+    for split in SPLITS:
+        for record in records(sequences, split):
+            key = (values(record, "study_uid")[0].decode(), values(record, "series_uid")[0].decode())
+            seen[key] = record
+    assert set(seen) == set(expected)
+    assert len({study for study, _ in seen}) == len(seen) - 1  # one study holds two series
+    for key, record in seen.items():
+        positions, image_ids = zip(*expected[key], strict=True)
+        assert [i.decode() for i in values(record, context.IMAGE_IDS)] == list(image_ids)
+        assert values(record, context.LENGTH) == [len(image_ids)]
+        np.testing.assert_allclose(values(record, context.POSITIONS), positions, atol=1e-3)
+        known = ~np.isnan(positions)
+        assert values(record, context.POSITION_KNOWN) == known.astype(int).tolist()
+        steps = np.nan_to_num(np.diff(positions))
+        np.testing.assert_allclose(values(record, context.GAP_BEFORE), np.r_[0, steps], atol=1e-3)
+        np.testing.assert_allclose(values(record, context.GAP_AFTER), np.r_[steps, 0], atol=1e-3)
+        assert values(record, context.MISSING_POSITIONS) == [int((~known).sum())]
+        assert values(record, context.DUPLICATE_POSITIONS) == [int(np.sum(np.diff(np.array(positions)[known]) < 0.01))]
+
+
+def test_the_quirks_are_counted_in_the_report_and_on_the_artifact(built):
+    _, _, sequences = built
+    report = json.loads((Path(sequences.uri) / REPORT_FILE).read_text())
+    assert sorted(report) == sorted(SPLITS)
+    assert sum(r["missing_positions"] for r in report.values()) == 1
+    assert sum(r["duplicate_positions"] for r in report.values()) == 1
+    for split in SPLITS:
+        written = records(sequences, split)
+        assert report[split]["series"] == len(written)
+        assert report[split]["slices"] == sum(values(r, context.LENGTH)[0] for r in written)
+        assert report[split]["longest_series"] == max(values(r, context.LENGTH)[0] for r in written)
+        assert sequences.get_int_custom_property(f"{split}_series") == len(written)
+    assert artifact_utils.decode_split_names(sequences.split_names) == list(SPLITS)
+
+
+def test_each_slice_carries_the_ensemble_s_outputs_and_the_csv_labels(built):
+    root, ensemble_dir, sequences = built
+    labels = read_rsna_labels(root / "rsna" / LABELS_CSV).labels
+    serve = tf.saved_model.load(ensemble_dir).signatures[SERVING_SIGNATURE]
+    for split in SPLITS:
+        slices = read_split(root / "examples", split)
+        outputs = serve(examples=tf.constant([e.SerializeToString() for e in slices]))
+        by_id = {e.features.feature["image_id"].bytes_list.value[0].decode(): i for i, e in enumerate(slices)}
+        patients = {e.features.feature["patient_id"].bytes_list.value[0] for e in slices}
+        for record in records(sequences, split):
+            assert values(record, "patient_id")[0] in patients  # the patient split is kept
+            rows = [by_id[i.decode()] for i in values(record, context.IMAGE_IDS)]
+            size = values(record, context.EMBEDDING_SIZE)[0]
+            np.testing.assert_allclose(np.reshape(values(record, context.EMBEDDING), (-1, size)),
+                                       outputs[EMBEDDING].numpy()[rows].reshape(len(rows), -1), atol=1e-5)
+            for name, output in ((context.PROBABILITIES, PROBABILITIES), (context.SPREAD, SPREAD)):
+                np.testing.assert_allclose(np.reshape(values(record, name), (-1, NUM_LABELS)),
+                                           outputs[output].numpy()[rows], atol=1e-6)
+            expected = np.array([labels[i.decode()] for i in values(record, context.IMAGE_IDS)])
+            assert np.reshape(values(record, context.SLICE_LABELS), (-1, NUM_LABELS)).tolist() == expected.tolist()
+            assert values(record, context.STUDY_LABEL) == expected.max(axis=0).tolist()
+            assert "pixels" not in record.features.feature
+
