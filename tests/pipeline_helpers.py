@@ -105,3 +105,11 @@ def export_ensemble(transform_dir: Path, members: list, out: Path, spec: Network
     ensemble.uri = str(out / "ensemble")
     Ensemble.test_call(*artifacts, transform_graph, examples, ensemble)
     return path_utils.serving_model_path(ensemble.uri)
+
+
+def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
+    """Every weight of `model` drawn at random, so that every layer acts (the study-context model's corrections
+    start at zero, which would hide its GRUs)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model

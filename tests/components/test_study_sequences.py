@@ -1,7 +1,8 @@
 """StudySequenceGen on real DICOM through the real ExampleGen, Transform and Ensemble executors: its records against
 numpy's order along the slice normal computed from pydicom's reading of the headers, the SavedModel's own outputs on
 the same slices and the label CSV; a slice without a position, two slices at one position and a study of two series,
-counted in the report; the patient split kept."""
+counted in the report; the patient split kept. And the published study model: its signature, given a study's slice
+Examples in any order, equals the two stages run by hand (these records through the context model)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,27 @@ from components.dicom_example_gen import DicomExampleGen
 from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
 from ich_model import context
 from ich_model.constants import NUM_LABELS
+from ich_model.context_model import REFINED, STUDY, build_context_model, parse_record
 from ich_model.labels import read_rsna_labels
 from ich_model.model.presets import build_cascade
 from ich_model.serving import EMBEDDING, PROBABILITIES, SERVING_SIGNATURE, SPREAD
+from ich_model.study_serving import (
+    REFINED_PROBABILITIES,
+    SERIES_INDEX,
+    SLICE_ORDER,
+    STUDY_PROBABILITIES,
+    StudyScoringModule,
+)
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.configs import beam_args_with_workers_image
-from tests.pipeline_helpers import BEAM_ARGS, export_ensemble, read_split, run_example_gen, run_transform
+from tests.pipeline_helpers import (
+    BEAM_ARGS,
+    export_ensemble,
+    randomised,
+    read_split,
+    run_example_gen,
+    run_transform,
+)
 
 SPLITS = ("train", "eval")
 
@@ -154,3 +170,37 @@ def test_each_slice_carries_the_ensemble_s_outputs_and_the_csv_labels(built):
             assert values(record, context.STUDY_LABEL) == expected.max(axis=0).tolist()
             assert "pixels" not in record.features.feature
 
+
+
+def test_the_study_signature_on_slices_in_any_order_equals_the_two_stages_run_by_hand(built, tmp_path):
+    root, ensemble_dir, sequences = built
+    written = [r for split in SPLITS for r in records(sequences, split)]
+    model = randomised(build_context_model(values(written[0], context.EMBEDDING_SIZE)[0], units=8, seed=1), seed=2)
+    StudyScoringModule(tf.saved_model.load(ensemble_dir), model, {"kind": "study"}).save(str(tmp_path / "study"))
+    serve = tf.saved_model.load(str(tmp_path / "study")).signatures[SERVING_SIGNATURE]
+
+    by_hand, studies = {}, defaultdict(list)
+    for record in written:
+        inputs, _ = parse_record(tf.constant(record.SerializeToString()))
+        outputs = model({name: value[None] for name, value in inputs.items()}, training=False)
+        study = values(record, "study_uid")[0].decode()
+        studies[study].append(outputs[STUDY][0].numpy())
+        for place, image_id in enumerate(values(record, context.IMAGE_IDS)):
+            by_hand[image_id.decode()] = (outputs[REFINED][0, place].numpy(), place,
+                                          values(record, "series_uid")[0].decode())
+    slices = defaultdict(list)
+    for split in SPLITS:
+        for example in read_split(root / "examples", split):
+            slices[example.features.feature["study_uid"].bytes_list.value[0].decode()].append(example)
+    rng = np.random.default_rng(5)
+    for study, examples in slices.items():
+        shuffled = [examples[i] for i in rng.permutation(len(examples))]
+        served = serve(examples=tf.constant([e.SerializeToString() for e in shuffled]))
+        image_ids = [e.features.feature["image_id"].bytes_list.value[0].decode() for e in shuffled]
+        np.testing.assert_allclose(served[REFINED_PROBABILITIES].numpy(), [by_hand[i][0] for i in image_ids],
+                                   atol=1e-4)
+        assert served[SLICE_ORDER].numpy().tolist() == [by_hand[i][1] for i in image_ids]
+        series_uids = sorted({by_hand[i][2] for i in image_ids})
+        assert served[SERIES_INDEX].numpy().tolist() == [series_uids.index(by_hand[i][2]) for i in image_ids]
+        np.testing.assert_allclose(served[STUDY_PROBABILITIES].numpy(), np.max(studies[study], axis=0), atol=1e-4)
+    assert any(len(heads) == 2 for heads in studies.values())  # the study of two series was served as one

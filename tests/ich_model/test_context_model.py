@@ -24,6 +24,7 @@ from ich_model.context_model import (
     predict_studies,
 )
 from ich_model.metrics import weighted_log_loss
+from tests.pipeline_helpers import randomised
 
 EMBEDDING_SIZE = 8
 
@@ -42,13 +43,6 @@ def padded(series: list[dict[str, np.ndarray]]) -> dict[str, tf.Tensor]:
         rows = [np.pad(s[name], [(0, longest - len(s[MASK]))] + [(0, 0)] * (s[name].ndim - 1)) for s in series]
         batch[name] = tf.constant(np.stack(rows))
     return batch
-
-
-def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
-    """Every weight drawn at random (the corrections start at zero, which would hide the GRUs)."""
-    rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
-    return model
 
 
 def test_a_padded_series_scores_exactly_as_the_same_series_alone():
