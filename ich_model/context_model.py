@@ -17,12 +17,14 @@ Augmentation as the RSNA winners did: random reversal of the order, and keeping 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 
 from ich_model import context
 from ich_model.constants import NUM_LABELS
-from ich_model.metrics import EPSILON, LABEL_WEIGHTS
+from ich_model.metrics import EPSILON, LABEL_WEIGHTS, weighted_log_loss
 
 MASK = "mask"
 GAPS = "gaps"  # [S, 2]: gap before and after, in cm (so that inputs are near unit scale)
@@ -182,17 +184,38 @@ def fit_context_model(model: tf.keras.Model, batches: tf.data.Dataset, steps: in
     return losses
 
 
-def predict_studies(model: tf.keras.Model, batches: tf.data.Dataset) -> tuple[list[np.ndarray], np.ndarray,
-                                                                               list[np.ndarray], np.ndarray]:
-    """(refined per-slice probabilities per series [S, 6], study probabilities [N, 6], slice labels per series,
-    study labels [N]) over every batch, padding removed."""
-    refined, studies, slice_labels, study_labels = [], [], [], []
+@dataclass
+class StudyPredictions:
+    """Over a set of series, padding removed: per series the refined and the slice-only probabilities [S, 6] and
+    the slice labels; per series the study head, the max-over-slices rule and the study labels [N, 6]."""
+
+    refined: list[np.ndarray]
+    slice_only: list[np.ndarray]
+    slice_labels: list[np.ndarray]
+    study: np.ndarray
+    max_rule: np.ndarray
+    study_labels: np.ndarray
+
+    def figures(self) -> dict[str, float]:
+        """The weighted log loss of each output against its labels (slices, and series)."""
+        slices = np.concatenate(self.slice_labels)
+        return {"slice_refined": weighted_log_loss(slices, np.concatenate(self.refined)),
+                "slice_only": weighted_log_loss(slices, np.concatenate(self.slice_only)),
+                "study_head": weighted_log_loss(self.study_labels, self.study),
+                "study_max_rule": weighted_log_loss(self.study_labels, self.max_rule)}
+
+
+def predict_studies(model: tf.keras.Model, batches: tf.data.Dataset) -> StudyPredictions:
+    refined, slice_only, slice_labels, study, max_rule, study_labels = [], [], [], [], [], []
     for inputs, labels in batches:
         outputs = model(inputs, training=False)
         lengths = tf.reduce_sum(tf.cast(inputs[MASK], tf.int32), axis=1).numpy()
         for row, length in enumerate(lengths):
             refined.append(outputs[REFINED][row, :length].numpy())
+            slice_only.append(inputs[context.PROBABILITIES][row, :length].numpy())
             slice_labels.append(labels[REFINED][row, :length].numpy())
-        studies.append(outputs[STUDY].numpy())
+            max_rule.append(slice_only[-1].max(axis=0))
+        study.append(outputs[STUDY].numpy())
         study_labels.append(labels[STUDY].numpy())
-    return refined, np.concatenate(studies), slice_labels, np.concatenate(study_labels)
+    return StudyPredictions(refined, slice_only, slice_labels, np.concatenate(study), np.stack(max_rule),
+                            np.concatenate(study_labels))

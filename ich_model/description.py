@@ -4,7 +4,7 @@ Every export (a member's and the ensemble's) holds `assets/model_description.jso
 
     format, version          "ich-model-description", DESCRIPTION_VERSION
     project_version          the ich-pipeline release that exported it
-    kind                     "member" or "ensemble"
+    kind                     "member", "ensemble" or "study"
     labels, input            label order; input size, channel windows (level, width) and value range
     member_order, outputs    the order of the members along the M axis; the serving outputs and their shapes
     member (kind member):    name, architecture, network (NetworkSpec.get_config()), embedding_size,
@@ -13,6 +13,8 @@ Every export (a member's and the ensemble's) holds `assets/model_description.jso
     members (kind ensemble): each member's own description, by name
     ood (ensembles exported with an OOD model; optional): method, shrinkage, threshold, fitted-on counts and the
                              share of eval split slices flagged (ich_model.ood.OodModel.description)
+    slice_ensemble, context  (kind study) the description of the slice ensemble it holds, and the study-context
+                             model's settings, steps and eval figures (ich_model/context_trainer.py)
 
 `rebuild_member` makes the Keras network of a member from its description (`NetworkSpec.from_config`, as
 keras-hub's `from_config` rebuilds a backbone from `get_config`) and gives it the exported weights, matched by
@@ -36,7 +38,7 @@ from ich_model.model.network import EMBEDDING_LAYER, NetworkSpec, build_network,
 DESCRIPTION_FORMAT = "ich-model-description"
 DESCRIPTION_VERSION = 1
 DESCRIPTION_FILE = "model_description.json"
-MEMBER, ENSEMBLE = "member", "ensemble"
+MEMBER, ENSEMBLE, STUDY = "member", "ensemble", "study"
 MEMBER_FIELDS = ("name", "architecture", "network", "embedding_size", "recipe", "prevalence", "training")
 
 
@@ -116,6 +118,16 @@ def ensemble_description(members: dict[str, dict], ood: dict | None = None) -> d
     return description
 
 
+def study_description(ensemble: dict, context_entry: dict, outputs: dict[str, list]) -> dict:
+    """The description of a study model: the slice ensemble it holds (`ensemble`, that export's description), the
+    context model (`context_entry`) and the study signature's `outputs` (name -> shape)."""
+    if ensemble.get("kind") != ENSEMBLE:
+        raise DescriptionError(f"a study model holds a slice ensemble, not a {ensemble.get('kind')!r} export")
+    return {"format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION, "project_version": project_version(),
+            "kind": STUDY, "labels": list(LABELS), "input": ensemble["input"], "outputs": outputs,
+            "slice_ensemble": ensemble, "context": context_entry}
+
+
 def write_description(export_dir: str | os.PathLike, description: dict) -> None:
     path = description_path(export_dir)
     tf.io.gfile.makedirs(os.path.dirname(path))
@@ -142,9 +154,9 @@ def read_description(export_dir: str | os.PathLike) -> dict:
     if not isinstance(description.get("version"), int) or description["version"] > DESCRIPTION_VERSION:
         raise DescriptionError(f"{path} is description version {description.get('version')!r}; this release reads "
                                f"versions 1 to {DESCRIPTION_VERSION}: upgrade ich-pipeline")
-    key = "member" if description.get("kind") == MEMBER else "members"
-    if description.get("kind") not in (MEMBER, ENSEMBLE) or not isinstance(description.get(key), dict):
-        raise DescriptionError(f"{path} describes neither a member nor an ensemble (kind "
+    key = {MEMBER: "member", ENSEMBLE: "members", STUDY: "slice_ensemble"}.get(description.get("kind"), "members")
+    if description.get("kind") not in (MEMBER, ENSEMBLE, STUDY) or not isinstance(description.get(key), dict):
+        raise DescriptionError(f"{path} describes neither a member, an ensemble nor a study model (kind "
                                f"{description.get('kind')!r}, no {key!r} entry)")
     if description.get("labels") != list(LABELS):
         raise DescriptionError(f"{path} has the labels {description.get('labels')}, not {list(LABELS)}")
@@ -159,9 +171,12 @@ def read_description(export_dir: str | os.PathLike) -> dict:
 
 
 def member_entries(description: dict) -> dict[str, dict]:
-    """Each member's entry by name: the one member of a member export, or every member of an ensemble."""
+    """Each member's entry by name: the one member of a member export, or every member of an ensemble (of a study
+    model's slice ensemble)."""
     if description["kind"] == MEMBER:
         return {description["member"]["name"]: description["member"]}
+    if description["kind"] == STUDY:
+        return member_entries(description["slice_ensemble"])
     return dict(description["members"])
 
 

@@ -1,4 +1,5 @@
-"""What one member's training is told: `TrainerSettings`, the one owner of its fields and defaults.
+"""What one member's training is told: `TrainerSettings`, the one owner of its fields and defaults; and what the
+study-context model's training is told: `ContextSettings`.
 
 pipeline/training.py writes it into the Trainer's `custom_config` (`as_custom_config`) and derives the TFX
 train and eval arguments from it; `run_fn` reads it back (`from_custom_config`), which refuses unknown keys.
@@ -17,8 +18,24 @@ from ich_model.constants import BATCH_SIZE
 PRECISIONS = ("float32", "mixed")
 
 
+class _CustomConfig:
+    """A Trainer's `custom_config` (a JSON object) to and from its settings dataclass; unknown keys are refused."""
+
+    def as_custom_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_custom_config(cls, config: dict[str, Any] | None):
+        config = dict(config or {})
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown Trainer settings {unknown}; the settings are {', '.join(sorted(known))}")
+        return cls(**config)
+
+
 @dataclass(frozen=True)
-class TrainerSettings:
+class TrainerSettings(_CustomConfig):
     member: str = "a"  # the recipe: "a", "b" or "c" (ich_model/members.py)
     preset: str = "tiny"  # the cascade's size: "tiny", "b0" or "s" (ich_model/model/presets.py)
     architecture: str = "cascade"  # or the ablation's "efficientnet_only", "convnext_only" (tiny only)
@@ -71,14 +88,20 @@ class TrainerSettings:
         """Steps of a training that starts from the base model's member."""
         return self.warm_start_steps or self.train_steps
 
-    def as_custom_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_custom_config(cls, config: dict[str, Any] | None) -> TrainerSettings:
-        config = dict(config or {})
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown Trainer settings {unknown}; the settings are {', '.join(sorted(known))}")
-        return cls(**config)
+@dataclass(frozen=True)
+class ContextSettings(_CustomConfig):
+    """The study-context Trainer's settings (ich_model/context_trainer.py); a batch is of series, not slices."""
+
+    train_steps: int = 300
+    batch_size: int = 16
+    units: int = 64  # per GRU direction
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("train_steps", "batch_size", "units"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")

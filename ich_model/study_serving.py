@@ -19,6 +19,7 @@ import math
 import tensorflow as tf
 
 from ich_model import context
+from ich_model.constants import NUM_LABELS
 from ich_model.context_model import GAPS, MASK, MM_PER_CM, REFINED, STUDY
 from ich_model.description import write_description
 from ich_model.examples import IMAGE_ID, SERIES_UID, SLICE_POSITION
@@ -28,6 +29,9 @@ REFINED_PROBABILITIES = "refined_probabilities"
 STUDY_PROBABILITIES = "study_probabilities"
 SERIES_INDEX = "series_index"
 SLICE_ORDER = "slice_order"
+OUTPUT_SHAPES = {REFINED_PROBABILITIES: ["N", NUM_LABELS], PROBABILITIES: ["N", NUM_LABELS],
+                 SPREAD: ["N", NUM_LABELS], SERIES_INDEX: ["N"], SLICE_ORDER: ["N"],
+                 STUDY_PROBABILITIES: [NUM_LABELS]}
 
 _SERIES_SPEC = {IMAGE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
                 SLICE_POSITION: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),

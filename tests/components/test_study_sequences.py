@@ -2,7 +2,8 @@
 numpy's order along the slice normal computed from pydicom's reading of the headers, the SavedModel's own outputs on
 the same slices and the label CSV; a slice without a position, two slices at one position and a study of two series,
 counted in the report; the patient split kept. And the published study model: its signature, given a study's slice
-Examples in any order, equals the two stages run by hand (these records through the context model)."""
+Examples in any order, equals the two stages run by hand (these records through the context model); and the context
+model trained by the real TFX Trainer executor reports eval figures that numpy finds in its export's outputs."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ import numpy as np
 import pydicom
 import pytest
 import tensorflow as tf
-from tfx.types import artifact_utils, standard_artifacts
+from tfx.components.trainer.executor import GenericExecutor
+from tfx.proto import trainer_pb2
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
 from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
 from ich_model import context
 from ich_model.constants import NUM_LABELS
 from ich_model.context_model import REFINED, STUDY, build_context_model, parse_record
+from ich_model.description import read_description
 from ich_model.labels import read_rsna_labels
+from ich_model.metrics import weighted_log_loss
 from ich_model.model.presets import build_cascade
 from ich_model.serving import EMBEDDING, PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.study_serving import (
@@ -204,3 +210,38 @@ def test_the_study_signature_on_slices_in_any_order_equals_the_two_stages_run_by
         assert served[SERIES_INDEX].numpy().tolist() == [series_uids.index(by_hand[i][2]) for i in image_ids]
         np.testing.assert_allclose(served[STUDY_PROBABILITIES].numpy(), np.max(studies[study], axis=0), atol=1e-4)
     assert any(len(heads) == 2 for heads in studies.values())  # the study of two series was served as one
+
+
+def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_finds_in_its_outputs(built, tmp_path):
+    root, ensemble_dir, sequences = built
+    base_model = standard_artifacts.Model()
+    base_model.uri = str(Path(ensemble_dir).parent)
+    model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
+    model.uri, model_run.uri = str(tmp_path / "model"), str(tmp_path / "model_run")
+    settings = {"train_steps": 30, "batch_size": 4, "units": 8, "seed": 3}
+    GenericExecutor().Do(
+        {standard_component_specs.EXAMPLES_KEY: [sequences], standard_component_specs.BASE_MODEL_KEY: [base_model]},
+        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_RUN_KEY: [model_run]},
+        {standard_component_specs.RUN_FN_KEY: "ich_model.context_trainer.run_fn",
+         standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=30)),
+         standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=1)),
+         standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(settings)})
+
+    serving_dir = path_utils.serving_model_path(model.uri)
+    description = read_description(serving_dir)
+    assert description["kind"] == "study" and description["context"]["settings"]["units"] == 8
+    assert description["slice_ensemble"] == read_description(ensemble_dir)
+    serve = tf.saved_model.load(serving_dir).signatures[SERVING_SIGNATURE]
+    by_study = defaultdict(list)
+    for example in read_split(root / "examples", "eval"):
+        by_study[example.features.feature["study_uid"].bytes_list.value[0]].append(example)
+    labels, refined, slice_only = [], [], []
+    for examples in by_study.values():
+        served = serve(examples=tf.constant([e.SerializeToString() for e in examples]))
+        labels += [list(e.features.feature["label"].int64_list.value) for e in examples]
+        refined.append(served[REFINED_PROBABILITIES].numpy())
+        slice_only.append(served["probabilities"].numpy())
+    figures = description["context"]["eval"]
+    assert figures["slices"] == len(labels)
+    assert figures["slice_refined"] == pytest.approx(weighted_log_loss(labels, np.concatenate(refined)), abs=1e-4)
+    assert figures["slice_only"] == pytest.approx(weighted_log_loss(labels, np.concatenate(slice_only)), abs=1e-4)

@@ -174,12 +174,15 @@ def test_training_on_series_that_need_their_neighbours_beats_the_slice_probabili
     losses = fit_context_model(model, as_dataset(train, train_labels, 16, repeat=True), steps=150,
                                learning_rate=3e-3)
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
-    refined, studies, slice_labels, study_labels = predict_studies(
-        model, as_dataset(held_out, held_out_labels, 8, repeat=False))
-    truth = np.concatenate(slice_labels)
+    predictions = predict_studies(model, as_dataset(held_out, held_out_labels, 8, repeat=False))
+    truth = np.concatenate(predictions.slice_labels)
+    np.testing.assert_array_equal(truth, np.concatenate(held_out_labels))  # padding removed, order kept
     slice_only = np.concatenate([s[context.PROBABILITIES] for s in held_out])
-    print(f"held-out weighted log loss: slice probabilities {weighted_log_loss(truth, slice_only):.4f}, "
-          f"refined {weighted_log_loss(truth, np.concatenate(refined)):.4f}")
-    assert weighted_log_loss(truth, np.concatenate(refined)) < 0.85 * weighted_log_loss(truth, slice_only)
+    figures = predictions.figures()
+    print(f"held-out weighted log loss: {figures}")
+    assert figures["slice_only"] == pytest.approx(weighted_log_loss(truth, slice_only), rel=1e-5)
+    assert figures["slice_refined"] < 0.85 * figures["slice_only"]
     max_rule = np.stack([s[context.PROBABILITIES].max(axis=0) for s in held_out])
-    assert weighted_log_loss(study_labels, studies) < weighted_log_loss(study_labels, max_rule)
+    assert figures["study_max_rule"] == pytest.approx(weighted_log_loss(predictions.study_labels, max_rule),
+                                                      rel=1e-5)
+    assert figures["study_head"] < figures["study_max_rule"]

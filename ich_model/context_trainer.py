@@ -1,0 +1,54 @@
+"""The study-context Trainer's `run_fn`: fits the context model (ich_model/context_model.py) on the train split's
+study records (StudySequenceGen's output), scores it on the eval split's against the slice ensemble alone, and
+exports the study model (ich_model/study_serving.py) over the base model, which is the slice ensemble that
+scored the records.
+
+No Transform: the records hold embeddings and probabilities, not pixels, and need no analyzers; `run_fn` parses
+them itself (tf.Example, variable-length lists).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf
+
+from ich_model import context
+from ich_model.context_model import build_context_model, fit_context_model, predict_studies, study_batches
+from ich_model.description import read_description, study_description
+from ich_model.settings import ContextSettings
+from ich_model.study_serving import OUTPUT_SHAPES, StudyScoringModule
+
+
+def embedding_size(files: list[str]) -> int:
+    """The embedding width of the records (every record of a run has the ensemble's)."""
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1):
+        example = tf.train.Example.FromString(record.numpy())
+        return int(example.features.feature[context.EMBEDDING_SIZE].int64_list.value[0])
+    raise ValueError(f"no study records in {files}")
+
+
+def run_fn(fn_args) -> None:
+    settings = ContextSettings.from_custom_config(fn_args.custom_config)
+    if fn_args.train_steps != settings.train_steps:
+        raise ValueError(f"the context Trainer's settings say train_steps {settings.train_steps}, its TrainArgs "
+                         f"{fn_args.train_steps}")
+    if not fn_args.base_model:
+        raise ValueError("the context Trainer needs the slice ensemble that scored its records as base_model")
+    train_files = [f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern)]
+    eval_files = [f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern)]
+    model = build_context_model(embedding_size(train_files), units=settings.units, seed=settings.seed)
+    logging.info("context model: %d parameters, %d steps of %d series", model.count_params(),
+                 settings.train_steps, settings.batch_size)
+    fit_context_model(model, study_batches(train_files, settings.batch_size, training=True, seed=settings.seed),
+                      settings.train_steps, settings.learning_rate, log=logging.info)
+    predictions = predict_studies(model, study_batches(eval_files, settings.batch_size, training=False))
+    figures = {name: round(value, 6) for name, value in predictions.figures().items()}
+    figures.update(series=len(predictions.refined), slices=sum(len(r) for r in predictions.refined))
+    logging.info("context model on the eval split: weighted log loss per slice %.4f (slice ensemble %.4f), per "
+                 "series %.4f (max over slices %.4f), %d series", figures["slice_refined"], figures["slice_only"],
+                 figures["study_head"], figures["study_max_rule"], figures["series"])
+    ensemble = tf.saved_model.load(fn_args.base_model)
+    description = study_description(read_description(fn_args.base_model), {
+        "settings": settings.as_custom_config(), "steps_run": settings.train_steps, "eval": figures}, OUTPUT_SHAPES)
+    StudyScoringModule(ensemble, model, description).save(fn_args.serving_model_dir)
