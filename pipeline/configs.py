@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ich_model.constants import BATCH_SIZE, LABELS
-from ich_model.settings import TrainerSettings
+from ich_model.settings import ContextSettings, TrainerSettings
 
 PIPELINE_NAME = "ich"
 # The container image (built from the repository's Dockerfile) that holds this package and its dependencies.
@@ -83,13 +83,15 @@ class PipelineConfig:
     eval_every_steps: int = 50
     cache_examples: bool = TrainerSettings.cache_examples
     precision: str = TrainerSettings.precision  # the GPU presets train in mixed precision
-    # Evaluation and blessing (the ensemble's `probabilities` output, overall slice).
+    # Evaluation and blessing (the study model's `refined` output on the eval split's slices; its study head).
     operating_threshold: float = 0.5
     # The demo's floors catch a model that learned nothing (0.5); see docs/decisions.md, "The demo's floors".
     auc_floors: dict[str, float] = field(default_factory=lambda: {name: 0.6 for name in LABELS})
     max_weighted_log_loss: float = 0.35
     auc_regression_tolerance: float = 0.01  # a candidate may lose at most this much AUC against the baseline
     log_loss_regression_tolerance: float = 0.005
+    study_auc_floor: float = 0.6  # the study head's AUC of `any` (study label: any slice positive)
+    context: ContextSettings = ContextSettings()
     synth: SynthSettings = SynthSettings()
     # Kubeflow only (`ich compile`, pipeline/resources.py): the accelerator each trainer requests, and its kind;
     # 0 trains on CPU. The Ensemble and the Evaluator, which run the members, get one when the trainers do.

@@ -7,6 +7,7 @@ model trained by the real TFX Trainer executor reports eval figures that numpy f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -15,15 +16,18 @@ import numpy as np
 import pydicom
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from sklearn.metrics import roc_auc_score
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
 
 from components.dicom_example_gen import DicomExampleGen
+from components.study_evaluator import executor as evaluator
 from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
 from ich_model import context
-from ich_model.constants import NUM_LABELS
+from ich_model.constants import LABELS, NUM_LABELS
 from ich_model.context_model import REFINED, STUDY, build_context_model, parse_record
 from ich_model.description import read_description
 from ich_model.labels import read_rsna_labels
@@ -38,7 +42,8 @@ from ich_model.study_serving import (
     StudyScoringModule,
 )
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
-from pipeline.configs import beam_args_with_workers_image
+from pipeline.configs import PipelineConfig, beam_args_with_workers_image, preset
+from pipeline.evaluation import study_eval_config
 from tests.pipeline_helpers import (
     BEAM_ARGS,
     export_ensemble,
@@ -212,12 +217,15 @@ def test_the_study_signature_on_slices_in_any_order_equals_the_two_stages_run_by
     assert any(len(heads) == 2 for heads in studies.values())  # the study of two series was served as one
 
 
-def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_finds_in_its_outputs(built, tmp_path):
-    root, ensemble_dir, sequences = built
+@pytest.fixture(scope="module")
+def study_model(built, tmp_path_factory):
+    """The context model trained by the real TFX Trainer executor on the records, exported as a study model."""
+    _, ensemble_dir, sequences = built
+    out = tmp_path_factory.mktemp("context_trainer")
     base_model = standard_artifacts.Model()
     base_model.uri = str(Path(ensemble_dir).parent)
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
-    model.uri, model_run.uri = str(tmp_path / "model"), str(tmp_path / "model_run")
+    model.uri, model_run.uri = str(out / "model"), str(out / "model_run")
     settings = {"train_steps": 30, "batch_size": 4, "units": 8, "seed": 3}
     GenericExecutor().Do(
         {standard_component_specs.EXAMPLES_KEY: [sequences], standard_component_specs.BASE_MODEL_KEY: [base_model]},
@@ -226,17 +234,26 @@ def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_find
          standard_component_specs.TRAIN_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=30)),
          standard_component_specs.EVAL_ARGS_KEY: proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=1)),
          standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(settings)})
+    return model
 
+
+def eval_studies(root: Path) -> dict[bytes, list[tf.train.Example]]:
+    by_study = defaultdict(list)
+    for example in read_split(root / "examples", "eval"):
+        by_study[example.features.feature["study_uid"].bytes_list.value[0]].append(example)
+    return by_study
+
+
+def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_finds_in_its_outputs(built, study_model):
+    root, ensemble_dir, _ = built
+    model = study_model
     serving_dir = path_utils.serving_model_path(model.uri)
     description = read_description(serving_dir)
     assert description["kind"] == "study" and description["context"]["settings"]["units"] == 8
     assert description["slice_ensemble"] == read_description(ensemble_dir)
     serve = tf.saved_model.load(serving_dir).signatures[SERVING_SIGNATURE]
-    by_study = defaultdict(list)
-    for example in read_split(root / "examples", "eval"):
-        by_study[example.features.feature["study_uid"].bytes_list.value[0]].append(example)
     labels, refined, slice_only = [], [], []
-    for examples in by_study.values():
+    for examples in eval_studies(root).values():
         served = serve(examples=tf.constant([e.SerializeToString() for e in examples]))
         labels += [list(e.features.feature["label"].int64_list.value) for e in examples]
         refined.append(served[REFINED_PROBABILITIES].numpy())
@@ -245,3 +262,63 @@ def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_find
     assert figures["slices"] == len(labels)
     assert figures["slice_refined"] == pytest.approx(weighted_log_loss(labels, np.concatenate(refined)), abs=1e-4)
     assert figures["slice_only"] == pytest.approx(weighted_log_loss(labels, np.concatenate(slice_only)), abs=1e-4)
+
+
+def run_study_evaluator(root: Path, model, baseline, config: PipelineConfig, out: Path):
+    examples = standard_artifacts.Examples()
+    examples.uri, examples.split_names = str(root / "examples"), artifact_utils.encode_split_names(list(SPLITS))
+    evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
+    evaluation.uri, blessing.uri = str(out / "evaluation"), str(out / "blessing")
+    inputs = {evaluator.EXAMPLES_KEY: [examples], evaluator.MODEL_KEY: [model]}
+    if baseline is not None:
+        inputs[evaluator.BASELINE_MODEL_KEY] = [baseline]
+    evaluator.Executor(evaluator.Executor.Context(beam_pipeline_args=beam_args_with_workers_image(BEAM_ARGS))).Do(
+        inputs, {evaluator.EVALUATION_KEY: [evaluation], evaluator.BLESSING_KEY: [blessing]},
+        {evaluator.EVAL_CONFIG_KEY: proto_utils.proto_to_json(study_eval_config(config)),
+         evaluator.EXAMPLE_SPLIT_KEY: "eval"})
+    return evaluation, blessing
+
+
+def test_the_study_evaluator_s_aucs_are_sklearn_s_on_the_study_model_s_outputs_and_its_floors_bless(
+        built, study_model, tmp_path):
+    root, ensemble_dir, _ = built
+    slice_ensemble = standard_artifacts.Model()  # an earlier release's published model serves as the baseline
+    slice_ensemble.uri = str(Path(ensemble_dir).parent)
+    lenient = dataclasses.replace(preset("demo"), auc_floors={name: 0.0 for name in LABELS},
+                                  max_weighted_log_loss=100.0, study_auc_floor=0.0, auc_regression_tolerance=1.0,
+                                  log_loss_regression_tolerance=100.0)
+    evaluation, blessing = run_study_evaluator(root, study_model, slice_ensemble, lenient, tmp_path / "lenient")
+
+    serve = tf.saved_model.load(path_utils.serving_model_path(study_model.uri)).signatures[SERVING_SIGNATURE]
+    rows = {"slice": ([], [], []), "study": ([], [], [])}  # labels, refined, slice-only (the baseline's)
+    for examples in eval_studies(root).values():
+        served = serve(examples=tf.constant([e.SerializeToString() for e in examples]))
+        labels = np.array([list(e.features.feature["label"].int64_list.value) for e in examples])
+        for level, values in (("slice", (labels, served[REFINED_PROBABILITIES].numpy(),
+                                         served["probabilities"].numpy())),
+                              ("study", (labels.max(axis=0)[None], served[STUDY_PROBABILITIES].numpy()[None],
+                                         served["probabilities"].numpy().max(axis=0)[None]))):
+            for column, value in zip(rows[level], values, strict=True):
+                column.append(value)
+    compared = 0
+    for model_name, column in (("candidate", 1), ("baseline", 2)):
+        result = dict(tfma.load_eval_result(evaluation.uri, model_name=model_name).slicing_metrics)
+        for level, output in (("slice", "refined"), ("study", "refined"), ("slice", "slice_only")):
+            if model_name == "baseline" and output == "refined" and level == "study":
+                continue  # the slice ensemble's `refined` study figure is its `slice_only` one
+            labels, scores = np.concatenate(rows[level][0]), np.concatenate(rows[level][column if output ==
+                                                                                            "refined" else 2])
+            metrics = result[(("level", level),)][output]
+            for index in range(NUM_LABELS):
+                if 0 < labels[:, index].sum() < len(labels):
+                    assert metrics[f"classId:{index}"]["auc"]["doubleValue"] == pytest.approx(
+                        roc_auc_score(labels[:, index], scores[:, index]), abs=2e-3)
+                    compared += 1
+    assert compared >= 8
+    assert (Path(blessing.uri) / "BLESSED").exists() and blessing.get_int_custom_property("blessed") == 1
+    assert blessing.get_string_custom_property("current_model") == study_model.uri
+
+    # A floor the study head cannot reach: not blessed, and TFMA names the failed gate.
+    strict = dataclasses.replace(lenient, study_auc_floor=1.01)
+    _, blessing = run_study_evaluator(root, study_model, None, strict, tmp_path / "strict")
+    assert (Path(blessing.uri) / "NOT_BLESSED").exists() and blessing.get_int_custom_property("blessed") == 0
