@@ -17,7 +17,7 @@ from ich_model import context
 from ich_model.context_model import build_context_model, fit_context_model, predict_studies, study_batches
 from ich_model.description import read_description, study_description
 from ich_model.settings import ContextSettings
-from ich_model.study_serving import OUTPUT_SHAPES, StudyScoringModule
+from ich_model.study_serving import StudyScoringModule, study_outputs
 
 
 def embedding_size(files: list[str]) -> int:
@@ -49,6 +49,8 @@ def run_fn(fn_args) -> None:
                  "series %.4f (max over slices %.4f), %d series", figures["slice_refined"], figures["slice_only"],
                  figures["study_head"], figures["study_max_rule"], figures["series"])
     ensemble = tf.saved_model.load(fn_args.base_model)
-    description = study_description(read_description(fn_args.base_model), {
-        "settings": settings.as_custom_config(), "steps_run": settings.train_steps, "eval": figures}, OUTPUT_SHAPES)
+    slice_ensemble = read_description(fn_args.base_model)
+    description = study_description(slice_ensemble, {
+        "settings": settings.as_custom_config(), "steps_run": settings.train_steps, "eval": figures},
+        study_outputs(slice_ensemble))
     StudyScoringModule(ensemble, model, description).save(fn_args.serving_model_dir)

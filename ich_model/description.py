@@ -223,6 +223,8 @@ def assign_by_name(model: tf.keras.Model, variables: list[tf.Variable], source: 
 def _member_variables(loaded, description: dict, member_name: str) -> list[tf.Variable]:
     if description["kind"] == MEMBER:
         return list(loaded.member_variables)
+    if description["kind"] == STUDY:  # the slice ensemble is the study model's `ensemble`
+        loaded = getattr(loaded, "ensemble", None)
     members = getattr(loaded, "loaded_members", None)
     if not isinstance(members, dict) or member_name not in members:
         raise DescriptionError(f"the ensemble holds no weights for member {member_name!r}")

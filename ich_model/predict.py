@@ -58,12 +58,20 @@ class Predictions:
     ood_scores: np.ndarray | None = None
     ood_flags: np.ndarray | None = None
     ood_threshold: float | None = None
+    # With a study model (else None): the refined probabilities [N, 6] and, per study, its study head's [6].
+    refined: np.ndarray | None = None
+    study_heads: dict[str, np.ndarray] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     explained: list[Path] = field(default_factory=list)  # Grad-CAM pictures written
 
+    @property
+    def answer(self) -> np.ndarray:
+        """The slices' probabilities [N, 6] to act on: the refined ones of a study model, else the ensemble's."""
+        return self.probabilities if self.refined is None else self.refined
+
     def studies(self) -> dict[str, np.ndarray]:
-        """Per study, the maximum probability of each label over its slices."""
+        """Per study, the slice ensemble's maximum probability of each label over its slices."""
         rows = defaultdict(list)
         for study, probabilities in zip(self.study_uids, self.probabilities, strict=True):
             rows[study].append(probabilities)
@@ -94,9 +102,10 @@ def _attempt(reader, path: Path, skipped: list[Skipped]):
 def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, batch_size: int = 32,
             progress: bool = True, explain_dir: str | os.PathLike | None = None,
             explain_threshold: float = 0.5) -> Predictions:
-    """Score every usable CT slice under `paths` with the SavedModel in `model_dir`. With `explain_dir`, also
-    write a Grad-CAM picture there for every slice and subtype whose probability reaches `explain_threshold`
-    (ich_model.explain); the paths are in `Predictions.explained`."""
+    """Score every usable CT slice under `paths` with the SavedModel in `model_dir`: a slice ensemble in batches
+    of `batch_size` slices, a study model (ich_model.study_serving) one whole study at a time. With
+    `explain_dir`, also write a Grad-CAM picture there for every slice and subtype whose ensemble probability
+    reaches `explain_threshold` (ich_model.explain); the paths are in `Predictions.explained`."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -109,6 +118,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
         SPREAD,
         ood_threshold,
     )
+    from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
 
     result = Predictions()
     headers = {}
@@ -119,26 +129,32 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     by_study = defaultdict(list)
     for path, header in headers.items():
         by_study[header.study_uid].append((path, header))
-    ordered = []
+    studies = []  # each study's (placement, path) along z, studies in UID order
     for study in sorted(by_study):
         placements = place_slices(header for _, header in by_study[study])
-        ordered += sorted(((placements[h.image_id], path) for path, h in by_study[study]),
-                          key=lambda item: item[0].slice_index)
+        studies.append(sorted(((placements[h.image_id], path) for path, h in by_study[study]),
+                              key=lambda item: item[0].slice_index))
+    ordered = [item for study in studies for item in study]
 
     model = tf.saved_model.load(str(model_dir))
     serve = model.signatures[SERVING_SIGNATURE]
     result.ood_threshold = ood_threshold(model)
+    study_model = REFINED_PROBABILITIES in serve.structured_outputs
+    # The study signature reads one whole study per call; a slice ensemble reads any batch of slices.
+    batches = studies if study_model else [ordered[start:start + batch_size]
+                                          for start in range(0, len(ordered), batch_size)]
     explainer = None
     if explain_dir is not None:
         from ich_model.explain import Explainer
 
         explainer = Explainer(model_dir, explain_dir, explain_threshold, loaded=model)
-    probabilities, spread, members, ood_scores, ood_flags = [], [], [], [], []
+    probabilities, spread, members, ood_scores, ood_flags, refined = [], [], [], [], [], []
+    heads = {}
     started = time.monotonic()
     with tqdm(total=len(ordered), unit="slice", desc="ich predict", disable=not progress) as bar:
-        for start in range(0, len(ordered), batch_size):
+        for slices in batches:
             batch, batch_ids, batch_studies = [], [], []
-            for placement, path in ordered[start:start + batch_size]:
+            for placement, path in slices:
                 ct = _attempt(read_slice, path, result.skipped)
                 if ct is not None:
                     batch.append(slice_to_example(ct, placement).SerializeToString())
@@ -152,17 +168,23 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
                 if result.ood_threshold is not None:
                     ood_scores.append(outputs[OOD_SCORE].numpy())
                     ood_flags.append(outputs[OUT_OF_DISTRIBUTION].numpy() > 0.5)
+                if study_model:
+                    refined.append(outputs[REFINED_PROBABILITIES].numpy())
+                    heads[batch_studies[0]] = outputs[STUDY_PROBABILITIES].numpy()
                 result.image_ids += batch_ids
                 result.study_uids += batch_studies
                 if explainer is not None:
                     explainer.explain(batch, batch_ids, probabilities[-1])
-            bar.update(len(ordered[start:start + batch_size]))
+            bar.update(len(slices))
     result.seconds = time.monotonic() - started
     if explainer is not None:
         result.explained = explainer.written
     if probabilities:
         result.probabilities, result.spread = np.concatenate(probabilities), np.concatenate(spread)
         result.member_probabilities = np.concatenate(members)
+    if study_model:
+        result.refined = np.concatenate(refined) if refined else np.zeros((0, len(LABELS)), np.float32)
+        result.study_heads = dict(sorted(heads.items()))
     if result.ood_threshold is not None:
         result.ood_scores = np.concatenate(ood_scores) if ood_scores else np.zeros(0, np.float32)
         result.ood_flags = np.concatenate(ood_flags) if ood_flags else np.zeros(0, bool)
@@ -171,7 +193,10 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
 
 def write_predictions(predictions: Predictions, out: str | os.PathLike, output_format: str) -> list[Path]:
     """Write the slices in `output_format` to `out` (and, for the CSV formats, the study summary beside it as
-    `<name>_studies.csv`); returns the files written. With an OOD model, the slices (except in Kaggle's `rsna`
+    `<name>_studies.csv`); returns the files written. The slices' probabilities are the model's answer
+    (Predictions.answer): a study model's refined ones, whose slice ensemble's own go beside them
+    (`<label>_slice_only`, `slice_only_probabilities`) and whose study head's give each study's probabilities
+    (beside the slice maximum, `<label>_max`, `slice_max`). With an OOD model, the slices (except in Kaggle's `rsna`
     rows) carry `ood_score` and `out_of_distribution`, the studies `ood_score_median` and `out_of_distribution`;
     without one, those fields are absent."""
     from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION
@@ -180,7 +205,9 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
         raise ValueError(f"unknown format {output_format!r}; formats are {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    studies, study_ood = predictions.studies(), predictions.study_ood()
+    studies, study_ood, heads = predictions.studies(), predictions.study_ood(), predictions.study_heads
+    slice_only = ([None] * len(predictions.image_ids) if predictions.refined is None else
+                  [p.round(6).tolist() for p in predictions.probabilities])
     study_score = f"{OOD_SCORE}_median"
     slice_ood = ([[] for _ in predictions.image_ids] if predictions.ood_scores is None else
                  [[(OOD_SCORE, round(float(score), 6)), (OUT_OF_DISTRIBUTION, bool(flag))]
@@ -190,11 +217,15 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
             "labels": list(LABELS),
             **({} if study_ood is None else {"ood_threshold": predictions.ood_threshold}),
             "slices": [{"image_id": image_id, "study_uid": study, "probabilities": p.round(6).tolist(),
-                        "spread": s.round(6).tolist(), **dict(ood)}
-                       for image_id, study, p, s, ood in zip(predictions.image_ids, predictions.study_uids,
-                                                             predictions.probabilities, predictions.spread,
-                                                             slice_ood, strict=True)],
-            "studies": {study: {**dict(zip(LABELS, p.round(6).tolist(), strict=True)),
+                        **({} if alone is None else {"slice_only_probabilities": alone}),
+                        "spread": s.round(6).tolist(),
+                        **dict(ood)}
+                       for image_id, study, p, alone, s, ood in zip(
+                           predictions.image_ids, predictions.study_uids, predictions.answer, slice_only,
+                           predictions.spread, slice_ood, strict=True)],
+            "studies": {study: {**(dict(zip(LABELS, p.round(6).tolist(), strict=True)) if heads is None else {
+                                    **dict(zip(LABELS, heads[study].round(6).tolist(), strict=True)),
+                                    "slice_max": dict(zip(LABELS, p.round(6).tolist(), strict=True))}),
                                 **({} if study_ood is None else {study_score: round(study_ood[study][0], 6),
                                                                  OUT_OF_DISTRIBUTION: study_ood[study][1]})}
                         for study, p in studies.items()},
@@ -205,23 +236,27 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
         writer = csv.writer(f)
         if output_format == "rsna":  # Kaggle's submission format: six rows per image, in RSNA's label order
             writer.writerow(["ID", "Label"])
-            for image_id, p in zip(predictions.image_ids, predictions.probabilities, strict=True):
+            for image_id, p in zip(predictions.image_ids, predictions.answer, strict=True):
                 writer.writerows([f"{image_id}_{label}", f"{value:.6f}"]
                                  for label, value in zip(LABELS, p, strict=True))
         else:
-            writer.writerow(["image_id", "study_uid", *LABELS, *(f"{label}_spread" for label in LABELS),
+            writer.writerow(["image_id", "study_uid", *LABELS,
+                             *([] if predictions.refined is None else [f"{label}_slice_only" for label in LABELS]),
+                             *(f"{label}_spread" for label in LABELS),
                              *([] if study_ood is None else [OOD_SCORE, OUT_OF_DISTRIBUTION])])
-            for image_id, study, p, s, ood in zip(predictions.image_ids, predictions.study_uids,
-                                                  predictions.probabilities, predictions.spread, slice_ood,
-                                                  strict=True):
-                writer.writerow([image_id, study, *(f"{v:.6f}" for v in p), *(f"{v:.6f}" for v in s),
+            for image_id, study, p, alone, s, ood in zip(predictions.image_ids, predictions.study_uids,
+                                                         predictions.answer, slice_only, predictions.spread,
+                                                         slice_ood, strict=True):
+                writer.writerow([image_id, study, *(f"{v:.6f}" for v in p),
+                                 *([] if alone is None else (f"{v:.6f}" for v in alone)), *(f"{v:.6f}" for v in s),
                                  *(_csv_value(value) for _, value in ood)])
     studies_out = out.with_name(f"{out.stem}_studies.csv")
     with open(studies_out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["study_uid", *(f"{label}_max" for label in LABELS),
+        writer.writerow(["study_uid", *([] if heads is None else LABELS), *(f"{label}_max" for label in LABELS),
                          *([] if study_ood is None else [study_score, OUT_OF_DISTRIBUTION])])
-        writer.writerows([study, *(f"{v:.6f}" for v in p),
+        writer.writerows([study, *([] if heads is None else (f"{v:.6f}" for v in heads[study])),
+                          *(f"{v:.6f}" for v in p),
                           *([] if study_ood is None else map(_csv_value, study_ood[study]))]
                          for study, p in studies.items())
     return [out, studies_out]

@@ -2,10 +2,12 @@
 
 Signature `serving_default(examples)`: the serialized raw slice Examples of one study, in any order (the study's
 series may be several). Per slice, in the order given: `refined_probabilities` [N, 6] (the context model's),
-`probabilities` and `spread` [N, 6] (the slice ensemble's), `series_index` [N] (the slice's series, numbered in the
-order of their UIDs) and `slice_order` [N] (its place in its series along the slice normal); per study,
-`study_probabilities` [6]: per label the maximum over the study's series of the context model's study head (a
-study bleeds when any of its series shows it).
+`probabilities` and `spread` [N, 6] and the slice ensemble's other outputs but its embedding (members, OOD score
+and flag), `series_index` [N] (the slice's series, numbered in the order of their UIDs) and `slice_order` [N] (its
+place in its series along the slice normal); per study, `study_probabilities` [6]: per label the maximum over the
+study's series of the context model's study head (a study bleeds when any of its series shows it). Signature
+`transform_features` is the ensemble's (the images the members see, for Grad-CAM), and `ood_threshold` its OOD
+threshold, so that a reader of slice ensembles reads a study model alike.
 
 Order within a series: by `slice_position_mm` (ich_model.examples); slices without a position go last; slices at
 the same position by image ID: the order of ich_model.context's records, so that nothing depends on the order the
@@ -23,7 +25,14 @@ from ich_model.constants import NUM_LABELS
 from ich_model.context_model import GAPS, MASK, MM_PER_CM, REFINED, STUDY
 from ich_model.description import write_description
 from ich_model.examples import IMAGE_ID, SERIES_UID, SLICE_POSITION
-from ich_model.serving import EMBEDDING, EXAMPLES_SPEC, PROBABILITIES, SERVING_SIGNATURE, SPREAD
+from ich_model.serving import (
+    EMBEDDING,
+    EXAMPLES_SPEC,
+    PROBABILITIES,
+    SERVING_SIGNATURE,
+    SPREAD,
+    TRANSFORM_SIGNATURE,
+)
 
 REFINED_PROBABILITIES = "refined_probabilities"
 STUDY_PROBABILITIES = "study_probabilities"
@@ -32,6 +41,14 @@ SLICE_ORDER = "slice_order"
 OUTPUT_SHAPES = {REFINED_PROBABILITIES: ["N", NUM_LABELS], PROBABILITIES: ["N", NUM_LABELS],
                  SPREAD: ["N", NUM_LABELS], SERIES_INDEX: ["N"], SLICE_ORDER: ["N"],
                  STUDY_PROBABILITIES: [NUM_LABELS]}
+
+
+def study_outputs(ensemble_description: dict) -> dict[str, list]:
+    """The study signature's outputs (name -> shape): the ensemble's but its embedding, per slice, and the study
+    stage's."""
+    passed_on = {name: ["N", *shape[1:]] for name, shape in ensemble_description["outputs"].items()
+                 if name != EMBEDDING}
+    return {**passed_on, **OUTPUT_SHAPES}
 
 _SERIES_SPEC = {IMAGE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
                 SLICE_POSITION: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),
@@ -80,6 +97,8 @@ class StudyScoringModule(tf.Module):
         self.__dict__["context_model"] = context_model
         self.context_variables = list(context_model.variables)
         self.__dict__["description"] = description
+        if hasattr(ensemble, "ood_threshold"):
+            self.ood_threshold = ensemble.ood_threshold
 
     @tf.function(input_signature=[EXAMPLES_SPEC])
     def serve(self, examples):
@@ -107,11 +126,16 @@ class StudyScoringModule(tf.Module):
         inverse = tf.math.invert_permutation(order)
         rank_in_series = tf.range(count) - tf.gather(tf.math.segment_min(tf.range(count), sorted_series),
                                                      sorted_series)
-        return {REFINED_PROBABILITIES: tf.gather(refined_sorted, inverse),
-                PROBABILITIES: slices[PROBABILITIES], SPREAD: slices[SPREAD],
+        passed_on = {name: value for name, value in slices.items() if name != EMBEDDING}
+        return {**passed_on, REFINED_PROBABILITIES: tf.gather(refined_sorted, inverse),
                 SERIES_INDEX: series, SLICE_ORDER: tf.gather(rank_in_series, inverse),
                 STUDY_PROBABILITIES: tf.reduce_max(outputs[STUDY], axis=0)}
 
+    @tf.function(input_signature=[EXAMPLES_SPEC])
+    def transform_features(self, examples):
+        return self.ensemble.transform_features(examples)
+
     def save(self, export_dir: str) -> None:
-        tf.saved_model.save(self, export_dir, signatures={SERVING_SIGNATURE: self.serve})
+        tf.saved_model.save(self, export_dir, signatures={SERVING_SIGNATURE: self.serve,
+                                                          TRANSFORM_SIGNATURE: self.transform_features})
         write_description(export_dir, self.description)

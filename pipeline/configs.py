@@ -169,25 +169,31 @@ def _parse_value(current, text: str, name: str):
     raise ValueError(f"--set {name}: this field cannot be set from the command line")
 
 
+NESTED = ("synth", "context")  # settings groups reached as `synth.patients`, `context.train_steps`
+
+
 def with_overrides(config: PipelineConfig, overrides: dict[str, str]) -> PipelineConfig:
     """A copy of `config` with `name -> text` overrides parsed to each field's type; `synth.patients` style
-    names reach the nested synthetic-set settings. Unknown names are an error that lists the known ones."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    synth_fields = {f.name for f in dataclasses.fields(config.synth)}
-    changes, synth_changes = {}, {}
+    names reach the nested settings groups (NESTED). Unknown names are an error that lists the known ones."""
+    fields = {f.name for f in dataclasses.fields(config)} - {"preset", *NESTED}
+    nested_fields = {group: {f.name for f in dataclasses.fields(getattr(config, group))} for group in NESTED}
+    changes: dict = {}
+    nested_changes: dict[str, dict] = {group: {} for group in NESTED}
     for name, text in overrides.items():
-        if name.startswith("synth."):
-            key = name.removeprefix("synth.")
-            if key not in synth_fields:
-                raise ValueError(f"--set {name}: unknown; synth settings are {', '.join(sorted(synth_fields))}")
-            synth_changes[key] = _parse_value(getattr(config.synth, key), text, name)
-        elif name in fields and name not in ("preset", "synth"):
+        group, _, key = name.partition(".")
+        if key and group in NESTED:
+            if key not in nested_fields[group]:
+                raise ValueError(f"--set {name}: unknown; {group} settings are "
+                                 f"{', '.join(sorted(nested_fields[group]))}")
+            nested_changes[group][key] = _parse_value(getattr(getattr(config, group), key), text, name)
+        elif name in fields:
             changes[name] = _parse_value(getattr(config, name), text, name)
         else:
-            known = sorted(fields - {"preset", "synth"}) + [f"synth.{n}" for n in sorted(synth_fields)]
+            known = sorted(fields) + [f"{g}.{n}" for g in NESTED for n in sorted(nested_fields[g])]
             raise ValueError(f"--set {name}: unknown setting; known settings are {', '.join(known)}")
-    if synth_changes:
-        changes["synth"] = dataclasses.replace(config.synth, **synth_changes)
+    for group, group_changes in nested_changes.items():
+        if group_changes:
+            changes[group] = dataclasses.replace(getattr(config, group), **group_changes)
     unknown_floors = set(changes.get("auc_floors", {})) - set(config.auc_floors)
     if unknown_floors:
         raise ValueError(f"--set auc_floors: unknown labels {sorted(unknown_floors)}")

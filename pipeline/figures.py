@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import math
 
+from components.study_evaluator.executor import LEVEL, REFINED, SLICE_LEVEL, SLICE_ONLY, STUDY_LEVEL
 from ich_model.constants import LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
-from pipeline.evaluation import MODEL_OUTPUTS
+from pipeline.evaluation import MODEL_OUTPUTS, SENSITIVITY_AT_SPECIFICITY, SPECIFICITY_AT_SENSITIVITY
 
 ENSEMBLE = "ensemble"
+CONTEXT = "context"  # the study model's refined per-slice output
+STUDY_HEAD, SLICE_MAX = "study head", "slice maximum"  # the study figures of the study head and of the ensemble
+TRIAGE = (SENSITIVITY_AT_SPECIFICITY.format(90), SENSITIVITY_AT_SPECIFICITY.format(95),
+          SPECIFICITY_AT_SENSITIVITY.format(95))
 MACRO_AUC = "macro_auc"  # the mean AUC over the labels whose AUC is defined
 UNDEFINED_AUC = "undefined_auc"  # the labels left out of it, in label order
 COUNTS = ("true_positives", "false_negatives", "false_positives", "true_negatives")
@@ -67,10 +72,34 @@ def overall_slice(slicing: list) -> dict:
     return next((values for key, values in slicing if key == ()), {})
 
 
-def evaluation_figures(slicing_metrics: list) -> dict[str, dict]:
-    """model_figures of every evaluated model (`ensemble`, `member_a`, ...) on the overall slice."""
+def level_slice(slicing: list, level: str) -> dict:
+    """The slice of the StudyEvaluator's rows of one `level` (SLICE_LEVEL or STUDY_LEVEL)."""
+    return next((values for key, values in slicing if key == ((LEVEL, level),)), {})
+
+
+def evaluation_figures(slicing_metrics: list, study_slicing_metrics: list | None = None) -> dict[str, dict]:
+    """model_figures of every evaluated model (`ensemble`, `member_a`, ...) on the overall slice, and with the
+    StudyEvaluator's metrics the study model's refined output (`context`) on the same slices."""
     overall = overall_slice(slicing_metrics)
-    return {model_name(output): model_figures(overall.get(output, {})) for output in MODEL_OUTPUTS}
+    figures = {model_name(output): model_figures(overall.get(output, {})) for output in MODEL_OUTPUTS}
+    if study_slicing_metrics is not None:
+        figures[CONTEXT] = model_figures(level_slice(study_slicing_metrics, SLICE_LEVEL).get(REFINED, {}))
+    return figures
+
+
+def study_figures(study_slicing_metrics: list) -> dict[str, dict]:
+    """Per study (label: any slice positive), for the study head and for the slice ensemble's maximum over the
+    study's slices: model_figures (AUC per label, macro AUC) and per label the TRIAGE figures, and `studies`."""
+    studies = level_slice(study_slicing_metrics, STUDY_LEVEL)
+    figures = {}
+    for name, output in ((STUDY_HEAD, REFINED), (SLICE_MAX, SLICE_ONLY)):
+        metrics = studies.get(output, {})
+        figures[name] = model_figures(metrics)
+        for triage in TRIAGE:
+            figures[name][triage] = {label: metric_value(metrics.get(class_key(i), {}), triage)
+                                     for i, label in enumerate(LABELS)}
+        figures[name]["studies"] = metric_value(metrics.get(class_key(0), {}), "example_count")
+    return figures
 
 
 def undefined_note(figures_by_model: dict[str, dict]) -> str | None:

@@ -2,8 +2,10 @@
 
 DicomExampleGen (one span) -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform (over the span window,
 with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest blessed ensemble) -> Ensemble ->
-Evaluator (on this span, against the latest blessed ensemble) -> Pusher. Components take dotted function paths
-(no module files), so the compiled spec needs only this package installed in the image.
+StudySequenceGen -> context_trainer (the study model: the ensemble and the study-context model) ->
+StudyEvaluator (on this span's eval split, against the latest blessed model; it blesses) -> Pusher; beside them the
+Evaluator reports the ensemble and its members. Components take dotted function paths (no module files), so the
+compiled spec needs only this package installed in the image.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from components.dicom_example_gen import DicomExampleGen
+from components.study_evaluator import StudyEvaluator
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image
-from pipeline.evaluation import EVAL_SPLIT, eval_config
+from pipeline.evaluation import EVAL_SPLIT, eval_config, study_eval_config
 from pipeline.retraining import WINDOW, span_window_resolver, transform_cache_resolver
-from pipeline.training import ensemble_of, member_trainers
+from pipeline.training import ensemble_of, member_trainers, study_stage
 
 PREPROCESSING_FN = "ich_model.preprocessing.preprocessing_fn"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
 
 
 def latest_blessed_model_resolver():
-    """The ensemble that was last blessed (none on a first run, when the change thresholds are skipped)."""
+    """The model that was last blessed (none on a first run, when the change thresholds are skipped): a study
+    model, or a slice ensemble that an earlier release published."""
     return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -64,17 +68,22 @@ def create_components(config: PipelineConfig) -> list:
     # The OOD model is fitted on this span's train split and calibrated on its eval split, the slices the
     # Evaluator scores (one Examples artifact, whatever the training window).
     ensemble = ensemble_of(trainers, transform.outputs["transform_graph"], example_gen.outputs["examples"])
+    # The ensemble's report: its members and its OOD flag, per slice (no gates: it publishes nothing).
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],
-        baseline_model=baseline.outputs["model"], schema=schema_gen.outputs["schema"],
-        example_splits=[EVAL_SPLIT], eval_config=eval_config(config))
+        schema=schema_gen.outputs["schema"], example_splits=[EVAL_SPLIT], eval_config=eval_config(config))
+    sequences, context_trainer = study_stage(example_gen.outputs["examples"], ensemble.outputs["model"],
+                                             config.context)
+    study_evaluator = StudyEvaluator(
+        examples=example_gen.outputs["examples"], model=context_trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"], eval_config=study_eval_config(config), example_split=EVAL_SPLIT)
     # The Pusher reads the blessing itself and publishes nothing for an unblessed model.
     pusher = tfx.components.Pusher(
-        model=ensemble.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        model=context_trainer.outputs["model"], model_blessing=study_evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))
     return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, cache, transform, baseline,
-            *trainers, ensemble, evaluator, pusher]
+            *trainers, ensemble, evaluator, sequences, context_trainer, study_evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:

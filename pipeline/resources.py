@@ -14,7 +14,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from ich_model.members import MEMBERS
 from pipeline.configs import PipelineConfig
-from pipeline.training import trainer_id
+from pipeline.training import CONTEXT_TRAINER, trainer_id
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 # A trainer's input pipeline (inflate, parse, transform, augment) needs about 12 cores to feed one GPU at the
@@ -57,9 +57,14 @@ def task_resources(config: PipelineConfig) -> dict[str, TaskResources]:
         # Builds the transform graph; its analyzers are cached across spans.
         "Transform": TaskResources(4, 16),
         **{trainer_id(name): trainer for name in MEMBERS},
-        # Both run the three members over a split: the Ensemble embeds the train and eval splits for its OOD
-        # model, and holds the embeddings in memory; the Evaluator scores the eval split with TFMA.
+        # These run the three members over a split: the Ensemble embeds the train and eval splits for its OOD
+        # model, and holds the embeddings in memory; the Evaluator scores the eval split with TFMA;
+        # StudySequenceGen embeds both splits; the StudyEvaluator runs the study model on each eval study.
         "Ensemble": TaskResources(8, 32, scoring_accelerators),
         "Evaluator": TaskResources(8, 32, scoring_accelerators),
+        "StudySequenceGen": TaskResources(8, 32, scoring_accelerators),
+        "StudyEvaluator": TaskResources(8, 32, scoring_accelerators),
+        # A small sequence model over embeddings: no pixels, no accelerator.
+        CONTEXT_TRAINER: TaskResources(4, 16),
         "Pusher": TaskResources(1, 2),
     }

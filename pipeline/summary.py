@@ -1,9 +1,11 @@
 """What a run measured and decided, read back from the metadata store and TFMA's stored results.
 
-`run_summary` finds the latest Evaluator and Pusher executions in MLMD, loads their artifacts and returns the
-`last_run.json` document: per model (`ensemble`, `member_a`, ...) the figures of pipeline.figures (each label's
-AUC, the macro AUC over the defined ones, the undefined labels, the weighted log loss); `blessed`, `reason` and
-`pushed_to`. `format_summary` renders it as the closing table.
+`run_summary` finds the latest Evaluator and, of its run, the StudyEvaluator and Pusher executions in MLMD, loads
+their artifacts and returns the `last_run.json` document: per model (`ensemble`, `member_a`, ..., and `context`,
+the study model's refined output) the per-slice figures of pipeline.figures (each label's AUC, the macro AUC over
+the defined ones, the undefined labels, the weighted log loss); `study`, the per-study figures of the study head
+and of the slice ensemble's maximum; `blessed` and `reason` (the StudyEvaluator's) and `pushed_to`.
+`format_summary` renders it as the closing tables.
 `latest_evaluation` gives the same with TFMA's loaded result and the run, for `ich report`; `latest_execution`,
 `execution_artifacts` and `output_artifact` find what another node of a run read and wrote (the report, the
 benchmarks).
@@ -18,14 +20,16 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.dicom_example_gen import DicomExampleGen
-from ich_model.constants import ABBREVIATIONS, LABELS
+from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
-from pipeline.figures import MACRO_AUC, evaluation_figures, undefined_note
+from pipeline.figures import MACRO_AUC, TRIAGE, evaluation_figures, study_figures, undefined_note
 
 EVALUATOR = "Evaluator"
+STUDY_EVALUATOR = "StudyEvaluator"
+TRIAGE_HEADERS = ("any sens@90%spec", "any sens@95%spec", "any spec@95%sens")  # in TRIAGE's order
 EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 PUSHER = "Pusher"
-CANDIDATE = "candidate"  # TFX's name for the evaluated model when there is a baseline
+CANDIDATE = "candidate"  # TFMA's name for the evaluated model beside a baseline (always, in the StudyEvaluator's)
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -120,46 +124,69 @@ def _threshold_text(threshold) -> str:
     return f"change {change.absolute.value:+g} ({tfma.MetricDirection.Name(change.direction).lower()})"
 
 
-def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str) -> tuple[dict, tfma.EvalResult, int]:
-    """The run of the newest Evaluator execution: its summary (the `run_summary` document), TFMA's loaded result
-    of the evaluated model and the run's context id. An evaluation with a baseline stores the evaluated model
-    under the name `candidate`."""
+def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str
+                      ) -> tuple[dict, tfma.EvalResult, tfma.EvalResult, int]:
+    """The run of the newest Evaluator execution: its summary (the `run_summary` document), TFMA's loaded results
+    of the ensemble (the Evaluator's) and of the study model (the StudyEvaluator's, `candidate`), and the run's
+    context id."""
     evaluator = latest_execution(store, pipeline_name, EVALUATOR)
     run = run_context_id(store, evaluator)
-    evaluator_inputs, evaluator_outputs = execution_artifacts(store, evaluator)
-    evaluation = evaluator_outputs["evaluation"][0]
-    baseline = evaluator_inputs.get("baseline_model", [])
-    result = tfma.load_eval_result(evaluation.uri, model_name=CANDIDATE if baseline else None)
-    blessed, reason = blessing_reason(evaluation.uri, had_baseline=bool(baseline))
+    evaluation = execution_artifacts(store, evaluator)[1]["evaluation"][0]
+    result = tfma.load_eval_result(evaluation.uri)
+    study_inputs, study_outputs = execution_artifacts(store, latest_execution(store, pipeline_name, STUDY_EVALUATOR,
+                                                                              run))
+    study_evaluation = study_outputs["evaluation"][0]
+    study_result = tfma.load_eval_result(study_evaluation.uri, model_name=CANDIDATE)
+    baseline = study_inputs.get("baseline_model", [])
+    blessed, reason = blessing_reason(study_evaluation.uri, had_baseline=bool(baseline))
     pushed = output_artifact(store, pipeline_name, PUSHER, "pushed_model", run)
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
-    summary = {"metrics": evaluation_figures(result.slicing_metrics), "blessed": blessed, "reason": reason,
-               "pushed_to": pushed_to, "evaluation": evaluation.uri, "baseline": baseline[0].uri if baseline else None}
-    return summary, result, run
+    summary = {"metrics": evaluation_figures(result.slicing_metrics, study_result.slicing_metrics),
+               "study": study_figures(study_result.slicing_metrics), "blessed": blessed, "reason": reason,
+               "pushed_to": pushed_to, "evaluation": evaluation.uri, "study_evaluation": study_evaluation.uri,
+               "baseline": baseline[0].uri if baseline else None}
+    return summary, result, study_result, run
 
 
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     return latest_evaluation(open_store(metadata_path), pipeline_name)[0]
 
 
+def _row(name: str, values: list, widths: list[int]) -> str:
+    cells = [name.ljust(widths[0])]
+    for value, width in zip(values, widths[1:], strict=True):
+        cells.append(("n/a" if value is None else f"{value:.4f}").rjust(width))
+    return "  ".join(cells)
+
+
+def _header_line(headers: list[str], widths: list[int]) -> str:
+    return "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
+
+
 def format_summary(summary: dict) -> str:
-    """A fixed-width table: one row per model, AUC per label, macro AUC and weighted log loss; the labels whose
-    AUC is undefined; then the decision."""
+    """Fixed-width tables: per slice, one row per model, AUC per label, macro AUC and weighted log loss, and the
+    labels whose AUC is undefined; per study, the study head and the slice maximum; then the decision."""
     columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
-    headers = ["model", *(ABBREVIATIONS[label] for label in LABELS), "macro AUC", "wLogLoss"]
-    widths = [max(10, len(h)) for h in headers]
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
+    headers = ["per slice", *(ABBREVIATIONS[label] for label in LABELS), "macro AUC", "wLogLoss"]
+    widths = [max(13, len(h)) for h in headers]
+    lines = [_header_line(headers, widths)]
     for model, figures in summary["metrics"].items():
-        cells = [model.ljust(widths[0])]
-        for column, width in zip(columns, widths[1:], strict=True):
-            value = figures.get(column)
-            cells.append(("n/a" if value is None else f"{value:.4f}").rjust(width))
-        lines.append("  ".join(cells))
+        lines.append(_row(model, [figures.get(column) for column in columns], widths))
     note = undefined_note(summary["metrics"])
     if note:
         lines.append(note)
+    if summary.get("study"):
+        # Per study: the AUCs, and for `any` (the triage question: does this study bleed?) the operating points.
+        studies = next(iter(summary["study"].values())).get("studies")
+        study_headers = [f"per study ({studies:.0f})" if studies is not None else "per study",
+                         *headers[1:-1], *TRIAGE_HEADERS]
+        study_widths = [max(13, len(h)) for h in study_headers]
+        lines += ["", _header_line(study_headers, study_widths)]
+        for model, figures in summary["study"].items():
+            lines.append(_row(model, [*(figures.get(column) for column in columns[:-1]),
+                                      *(figures[name][ANY] for name in TRIAGE)], study_widths))
     lines.append("")
     lines.append(f"compared with: {summary.get('baseline') or 'no blessed model yet'}")
     lines.append(f"blessed: {'yes' if summary['blessed'] else 'no'} ({summary['reason']})")

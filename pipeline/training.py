@@ -1,4 +1,5 @@
-"""The training part of the DAG: three member Trainers (run in parallel on Kubeflow) and the Ensemble."""
+"""The training part of the DAG: three member Trainers (run in parallel on Kubeflow), the Ensemble, and the study
+stage (StudySequenceGen and the context Trainer, whose model is the published study model)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import dataclasses
 from tfx import v1 as tfx
 
 from components.ensemble import Ensemble
+from components.study_sequences import StudySequenceGen
 from ich_model.members import MEMBERS
-from ich_model.settings import TrainerSettings
+from ich_model.settings import ContextSettings, TrainerSettings
 
 RUN_FN = "ich_model.trainer.run_fn"
+CONTEXT_RUN_FN = "ich_model.context_trainer.run_fn"
+CONTEXT_TRAINER = "context_trainer"
 
 
 def trainer_id(member_name: str) -> str:
@@ -45,3 +49,19 @@ def ensemble_of(trainers: list, transform_graph, examples):
     model_a, model_b, model_c = (t.outputs["model"] for t in trainers)
     return Ensemble(model_a=model_a, model_b=model_b, model_c=model_c, transform_graph=transform_graph,
                     examples=examples)
+
+
+def study_stage(examples, ensemble_model, settings: ContextSettings) -> list:
+    """StudySequenceGen over `examples` (the raw slice Examples) scored by `ensemble_model`, and the context
+    Trainer (`context_trainer`) that fits the study-context model on its records and exports the study model
+    over the ensemble."""
+    sequences = StudySequenceGen(examples=examples, model=ensemble_model)
+    trainer = tfx.components.Trainer(
+        run_fn=CONTEXT_RUN_FN,
+        examples=sequences.outputs["study_sequences"],
+        base_model=ensemble_model,
+        train_args=tfx.proto.TrainArgs(num_steps=settings.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=1),  # run_fn scores the whole eval split itself
+        custom_config=settings.as_custom_config(),
+    ).with_id(CONTEXT_TRAINER)
+    return [sequences, trainer]

@@ -31,7 +31,7 @@ from pipeline.local_runner import run_local
 DECISIONS = "decisions.jsonl"
 LOCK = "watch.lock"
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
-SUMMARY_FIELDS = ("blessed", "reason", "metrics", "pushed_to", "baseline", "evaluation")
+SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation")
 
 
 class WatcherLocked(RuntimeError):

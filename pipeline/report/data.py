@@ -12,12 +12,13 @@ import numpy as np
 from tfx.utils import path_utils
 
 from components.dicom_example_gen.executor import REPORT_FILE
+from components.study_evaluator.executor import SLICE_LEVEL
 from ich_model.description import DescriptionError, read_description
 from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, kept_evaluation
 from ich_model.metrics import FLAGGED_SHARE
 from ich_model.serving import OUT_OF_DISTRIBUTION
 from pipeline.configs import metadata_path
-from pipeline.figures import metric_value, overall_slice
+from pipeline.figures import level_slice, metric_value
 from pipeline.summary import (
     EVALUATOR,
     EXAMPLE_GEN,
@@ -29,7 +30,7 @@ from pipeline.summary import (
 )
 from pipeline.training import trainer_id
 
-BASELINE = "baseline"  # TFX's name for the baseline model in an evaluation with one
+BASELINE = "baseline"  # TFMA's name for the baseline model in an evaluation with one
 CALIBRATION_BINS = 10
 Series = dict[str, list[tuple[int, float]]]  # TensorBoard scalars: tag -> [(step, value)], in step order
 
@@ -64,7 +65,8 @@ class RunRecord:
     summary: dict  # pipeline.summary.run_summary; its "metrics" are pipeline.figures.evaluation_figures
     metrics: list  # TFMA slicing metrics of the evaluated model: [(slice key, {output: {sub key: metrics}})]
     plots: list  # TFMA plots of the evaluated model, same shape
-    baseline_metrics: dict | None  # overall slice of the baseline, or None without one
+    baseline_metrics: dict | None  # the baseline's outputs on the eval slices (StudyEvaluator), or None without one
+    study_metrics: list  # TFMA slicing metrics of the study model (StudyEvaluator: rows of slices and studies)
     trainers: dict[str, TrainerRecord]  # by member name
     ingestion: dict  # the ExampleGen's ingestion report
     threshold: float | None
@@ -76,7 +78,7 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     import tensorflow_model_analysis as tfma
 
     store = open_store(metadata_path(pipeline_root))
-    summary, result, run = latest_evaluation(store, pipeline_name)
+    summary, result, study_result, run = latest_evaluation(store, pipeline_name)
     run_id = next(c.name for c in store.get_contexts_by_id([run]))
     evaluated = execution_artifacts(store, latest_execution(store, pipeline_name, EVALUATOR, run))[0]["model"][0]
     try:
@@ -85,8 +87,8 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
         ood = None
     baseline_metrics = None
     if summary["baseline"]:
-        baseline = tfma.load_eval_result(summary["evaluation"], model_name=BASELINE)
-        baseline_metrics = overall_slice(baseline.slicing_metrics)
+        baseline = tfma.load_eval_result(summary["study_evaluation"], model_name=BASELINE)
+        baseline_metrics = level_slice(baseline.slicing_metrics, SLICE_LEVEL)
     trainers = {}
     for name in MEMBERS:
         inputs, outputs = execution_artifacts(store, latest_execution(store, pipeline_name, trainer_id(name), run))
@@ -98,7 +100,7 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
-                     trainers, ingestion, _operating_threshold(result.config), ood)
+                     study_result.slicing_metrics, trainers, ingestion, _operating_threshold(result.config), ood)
 
 
 def flagged_shares(slicing_metrics: list) -> list[tuple[tuple, float | None]]:

@@ -7,14 +7,20 @@ import html
 import json
 import os
 
-from ich_model.constants import ABBREVIATIONS, LABELS
+from components.study_evaluator.executor import REFINED, SLICE_LEVEL
+from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.members import CHECKPOINT_METRIC
 from ich_model.metrics import WEIGHTED_LOG_LOSS
 from ich_model.serving import PROBABILITIES
 from pipeline.figures import (
+    CONTEXT,
     ENSEMBLE,
     MACRO_AUC,
+    SLICE_MAX,
+    STUDY_HEAD,
+    TRIAGE,
     class_key,
+    level_slice,
     metric_value,
     model_figures,
     overall_slice,
@@ -25,7 +31,8 @@ from pipeline.report.data import RunRecord, flagged_shares
 # Sections of the page, in order: (anchor, heading). Tests check that each is present.
 SECTIONS = (
     ("decision", "Blessing decision"),
-    ("models", "Ensemble against its members"),
+    ("models", "Ensemble against its members and the study model"),
+    ("studies", "Study level"),
     ("curves", "ROC and precision-recall curves"),
     ("calibration", "Calibration"),
     ("confusion", "Confusion counts at the operating threshold"),
@@ -53,8 +60,8 @@ def _decision_section(record: RunRecord) -> str:
              f'{html.escape(summary["reason"])}</p>',
              f'<p>Pushed to: <code>{html.escape(summary["pushed_to"] or "nothing pushed")}</code></p>',
              f'<p>Compared with: <code>{html.escape(summary["baseline"] or "no blessed model yet")}</code></p>']
-    now = model_figures(overall_slice(record.metrics).get(PROBABILITIES, {}))
-    before = model_figures(record.baseline_metrics.get(PROBABILITIES, {})) if record.baseline_metrics else {}
+    now = model_figures(level_slice(record.study_metrics, SLICE_LEVEL).get(REFINED, {}))
+    before = model_figures(record.baseline_metrics.get(REFINED, {})) if record.baseline_metrics else {}
     rows = []
     for name, title, higher_is_better in ([(label, f"AUC {label}", True) for label in LABELS]
                                           + [(WEIGHTED_LOG_LOSS, "weighted log loss", False)]):
@@ -62,7 +69,7 @@ def _decision_section(record: RunRecord) -> str:
         worse = change is not None and (change < 0 if higher_is_better else change > 0)
         rows.append(f"<tr><td>{title}</td>{_cell(before.get(name))}{_cell(now[name])}"
                     f"{_cell(change, css='bad' if worse else '')}</tr>")
-    parts.append(_table(["metric (ensemble, overall)", "baseline", "candidate", "change"], rows))
+    parts.append(_table(["metric (study model, eval slices)", "baseline", "candidate", "change"], rows))
     parts.append("<p>n/a: the evaluated slices hold no positive (or no negative) of that label, so its AUC is "
                  "undefined; TFMA reports 0 for it, which is what the gate compares.</p>")
     return "".join(parts)
@@ -71,7 +78,7 @@ def _decision_section(record: RunRecord) -> str:
 def _models_section(record: RunRecord, image: str) -> str:
     metrics = record.summary["metrics"]
     columns = [*LABELS, MACRO_AUC, WEIGHTED_LOG_LOSS]
-    best_member = max((m for m in metrics if m != ENSEMBLE),
+    best_member = max((m for m in metrics if m not in (ENSEMBLE, CONTEXT)),
                       key=lambda m: metrics[m].get(MACRO_AUC) or -1.0, default=None)
     rows = []
     for model, figures in metrics.items():
@@ -89,8 +96,37 @@ def _models_section(record: RunRecord, image: str) -> str:
     undefined = undefined_note(metrics)
     if undefined:
         note += f"<p>{html.escape(undefined)}</p>"
+    context, ensemble = metrics.get(CONTEXT, {}), metrics.get(ENSEMBLE, {})
+    if context.get(WEIGHTED_LOG_LOSS) is not None and ensemble.get(WEIGHTED_LOG_LOSS):
+        note += (f"<p>The study model's refined output ({CONTEXT}) reads each slice with its neighbours; its "
+                 f"weighted log loss is {context[WEIGHTED_LOG_LOSS] / ensemble[WEIGHTED_LOG_LOSS]:.2f}x the "
+                 "ensemble's on the same slices.</p>")
     headers = ["model", *(ABBREVIATIONS[label] + " AUC" for label in LABELS), "macro AUC", "wLogLoss"]
-    return note + _table(headers, rows) + f'<img src="{image}" alt="AUC per label, ensemble and members">'
+    return note + _table(headers, rows) + f'<img src="{image}" alt="AUC per label, ensemble, members, context">'
+
+
+def _studies_section(record: RunRecord) -> str:
+    """Per study (label: any slice positive): the study head against the slice ensemble's maximum."""
+    study = record.summary.get("study") or {}
+    if not study:
+        return "<p>This run has no study-level evaluation.</p>"
+    rows = []
+    for label in LABELS:
+        cells = "".join(_cell(study[name].get(label)) for name in (STUDY_HEAD, SLICE_MAX))
+        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
+    rows.append("<tr><td>macro AUC</td>" + "".join(_cell(study[name].get(MACRO_AUC)) for name in (STUDY_HEAD,
+                                                                                                 SLICE_MAX))
+                + "</tr>")
+    triage = [f"<tr><td>{html.escape(name.replace('_', ' '))}</td>"
+              + "".join(_cell(study[model][name][ANY]) for model in (STUDY_HEAD, SLICE_MAX)) + "</tr>"
+              for name in TRIAGE]
+    count = study[STUDY_HEAD].get("studies")
+    return (f"<p>{'n/a' if count is None else int(count)} eval studies; a study is positive for a label when any "
+            "of its slices is. The study head reads the whole study; the slice maximum is the ensemble's highest "
+            "slice probability.</p>"
+            + _table(["AUC", STUDY_HEAD, SLICE_MAX], rows)
+            + f"<p>Operating points for <code>{ANY}</code>, the triage question:</p>"
+            + _table([ANY, STUDY_HEAD, SLICE_MAX], triage))
 
 
 def _confusion_section(record: RunRecord) -> str:
@@ -221,6 +257,7 @@ def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str)
     bodies = {
         "decision": _decision_section(record),
         "models": _models_section(record, pictures["models"]),
+        "studies": _studies_section(record),
         "curves": f'<img src="{pictures["roc"]}" alt="ROC curves">'
                   f'<img src="{pictures["pr"]}" alt="precision-recall curves">',
         "calibration": f'<img src="{pictures["calibration"]}" alt="calibration plots">',

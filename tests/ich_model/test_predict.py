@@ -182,3 +182,61 @@ def test_explain_writes_one_titled_picture_per_slice_and_subtype_called_positive
         assert picture.format == "PNG" and min(picture.size) >= 400
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
         assert any(r != g or g != b for _, (r, g, b) in colours), "no heat overlaid on the grey slice"
+
+
+def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_head(scored, tmp_path):
+    """The published study model: the RSNA rows hold the refined probabilities the study signature gives for the
+    study's slices (taken from the ExampleGen, in another order), the wide rows the slice ensemble's beside them,
+    `_studies.csv` the study head's beside the slice maximum; Grad-CAM still reads the members."""
+    from ich_model.context_model import build_context_model
+    from ich_model.description import read_description, study_description
+    from ich_model.predict import predict
+    from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES, StudyScoringModule, study_outputs
+    from pipeline.cli import main
+    from tests.pipeline_helpers import randomised
+
+    root, _, ensemble_dir, _ = scored
+    ensemble = tf.saved_model.load(str(ensemble_dir))
+    embedding = int(np.prod(ensemble.signatures[SERVING_SIGNATURE](examples=tf.constant(
+        [read_split(root / "examples", "train")[0].SerializeToString()]))["embedding"].shape[1:]))  # [1, M, D]
+    context_model = randomised(build_context_model(embedding, units=8, seed=1), seed=4)
+    slice_ensemble = read_description(ensemble_dir)
+    StudyScoringModule(ensemble, context_model, study_description(slice_ensemble, {"settings": {}}, study_outputs(
+        slice_ensemble))).save(str(tmp_path / "study"))
+    serve = tf.saved_model.load(str(tmp_path / "study")).signatures[SERVING_SIGNATURE]
+    by_study: dict[str, list] = {}
+    for example in read_split(root / "examples", "eval") + read_split(root / "examples", "train"):
+        by_study.setdefault(example.features.feature["study_uid"].bytes_list.value[0].decode(), []).append(example)
+    refined, slice_only, heads = {}, {}, {}
+    for study, examples in by_study.items():
+        outputs = serve(examples=tf.constant([e.SerializeToString() for e in reversed(examples)]))
+        heads[study] = outputs[STUDY_PROBABILITIES].numpy()
+        for index, example in enumerate(reversed(examples)):
+            image_id = example.features.feature["image_id"].bytes_list.value[0].decode()
+            refined[image_id] = outputs[REFINED_PROBABILITIES].numpy()[index]
+            slice_only[image_id] = outputs[PROBABILITIES].numpy()[index]
+    assert any(np.abs(refined[i] - slice_only[i]).max() > 1e-3 for i in refined)  # the context model acts
+
+    for output_format in ("rsna", "wide"):
+        assert main(["predict", str(root / "rsna"), "--model", str(tmp_path / "study"), "--format", output_format,
+                     "--out", str(tmp_path / f"{output_format}.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "rsna.csv").read_text().splitlines()))
+    assert len(rows) == len(refined) * len(LABELS)
+    for row in rows:
+        image_id, label = row["ID"].rsplit("_", 1)
+        assert float(row["Label"]) == pytest.approx(refined[image_id][LABELS.index(label)], abs=1e-5)
+    for row in csv.DictReader((tmp_path / "wide.csv").read_text().splitlines()):
+        np.testing.assert_allclose([float(row[label]) for label in LABELS], refined[row["image_id"]], atol=1e-5)
+        np.testing.assert_allclose([float(row[f"{label}_slice_only"]) for label in LABELS],
+                                   slice_only[row["image_id"]], atol=1e-5)
+    studies = list(csv.DictReader((tmp_path / "wide_studies.csv").read_text().splitlines()))
+    assert len(studies) == len(heads)
+    for row in studies:
+        np.testing.assert_allclose([float(row[label]) for label in LABELS], heads[row["study_uid"]], atol=1e-5)
+        ids = [e.features.feature["image_id"].bytes_list.value[0].decode() for e in by_study[row["study_uid"]]]
+        np.testing.assert_allclose([float(row[f"{label}_max"]) for label in LABELS],
+                                   np.max([slice_only[i] for i in ids], axis=0), atol=1e-5)
+
+    explained = predict([root / "rsna"], tmp_path / "study", progress=False, explain_dir=tmp_path / "cam",
+                        explain_threshold=0.5)
+    assert explained.explained and explained.member_probabilities.shape[1] == 3

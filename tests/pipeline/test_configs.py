@@ -11,19 +11,20 @@ from pipeline.pipeline import create_pipeline
 
 COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
               "Transform", "latest_blessed_model_resolver", "trainer_a", "trainer_b", "trainer_c", "Ensemble",
-              "Evaluator", "Pusher"}
+              "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher"}
 
 
 def test_overrides_are_parsed_to_each_field_type():
     config = with_overrides(preset("demo"), {
         "train_steps": "40", "operating_threshold": "0.3", "enable_cache": "false",
         "beam_pipeline_args": '["--runner=DirectRunner"]', "auc_floors": '{"epidural": 0.55}',
-        "synth.patients": "12"})
+        "synth.patients": "12", "context.train_steps": "50"})
     assert config.train_steps == 40 and config.operating_threshold == 0.3 and config.enable_cache is False
     assert config.beam_pipeline_args == ("--runner=DirectRunner",)
     assert config.auc_floors["epidural"] == 0.55 and config.auc_floors["subdural"] == PRESETS["demo"].auc_floors[
         "subdural"]
     assert config.synth.patients == 12 and config.synth.seed == PRESETS["demo"].synth.seed
+    assert config.context.train_steps == 50 and config.context.units == PRESETS["demo"].context.units
     assert PRESETS["demo"].train_steps != 40  # the preset itself is untouched
 
 
@@ -33,6 +34,7 @@ def test_overrides_are_parsed_to_each_field_type():
     ({"enable_cache": "maybe"}, r"not a valid bool"),
     ({"auc_floors": '{"haematoma": 0.5}'}, r"unknown labels \['haematoma'\]"),
     ({"synth.colour": "1"}, r"synth settings are patients, positive_fraction, seed, slices_per_study, subtype_mix"),
+    ({"context.layers": "2"}, r"context settings are .*train_steps"),
 ])
 def test_bad_overrides_name_the_problem(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -59,9 +61,13 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):
         assert {node.id for node in by_id[trainer].upstream_nodes} == {
             training_examples, "Transform", "latest_blessed_model_resolver"}
-    assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {
-        "DicomExampleGen", "SchemaGen", "Ensemble", "latest_blessed_model_resolver"}
-    assert {node.id for node in by_id["Pusher"].upstream_nodes} == {"Ensemble", "Evaluator"}
+    assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {"DicomExampleGen", "SchemaGen", "Ensemble"}
+    assert {node.id for node in by_id["StudySequenceGen"].upstream_nodes} == {"DicomExampleGen", "Ensemble"}
+    assert {node.id for node in by_id["context_trainer"].upstream_nodes} == {"StudySequenceGen", "Ensemble"}
+    assert {node.id for node in by_id["StudyEvaluator"].upstream_nodes} == {
+        "DicomExampleGen", "context_trainer", "latest_blessed_model_resolver"}
+    # The published model is the study model, blessed by the StudyEvaluator.
+    assert {node.id for node in by_id["Pusher"].upstream_nodes} == {"context_trainer", "StudyEvaluator"}
     assert by_id["Transform"].exec_properties["preprocessing_fn"] == "ich_model.preprocessing.preprocessing_fn"
     assert "module_file" not in by_id["Transform"].exec_properties or not by_id["Transform"].exec_properties[
         "module_file"]

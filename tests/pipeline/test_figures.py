@@ -12,13 +12,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from sklearn.metrics import log_loss, roc_auc_score
 from tensorflow_model_analysis.metrics import metric_specs
 
+from components.study_evaluator.executor import REFINED
 from ich_model.constants import ANY, LABELS
 from ich_model.examples import IMAGE_SIZE, INTERCEPT_GROUP, LABEL, SPAN
 from ich_model.metrics import FLAGGED_SHARE
 from ich_model.preprocessing import POSITION_BAND
 from ich_model.serving import OUT_OF_DISTRIBUTION
 from pipeline.configs import preset
-from pipeline.evaluation import MODEL_OUTPUTS, eval_config
+from pipeline.evaluation import MODEL_OUTPUTS, eval_config, study_eval_config
 from pipeline.figures import MACRO_AUC, UNDEFINED_AUC, evaluation_figures, model_name
 from pipeline.report.data import RunRecord, flagged_shares
 from pipeline.report.page import render_page
@@ -85,22 +86,26 @@ def test_figures_of_a_tfma_evaluation_are_sklearn_s_over_the_defined_labels(tmp_
     assert f"AUC of {NO_POSITIVE}, {NO_NEGATIVE} is undefined" in table
 
 
-def test_the_eval_config_validates_and_computes_the_flagged_share_of_every_model_ungated():
-    """As the Evaluator prepares it (with and without a baseline): TFMA accepts the label-less output, every
-    model gets a FlaggedShare of OUT_OF_DISTRIBUTION, and no threshold names it."""
+def test_the_ensemble_s_config_gates_nothing_and_the_study_config_gates_the_refined_output_only():
+    """As the Evaluator prepares it: TFMA accepts the label-less output, the ensemble gets a FlaggedShare of
+    OUT_OF_DISTRIBUTION, and nothing is gated, so TFX writes no blessing for the ensemble. The study config,
+    with and without a baseline, gates the refined output alone, change thresholds only beside a baseline."""
+    config = tfma.utils.update_eval_config_with_defaults(eval_config(preset("demo")), has_baseline=False,
+                                                         rubber_stamp=True)
+    tfma.utils.verify_eval_config(config)
+    keys = {key for computation in metric_specs.to_computations(config.metrics_specs, eval_config=config)
+            for key in computation.keys}
+    assert tfma.metrics.MetricKey(FLAGGED_SHARE, output_name=OUT_OF_DISTRIBUTION) in keys
+    assert not tfma.metrics.metric_thresholds_from_metrics_specs(config.metrics_specs, eval_config=config)
     for has_baseline in (False, True):
-        config = tfma.utils.update_eval_config_with_defaults(eval_config(preset("demo")), has_baseline=has_baseline,
-                                                             rubber_stamp=True)
+        config = tfma.utils.update_eval_config_with_defaults(study_eval_config(preset("demo")),
+                                                             has_baseline=has_baseline, rubber_stamp=True)
         tfma.utils.verify_eval_config(config)
-        keys = {key for computation in metric_specs.to_computations(config.metrics_specs, eval_config=config)
-                for key in computation.keys}
-        models = [spec.name for spec in config.model_specs]
-        assert len(models) == (2 if has_baseline else 1)
-        for model in models:
-            assert tfma.metrics.MetricKey(FLAGGED_SHARE, model_name=model, output_name=OUT_OF_DISTRIBUTION) in keys
+        assert len(config.model_specs) == (2 if has_baseline else 1)
         gated = tfma.metrics.metric_thresholds_from_metrics_specs(config.metrics_specs, eval_config=config)
-        assert any(key.name == "auc" for key in gated)
-        assert not any(key.name == FLAGGED_SHARE or key.output_name == OUT_OF_DISTRIBUTION for key in gated)
+        assert {key.output_name for key in gated} == {REFINED}
+        assert {key.name for key in gated} == {"auc", "weighted_log_loss"}
+        assert any(key.is_diff for key in gated) == has_baseline
 
 
 def _record(slicing_metrics: list, ood: dict | None) -> RunRecord:
@@ -108,7 +113,7 @@ def _record(slicing_metrics: list, ood: dict | None) -> RunRecord:
     summary = {"metrics": {}, "blessed": False, "reason": "not evaluated", "pushed_to": None, "baseline": None,
                "evaluation": "evaluation"}
     return RunRecord(pipeline_name="ich", run_id="run", summary=summary, metrics=slicing_metrics, plots=[],
-                     baseline_metrics=None, trainers={}, ingestion={}, threshold=None, ood=ood)
+                     baseline_metrics=None, study_metrics=[], trainers={}, ingestion={}, threshold=None, ood=ood)
 
 
 def _page(record: RunRecord, pictures: dict) -> dict:

@@ -19,7 +19,8 @@ COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_OUTPUT
 BASELINE_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
 BASELINE_TASKS = {"latest_blessed_model_resolver-model-blessing-resolver", BASELINE_MODEL_TASK}
 TASKS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
-         "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator", "Pusher", *BASELINE_TASKS}
+         "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen",
+         "context_trainer", "StudyEvaluator", "Pusher", *BASELINE_TASKS}
 
 
 def test_committed_pipeline_yaml_equals_a_fresh_compile(tmp_path):
@@ -42,7 +43,10 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
         assert task.inputs.artifacts["base_model"].task_output_artifact.producer_task == BASELINE_MODEL_TASK
     assert spec.root.dag.tasks["Transform"].inputs.artifacts["analyzer_cache"].task_output_artifact.producer_task == (
         "latest_transform_cache_resolver")
-    assert set(spec.root.dag.tasks["Pusher"].dependent_tasks) == {"Ensemble", "Evaluator"}
+    # The study model is published, blessed by the StudyEvaluator against the latest blessed model.
+    assert set(spec.root.dag.tasks["Pusher"].dependent_tasks) == {"context_trainer", "StudyEvaluator"}
+    assert set(spec.root.dag.tasks["StudyEvaluator"].dependent_tasks) == {
+        "DicomExampleGen", "context_trainer", BASELINE_MODEL_TASK}
     loaded = kfp.components.load_component_from_file(str(COMMITTED))
     assert loaded.name == spec.pipeline_info.name
 
@@ -71,7 +75,8 @@ def test_every_task_of_the_committed_spec_requests_cpu_and_memory_and_the_member
             if request.accelerator.count}
     assert gpus == {"trainer_a": ("nvidia.com/gpu", 4), "trainer_b": ("nvidia.com/gpu", 4),
                     "trainer_c": ("nvidia.com/gpu", 4), "Ensemble": ("nvidia.com/gpu", 1),
-                    "Evaluator": ("nvidia.com/gpu", 1)}
+                    "Evaluator": ("nvidia.com/gpu", 1), "StudySequenceGen": ("nvidia.com/gpu", 1),
+                    "StudyEvaluator": ("nvidia.com/gpu", 1)}
     # A trainer's cores feed its GPUs: at least 12 per GPU.
     assert all(resources[t].cpu_request >= 12 * 4 for t in ("trainer_a", "trainer_b", "trainer_c"))
     # The DicomExampleGen's request survives TFX's FileBasedExampleGen step builder, which drops it.
