@@ -44,7 +44,7 @@ class TrainerSettings(_CustomConfig):
     batch_size: int = BATCH_SIZE
     eval_every_steps: int = 0  # 0: a fifth of the training steps
     cache_examples: bool = True  # keep the raw Examples in memory between epochs; false for sets beyond memory
-    warm_start_steps: int = 0  # steps when starting from the latest blessed ensemble; 0: train_steps
+    warm_start_steps: int = 0  # steps when starting from the latest blessed model; 0: train_steps
     seed: int | None = None  # the weights' initialisation and the sampler's order; None: the recipe's seed
     scanner_intensity: bool | None = None  # the intensity augmentation on or off; None: as the recipe says
     # "float32", or "mixed": bfloat16 where the device computes it (CPUs, GPUs of compute capability 8.0 and up),

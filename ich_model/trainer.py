@@ -9,9 +9,9 @@ output is moved from the batches' prevalence back to the data's (`correct_label_
 are calibrated to the data, not to the sampler.
 
 The settings come in `custom_config` as a `TrainerSettings` (ich_model/settings.py). With a base model (the
-latest blessed ensemble), the member starts from the weights of its namesake there, matched by name, and trains
-for `warm_start_steps` on a schedule of that length; when the base member's description names another network,
-or it has none, the member starts from scratch and trains for `train_steps`.
+latest blessed model: a study model or an ensemble), the member starts from the weights of its namesake there,
+matched by name, and trains for `warm_start_steps` on a schedule of that length; when the base member's
+description names another network, or it has none, the member starts from scratch and trains for `train_steps`.
 """
 
 from __future__ import annotations

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "watch", help="retrain when a new span folder of labelled scans is complete",
         description="Poll the input base for complete span-N folders (a label CSV and every image it lists, or a "
                     "_READY file) and run the pipeline once per new span, in span order: members warm-start "
-                    "from the latest blessed ensemble, and only a candidate that passes the gates against it is "
+                    "from the latest blessed model, and only a candidate that passes the gates against it is "
                     "pushed. Each decision is one line of <pipeline-root>/decisions.jsonl. A failed run is "
                     "retried at the next poll. One watcher per pipeline root.")
     watch.add_argument("--input-base", required=True, help="folder that receives the span-N folders")

@@ -137,7 +137,7 @@ PRESETS = {
         eval_steps=_steps_at(_WORKSTATION_BATCH, 200), eval_every_steps=_steps_at(_WORKSTATION_BATCH, 2_000),
         cache_examples=False, statistics_sample_rate=0.05, trainer_accelerators=1, precision="mixed",
         auc_floors={name: 0.9 for name in LABELS}, max_weighted_log_loss=0.09, auc_regression_tolerance=0.002,
-        log_loss_regression_tolerance=0.001),
+        log_loss_regression_tolerance=0.001, study_auc_floor=0.95),
     "cluster": PipelineConfig(
         preset="cluster", model_preset="s", batch_size=_CLUSTER_BATCH,
         train_steps=_steps_at(_CLUSTER_BATCH, 60_000), warm_start_steps=_steps_at(_CLUSTER_BATCH, 15_000),
@@ -146,7 +146,8 @@ PRESETS = {
         span_window=1,  # Kubeflow Pipelines v2 cannot resolve a window of spans (see pipeline/retraining.py)
         trainer_accelerators=4, precision="mixed",
         auc_floors={name: 0.95 for name in LABELS},
-        max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001),
+        max_weighted_log_loss=0.07, auc_regression_tolerance=0.002, log_loss_regression_tolerance=0.001,
+        study_auc_floor=0.97),
 }
 
 

@@ -1,7 +1,7 @@
 """`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
 
 DicomExampleGen (one span) -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform (over the span window,
-with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest blessed ensemble) -> Ensemble ->
+with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest blessed model) -> Ensemble ->
 StudySequenceGen -> context_trainer (the study model: the ensemble and the study-context model) ->
 StudyEvaluator (on this span's eval split, against the latest blessed model; it blesses) -> Pusher; beside them the
 Evaluator reports the ensemble and its members. Components take dotted function paths (no module files), so the

@@ -5,8 +5,8 @@
   reads this run's span only.
 - `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform wrote,
   so that tf.Transform analyses only the spans that it has not seen.
-- The latest blessed ensemble (pipeline.pipeline.latest_blessed_model_resolver) is both the Evaluator's baseline
-  and the model that each member warm-starts from.
+- The latest blessed model (pipeline.pipeline.latest_blessed_model_resolver) is both the StudyEvaluator's
+  baseline and the model whose members each member warm-starts from.
 
 Kubeflow Pipelines v2 compiles only the latest-artifact and latest-blessed-model strategies, so a compiled
 pipeline cannot hold the span window: it trains on its run's span (`span_window` 1).

@@ -1,13 +1,13 @@
 """The whole pipeline on tiny synthetic spans, driven by `ich watch`'s Watcher with LocalDagRunner and the real
 SQLite metadata store.
 
-One watcher runs in a thread while the spans arrive: span 1 (complete) is trained from scratch, blessed and
-pushed; span 2 waits while images are missing, then has a broken label CSV (its run fails and is retried at each
-poll), then labels shuffled between its images: it runs warm-started from span 1's ensemble and compared with it,
-its candidate is not blessed and the serving folder stays byte-for-byte the same. A restarted watcher runs nothing
-again. Along the way: every component ran, TFMA holds every subtype and slice, the pushed SavedModel scores raw
-Examples, and the summary's figures agree with sklearn. (Two spans, not more: each run of the pipeline costs
-minutes of the suite.)
+One watcher runs in a thread while the spans arrive: span 1 (complete) is trained from scratch, its study model
+blessed and pushed; span 2 waits while images are missing, then has a broken label CSV (its run fails and is
+retried at each poll), then labels shuffled between its images: its members warm-start from span 1's study model,
+its study model is compared with span 1's, is not blessed and the serving folder stays byte-for-byte the same. A
+restarted watcher runs nothing again. Along the way: every component ran, TFMA holds every subtype and slice, the
+pushed study model scores raw Examples study by study, and the summary's figures agree with sklearn. (Two spans,
+not more: each run of the pipeline costs minutes of the suite.)
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from components.dicom_example_gen.span_folders import span_folder
 from ich_model.constants import LABELS
 from ich_model.metrics import weighted_log_loss
 from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE
+from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.configs import preset, with_overrides
 from pipeline.evaluation import MODEL_OUTPUTS, SLICE_FEATURES
 from pipeline.local_runner import LAST_RUN
+from pipeline.report.data import BASELINE
 from pipeline.summary import CANDIDATE
 from pipeline.watch import DECISIONS, Watcher, WatcherLocked, recorded_spans, watch_lock
 from tests.pipeline_helpers import BEAM_ARGS
@@ -45,7 +47,8 @@ pytestmark = pytest.mark.e2e
 
 NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "SchemaGen", "ExampleValidator",
          "latest_transform_cache_resolver", "Transform", "latest_blessed_model_resolver", "trainer_a",
-         "trainer_b", "trainer_c", "Ensemble", "Evaluator", "Pusher"]
+         "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator",
+         "Pusher"]
 TRAINERS = ["trainer_a", "trainer_b", "trainer_c"]
 RESOLVERS = {"span_window_resolver", "latest_transform_cache_resolver", "latest_blessed_model_resolver"}
 # Above chance with room below what a model that learned span 1 scores; against labels that bleeding and clean
@@ -140,7 +143,9 @@ def spans(tmp_path_factory):
         "statistics_sample_rate": "1.0",
         # One gate that tells learning from shuffled labels; the demo run checks the real gates' figures.
         "auc_floors": json.dumps({name: ANY_AUC_FLOOR if name == "any" else 0.0 for name in LABELS}),
-        "max_weighted_log_loss": "10", "auc_regression_tolerance": "1", "log_loss_regression_tolerance": "10"})
+        "max_weighted_log_loss": "10", "auc_regression_tolerance": "1", "log_loss_regression_tolerance": "10",
+        # A span's eval split holds a handful of studies: their AUC is not a gate here.
+        "study_auc_floor": "0", "context.train_steps": "60"})
     write_span(base, 1, patients=30, seed=31)
     good_csv = {}
 
@@ -246,61 +251,82 @@ def test_span_1_was_trained_from_scratch_blessed_and_pushed(spans):
 def test_span_2_warm_started_from_span_1_and_was_compared_with_it(spans):
     config = spans["config"]
     store = _store(config)
-    first_ensemble, second_ensemble = (_artifacts(store, execution, "model", metadata_store_pb2.Event.OUTPUT)[0]
-                                       for execution in _executions(store, config, "Ensemble")[:2])
+    first_study, second_study = (_artifacts(store, execution, "model", metadata_store_pb2.Event.OUTPUT)[0]
+                                 for execution in _executions(store, config, "context_trainer")[:2])
+    second_ensemble = _artifacts(store, _executions(store, config, "Ensemble")[1], "model",
+                                 metadata_store_pb2.Event.OUTPUT)[0]
     for trainer in TRAINERS:
         second_run = _executions(store, config, trainer)[1]
-        assert [a.id for a in _artifacts(store, second_run, "base_model")] == [first_ensemble.id], trainer
+        assert [a.id for a in _artifacts(store, second_run, "base_model")] == [first_study.id], trainer
         # Trained on the window of spans 1 and 2, span 1's Examples reused as they were ingested.
         assert sorted(_span(a) for a in _artifacts(store, second_run, "examples")) == [1, 2]
     first_examples = _artifacts(store, _executions(store, config, "DicomExampleGen")[0], "examples",
                                 metadata_store_pb2.Event.OUTPUT)[0]
     assert first_examples.id in {a.id for a in _artifacts(store, _executions(store, config, "trainer_a")[1],
                                                            "examples")}
-    evaluator = _executions(store, config, "Evaluator")[1]
-    assert [a.id for a in _artifacts(store, evaluator, "baseline_model")] == [first_ensemble.id]
-    assert [a.id for a in _artifacts(store, evaluator, "model")] == [second_ensemble.id]
+    evaluator = _executions(store, config, "StudyEvaluator")[1]
+    assert [a.id for a in _artifacts(store, evaluator, "baseline_model")] == [first_study.id]
+    assert [a.id for a in _artifacts(store, evaluator, "model")] == [second_study.id]
     assert [_span(a) for a in _artifacts(store, evaluator, "examples")] == [2]  # the new eval data only
+    assert [a.id for a in _artifacts(store, _executions(store, config, "context_trainer")[1], "base_model")] == [
+        second_ensemble.id]
     transform = _executions(store, config, "Transform")
     assert [a.id for a in _artifacts(store, transform[1], "analyzer_cache")] == [
         a.id for a in _artifacts(store, transform[0], "updated_analyzer_cache", metadata_store_pb2.Event.OUTPUT)]
-    assert tfma.load_eval_result(spans["decisions"][2]["evaluation"], model_name=CANDIDATE).slicing_metrics
+    for model_name in (CANDIDATE, BASELINE):
+        assert tfma.load_eval_result(spans["decisions"][2]["study_evaluation"], model_name=model_name).slicing_metrics
     # Each member loaded its namesake's weights and trained the shorter schedule.
     logs = "".join(path.read_text() for path in Path(config.pipeline_root, "logs").glob("run-*.log"))
     for name in "abc":
-        assert f"member {name}: warm start from {first_ensemble.uri}/Format-Serving, 5 steps" in logs, name
+        assert f"member {name}: warm start from {first_study.uri}/Format-Serving, 5 steps" in logs, name
 
 
 def test_span_2_with_shuffled_labels_was_not_blessed_and_the_serving_folder_is_unchanged(spans):
     span_2 = spans["decisions"][2]
     assert not span_2["blessed"] and span_2["pushed_to"] is None
     assert "any" in span_2["reason"]
-    assert span_2["metrics"]["ensemble"]["any"] < ANY_AUC_FLOOR
+    assert span_2["metrics"]["context"]["any"] < ANY_AUC_FLOOR
     assert spans["serving_after_span_2"] == spans["serving_before_span_2"]
     assert sum("span 2: run failed" in line for line in spans["console"].lines) >= 2  # retried, not skipped
 
 
-def test_the_pushed_ensemble_scores_raw_examples_as_the_summary_says(spans):
+def test_the_pushed_study_model_scores_raw_examples_by_study_as_the_summary_says(spans):
     config, span_1 = spans["config"], spans["decisions"][1]
     store = _store(config)
     examples = _artifacts(store, _executions(store, config, "DicomExampleGen")[0], "examples",
                           metadata_store_pb2.Event.OUTPUT)[0]
     eval_files = tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*.gz"))
-    records = [r.numpy() for r in tf.data.TFRecordDataset(eval_files, compression_type="GZIP")]
-    labels = np.array([tf.train.Example.FromString(r).features.feature["label"].int64_list.value
-                       for r in records])
-    probabilities = tf.saved_model.load(span_1["pushed_to"]).signatures[SERVING_SIGNATURE](
-        examples=tf.constant(records))[PROBABILITIES].numpy()
-    assert probabilities.shape == (len(records), len(LABELS))
-    assert np.all((probabilities > 0) & (probabilities < 1))
+    by_study: dict[bytes, list] = {}
+    for record in tf.data.TFRecordDataset(eval_files, compression_type="GZIP"):
+        example = tf.train.Example.FromString(record.numpy())
+        by_study.setdefault(example.features.feature["study_uid"].bytes_list.value[0], []).append(example)
+    serve = tf.saved_model.load(span_1["pushed_to"]).signatures[SERVING_SIGNATURE]
+    labels, refined, slice_only, study_labels, heads = [], [], [], [], []
+    for study in by_study.values():
+        outputs = serve(examples=tf.constant([e.SerializeToString() for e in study]))
+        study_label = np.array([e.features.feature["label"].int64_list.value for e in study])
+        labels.append(study_label)
+        refined.append(outputs[REFINED_PROBABILITIES].numpy())
+        slice_only.append(outputs[PROBABILITIES].numpy())
+        study_labels.append(study_label.max(axis=0))
+        heads.append(outputs[STUDY_PROBABILITIES].numpy())
+    labels, refined, slice_only = np.concatenate(labels), np.concatenate(refined), np.concatenate(slice_only)
+    assert refined.shape == slice_only.shape == (len(labels), len(LABELS))
+    assert np.all((refined > 0) & (refined < 1))
 
-    # The summary's figures are TFMA's, and TFMA's are sklearn's on the same Examples.
-    ensemble = span_1["metrics"]["ensemble"]
-    assert ensemble["weighted_log_loss"] == pytest.approx(weighted_log_loss(labels, probabilities), rel=1e-4)
-    for index, name in enumerate(LABELS):
-        if 0 < labels[:, index].sum() < len(labels):
-            assert ensemble[name] == pytest.approx(roc_auc_score(labels[:, index], probabilities[:, index]),
-                                                   abs=0.02)  # TFMA's AUC is a 10,000-bucket approximation
+    # The summary's figures are TFMA's, and TFMA's are sklearn's on the same slices and studies.
+    per_study = np.array(study_labels), np.array(heads)
+    for name, (truth, scores) in (("ensemble", (labels, slice_only)), ("context", (labels, refined))):
+        figures = span_1["metrics"][name]
+        assert figures["weighted_log_loss"] == pytest.approx(weighted_log_loss(truth, scores), rel=1e-4), name
+        for index, label in enumerate(LABELS):
+            if 0 < truth[:, index].sum() < len(truth):
+                assert figures[label] == pytest.approx(roc_auc_score(truth[:, index], scores[:, index]),
+                                                       abs=0.02), (name, label)  # a 10,000-bucket approximation
+    for index, label in enumerate(LABELS):
+        if 0 < per_study[0][:, index].sum() < len(per_study[0]):
+            assert span_1["study"]["study head"][label] == pytest.approx(
+                roc_auc_score(per_study[0][:, index], per_study[1][:, index]), abs=0.02), label
 
 
 def test_every_component_ran_and_tfma_holds_every_subtype_of_every_model_on_every_slice(spans):
@@ -315,7 +341,8 @@ def test_every_component_ran_and_tfma_holds_every_subtype_of_every_model_on_ever
         assert any(key and key[0][0] == feature for key in sliced), feature
     for output in MODEL_OUTPUTS:
         assert {f"classId:{i}" for i in range(len(LABELS))} <= set(sliced[()][output]), output
-    assert set(spans["after_span_1"]["metrics"]) == {"ensemble", "member_a", "member_b", "member_c"}
+    assert set(spans["after_span_1"]["metrics"]) == {"ensemble", "member_a", "member_b", "member_c", "context"}
+    assert set(spans["after_span_1"]["study"]) == {"study head", "slice maximum"}
     assert spans["after_span_1"]["blessed"] and spans["after_span_1"]["config"]["span"] == 1
     assert set(NODES) - RESOLVERS <= set(spans["after_span_1"]["component_seconds"])
 
@@ -364,8 +391,8 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     assert main(["report", config.pipeline_root, "--out", str(out)]) == 0
     page = PageReader()
     page.feed((out / "index.html").read_text())
-    assert list(page.sections) == ["decision", "models", "curves", "calibration", "confusion", "slices", "ood",
-                                   "training", "ingestion"]
+    assert list(page.sections) == ["decision", "models", "studies", "curves", "calibration", "confusion", "slices",
+                                   "ood", "training", "ingestion"]
     assert "http" not in (out / "index.html").read_text()  # nothing loaded from the network
     for section in ("models", "curves", "calibration", "training"):
         assert page.sections[section]["images"], section
@@ -375,7 +402,7 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
                 assert picture.format == "PNG" and picture.width >= 800, src
                 assert len(set(picture.convert("L").getdata())) > 10, f"{src} is blank"
 
-    # The latest run is span 2's: not blessed, compared with span 1's ensemble; its members warm-started.
+    # The latest run is span 2's: not blessed, compared with span 1's study model; its members warm-started.
     decision = page.sections["decision"]
     assert "not blessed" in decision["text"] and span_2["baseline"] in decision["text"]
     assert [row[0] for row in decision["rows"][1:]] == [f"AUC {label}" for label in LABELS] + ["weighted log loss"]
