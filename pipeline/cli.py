@@ -18,6 +18,15 @@ def _ensure_legacy_keras() -> None:
         os.execv(sys.executable, [sys.executable, "-m", "pipeline.cli", *sys.argv[1:]])
 
 
+def _slices_per_study(text: str):
+    from ich_model.synth import parse_slices_per_study
+
+    try:
+        return parse_slices_per_study(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _synth(args: argparse.Namespace) -> int:
     from ich_model.synth import generate_dataset
 
@@ -164,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "labelled haemorrhage, laid out exactly as the RSNA 2019 training download.")
     synth.add_argument("--out", required=True, help="output folder (must not already hold a set)")
     synth.add_argument("--patients", type=int, required=True, help="number of patients")
-    synth.add_argument("--slices-per-study", type=int, required=True, help="axial slices in each study")
+    synth.add_argument("--slices-per-study", type=_slices_per_study, required=True,
+                       help="axial slices in each study, or a range each study's length is drawn from (24-40)")
     synth.add_argument("--seed", type=int, required=True, help="random seed: same seed, same bytes")
     synth.add_argument("--size", type=int, default=512, help="rows and columns of most images (default 512)")
     synth.add_argument("--positive-fraction", type=float, default=DEFAULT_POSITIVE_FRACTION,

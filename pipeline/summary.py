@@ -29,7 +29,7 @@ STUDY_EVALUATOR = "StudyEvaluator"
 TRIAGE_HEADERS = ("any sens@90%spec", "any sens@95%spec", "any spec@95%sens")  # in TRIAGE's order
 EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 PUSHER = "Pusher"
-CANDIDATE = "candidate"  # TFMA's name for the evaluated model beside a baseline (always, in the StudyEvaluator's)
+CANDIDATE = "candidate"  # TFMA's name for the evaluated model beside a baseline (alone, it stores no name)
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -136,8 +136,8 @@ def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str
     study_inputs, study_outputs = execution_artifacts(store, latest_execution(store, pipeline_name, STUDY_EVALUATOR,
                                                                               run))
     study_evaluation = study_outputs["evaluation"][0]
-    study_result = tfma.load_eval_result(study_evaluation.uri, model_name=CANDIDATE)
     baseline = study_inputs.get("baseline_model", [])
+    study_result = tfma.load_eval_result(study_evaluation.uri, model_name=CANDIDATE if baseline else None)
     blessed, reason = blessing_reason(study_evaluation.uri, had_baseline=bool(baseline))
     pushed = output_artifact(store, pipeline_name, PUSHER, "pushed_model", run)
     pushed_to = None

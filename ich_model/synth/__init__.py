@@ -9,6 +9,7 @@ from ich_model.synth.dataset import (
     StudyPlan,
     SynthSummary,
     generate_dataset,
+    parse_slices_per_study,
     plan_studies,
     render_study,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "StudyPlan",
     "SynthSummary",
     "generate_dataset",
+    "parse_slices_per_study",
     "plan_studies",
     "render_study",
 ]

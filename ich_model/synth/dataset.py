@@ -101,12 +101,32 @@ class SynthSummary:
     shapes: Counter = field(default_factory=Counter)
 
 
-def validate_arguments(patients: int, slices_per_study: int, size: int, positive_fraction: float,
+SlicesPerStudy = int | tuple[int, int]  # a study length, or the range (inclusive) each study's is drawn from
+
+
+def parse_slices_per_study(text: str) -> SlicesPerStudy:
+    """`12` or `24-40` (RSNA's studies hold about 24 to 60 slices) -> 12 or (24, 40)."""
+    low, dash, high = text.partition("-")
+    try:
+        value = (int(low), int(high)) if dash else int(low)
+    except ValueError:
+        raise ValueError(f"--slices-per-study must be a count or a range such as 24-40, got {text!r}") from None
+    return value
+
+
+def length_range(slices_per_study: SlicesPerStudy) -> tuple[int, int]:
+    return slices_per_study if isinstance(slices_per_study, tuple) else (slices_per_study, slices_per_study)
+
+
+def validate_arguments(patients: int, slices_per_study: SlicesPerStudy, size: int, positive_fraction: float,
                        subtype_mix: str = "rsna") -> None:
     if patients < 1:
         raise ValueError(f"--patients must be at least 1, got {patients}")
-    if slices_per_study < 1:
-        raise ValueError(f"--slices-per-study must be at least 1, got {slices_per_study}")
+    low, high = length_range(slices_per_study)
+    if low < 1:
+        raise ValueError(f"--slices-per-study must be at least 1, got {low}")
+    if high < low:
+        raise ValueError(f"--slices-per-study: a range runs from low to high, got {low}-{high}")
     if not 64 <= size <= 1024:
         raise ValueError(f"--size must be between 64 and 1024 pixels, got {size}")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -115,11 +135,13 @@ def validate_arguments(patients: int, slices_per_study: int, size: int, positive
         raise ValueError(f"--subtype-mix must be one of {', '.join(SUBTYPE_MIXES)}, got {subtype_mix!r}")
 
 
-def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 512,
+def plan_studies(patients: int, slices_per_study: SlicesPerStudy, seed: int, size: int = 512,
                  positive_fraction: float = DEFAULT_POSITIVE_FRACTION, subtype_mix: str = "rsna",
                  shift: bool = False) -> list[StudyPlan]:
     """The studies of a set; with `shift`, everything but the blood is drawn from the shifted ranges, and the
-    identifiers from another stream than the training set of the same seed (the two sets can be pooled)."""
+    identifiers from another stream than the training set of the same seed (the two sets can be pooled). A range
+    of slices per study draws each study's length from a stream of its own, so that a fixed length gives the
+    same set as before ranges existed."""
     validate_arguments(patients, slices_per_study, size, positive_fraction, subtype_mix)
     nuisance = "shifted" if shift else "training"
     rng = np.random.default_rng([seed, 1] if shift else seed)
@@ -131,6 +153,8 @@ def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 51
     taken: set[str] = set()
     patient_ids = [rsna_id(rng, 9, taken) for _ in range(patients)]
     patient_seeds = rng.integers(0, 2**63, size=patients)
+    low, high = length_range(slices_per_study)
+    lengths = np.random.default_rng([seed, 2, int(shift)]).integers(low, high + 1, size=n)
     plans = []
     for i, patient in enumerate(patient_of_study):
         if odd[i]:
@@ -143,7 +167,7 @@ def plan_studies(patients: int, slices_per_study: int, seed: int, size: int = 51
             patient_id=patient_ids[patient],
             study_uid=rsna_id(rng, 10, taken),
             series_uid=rsna_id(rng, 10, taken),
-            image_ids=tuple(rsna_id(rng, 9, taken) for _ in range(slices_per_study)),
+            image_ids=tuple(rsna_id(rng, 9, taken) for _ in range(int(lengths[i]))),
             patient_seed=int(patient_seeds[patient]),
             study_seed=int(rng.integers(0, 2**63)),
             profile_index=int(profiles[i]),
@@ -244,7 +268,7 @@ def _write_study_task(args: tuple[StudyPlan, Path]) -> tuple[StudyPlan, list[tup
     return plan, write_study(plan, images_dir)
 
 
-def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: int, seed: int,
+def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study: SlicesPerStudy, seed: int,
                      size: int = 512, positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
                      subtype_mix: str = "rsna", workers: int | None = None, progress: bool = True,
                      shift: bool = False) -> SynthSummary:
@@ -263,7 +287,8 @@ def generate_dataset(out_dir: str | os.PathLike, patients: int, slices_per_study
     workers = max(1, min(workers or os.cpu_count() or 1, len(plans)))
     labels: dict[int, list[tuple[str, list[int]]]] = {}
     tasks = [(plan, images_dir) for plan in plans]
-    with tqdm(total=len(plans) * slices_per_study, unit="slice", desc="ich synth", disable=not progress) as bar:
+    total = sum(len(plan.image_ids) for plan in plans)
+    with tqdm(total=total, unit="slice", desc="ich synth", disable=not progress) as bar:
         if workers == 1:
             results = map(_write_study_task, tasks)
             pool = None

@@ -320,5 +320,12 @@ def test_the_study_evaluator_s_aucs_are_sklearn_s_on_the_study_model_s_outputs_a
 
     # A floor the study head cannot reach: not blessed, and TFMA names the failed gate.
     strict = dataclasses.replace(lenient, study_auc_floor=1.01)
-    _, blessing = run_study_evaluator(root, study_model, None, strict, tmp_path / "strict")
+    evaluation, blessing = run_study_evaluator(root, study_model, None, strict, tmp_path / "strict")
     assert (Path(blessing.uri) / "NOT_BLESSED").exists() and blessing.get_int_custom_property("blessed") == 0
+    failed = [f.metric_key for v in tfma.load_validation_result(evaluation.uri).metric_validations_per_slice
+              for f in v.failures]
+    assert [(key.name, key.output_name, key.sub_key.class_id.value) for key in failed] == [
+        ("auc", "refined", LABELS.index("any"))]
+    # Alone, the candidate's results carry no model name.
+    alone = dict(tfma.load_eval_result(evaluation.uri).slicing_metrics)
+    assert alone[(("level", "study"),)]["refined"]["classId:5"]["auc"]

@@ -249,6 +249,15 @@ def test_shifted_plan_has_its_own_identifiers():
     assert not ids[tuple(training)] & ids[tuple(shifted)]
 
 
+def test_a_range_of_slices_per_study_draws_each_study_s_length_and_a_count_is_unchanged():
+    ranged = plan_studies(30, (24, 40), seed=3)
+    lengths = [len(p.image_ids) for p in ranged]
+    assert min(lengths) >= 24 and max(lengths) <= 40 and len(set(lengths)) > 5
+    assert [len(p.image_ids) for p in plan_studies(30, (24, 40), seed=3)] == lengths  # same seed, same set
+    fixed, same_range = plan_studies(30, 12, seed=3), plan_studies(30, (12, 12), seed=3)
+    assert {len(p.image_ids) for p in fixed} == {12} and fixed == same_range
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     ich = Path(sys.executable).with_name("ich")
@@ -258,6 +267,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, message", [
     (["--patients", "0"], "--patients must be at least 1, got 0"),
     (["--slices-per-study", "0"], "--slices-per-study must be at least 1, got 0"),
+    (["--slices-per-study", "40-24"], "--slices-per-study: a range runs from low to high, got 40-24"),
+    (["--slices-per-study", "many"], "--slices-per-study must be a count or a range such as 24-40, got 'many'"),
     (["--size", "20"], "--size must be between 64 and 1024 pixels, got 20"),
     (["--positive-fraction", "1.5"], "--positive-fraction must be between 0 and 1, got 1.5"),
     (["--patients", "many"], "argument --patients: invalid int value: 'many'"),
