@@ -62,7 +62,7 @@ def _text(value: str) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
 
 
-def study_outputs(model, kind: str, records: list[bytes]) -> dict[str, np.ndarray]:
+def outputs_on_study(model, kind: str, records: list[bytes]) -> dict[str, np.ndarray]:
     """One model's outputs on one study's serialized slice Examples: REFINED [N, 6] and SLICE_ONLY [N, 6] per
     slice, and their study figures under `study_` ([6]). A slice ensemble (an earlier release's published
     model) has no context: its refined output is its slice output."""
@@ -124,7 +124,7 @@ class _ScoreStudies(beam.DoFn):
         if not labelled:
             return
         self._studies.inc()
-        outputs = {prefix: study_outputs(model, kind, labelled) for prefix, (model, kind) in self._models.items()}
+        outputs = {prefix: outputs_on_study(model, kind, labelled) for prefix, (model, kind) in self._models.items()}
         for row in study_rows(labelled, outputs):
             yield row.SerializeToString()
 
