@@ -67,11 +67,9 @@ compile: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Two pytest workers, one test file each at a time (a file's module fixtures are built once): the e2e file, the
-# longest, starts first on one worker while the other takes the rest. Much of the suite is single-threaded
-# (Beam's in-memory runner, SavedModel tracing, the generator), so two workers use both cores.
+# Each test file in a pytest process of its own, two at a time, the e2e file first (tests/suite.py says why).
 test: setup lint
-	$(VENV)/bin/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m tests.suite
 
 unit: setup
 	$(VENV)/bin/pytest -m "not e2e"
