@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_model.constants import LABELS
-from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
+from ich_model.dicom import DICM, PREAMBLE_LENGTH, DicomRejected, list_input_files, read_header, read_slice
 from ich_model.examples import place_slices, slice_to_example
 
 FORMATS = ("rsna", "wide", "json")
@@ -35,6 +35,31 @@ def dicom_candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         yield from (Path(name) for name in list_input_files(str(path)) if not name.lower().endswith(".csv"))
+
+
+def output_paths(out: str | os.PathLike, output_format: str) -> list[Path]:
+    """The files that write_predictions writes for `out`: the slices, and for the CSV formats the studies beside."""
+    out = Path(out)
+    return [out] if output_format == "json" else [out, out.with_name(f"{out.stem}_studies.csv")]
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    with open(path, "rb") as f:
+        return f.read(PREAMBLE_LENGTH + len(DICM))[PREAMBLE_LENGTH:] == DICM
+
+
+def refuse_overwrite(out: str | os.PathLike, output_format: str, overwrite: bool = False) -> None:
+    """Before any scoring: FileExistsError if an output file of `out` exists, unless `overwrite`; and whatever
+    `overwrite` says, if it is a folder or a DICOM file (an input named as the output)."""
+    for path in output_paths(out, output_format):
+        if path.is_dir():
+            raise FileExistsError(f"--out {out}: {path} is a folder")
+        if path.exists() and _is_dicom(path):
+            raise FileExistsError(f"--out {out}: {path} is a DICOM file; ich predict never writes over one")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"--out {out}: {path} exists; pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,8 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     )
     from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
 
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: at least one slice per model call")
     result = Predictions()
     headers = {}
     for path in dicom_candidates(paths):
@@ -135,6 +162,8 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
         studies.append(sorted(((placements[h.image_id], path) for path, h in by_study[study]),
                               key=lambda item: item[0].slice_index))
     ordered = [item for study in studies for item in study]
+    if not ordered:
+        return result  # nothing readable: no model to load
 
     model = tf.saved_model.load(str(model_dir))
     serve = model.signatures[SERVING_SIGNATURE]
@@ -250,7 +279,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
                 writer.writerow([image_id, study, *(f"{v:.6f}" for v in p),
                                  *([] if alone is None else (f"{v:.6f}" for v in alone)), *(f"{v:.6f}" for v in s),
                                  *(_csv_value(value) for _, value in ood)])
-    studies_out = out.with_name(f"{out.stem}_studies.csv")
+    studies_out = output_paths(out, output_format)[1]
     with open(studies_out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["study_uid", *([] if heads is None else LABELS), *(f"{label}_max" for label in LABELS),

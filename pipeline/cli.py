@@ -1,4 +1,9 @@
-"""The `ich` command line."""
+"""The `ich` command line.
+
+Exit status: 0 done; 1 the run finished but its model was not blessed (`ich run --require-blessing`); 2 refused
+before any work (bad usage, bad settings or input, a pipeline root another writer holds, nothing that could be
+scored); 3 the run started and failed (the message names the component and the log).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import os
 import sys
 import warnings
 
+NOT_BLESSED, REFUSED, RUN_FAILED = 1, 2, 3
+
 
 def _ensure_legacy_keras() -> None:
     """tf.Transform and TFMA need Keras 2 (tf_keras), chosen by an environment variable that TensorFlow reads
@@ -16,6 +23,16 @@ def _ensure_legacy_keras() -> None:
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
         os.execv(sys.executable, [sys.executable, "-m", "pipeline.cli", *sys.argv[1:]])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _slices_per_study(text: str):
@@ -65,22 +82,26 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import LAST_RUN, run_local
+    from pipeline.local_runner import LAST_RUN, RunFailed, run_local
+    from pipeline.writer_lock import pipeline_root_lock
 
     config = _config(args)
-    summary = run_local(config)
+    with pipeline_root_lock(config.pipeline_root, "ich run"):
+        try:
+            summary = run_local(config)
+        except RunFailed as error:
+            print(f"ich run: the run failed: {error}", file=sys.stderr, flush=True)
+            return RUN_FAILED
     print(f"{LAST_RUN}: {os.path.join(config.pipeline_root, LAST_RUN)}")
-    return 0 if summary["blessed"] or not args.require_blessing else 1
+    return 0 if summary["blessed"] or not args.require_blessing else NOT_BLESSED
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from pipeline.watch import Watcher, WatcherLocked
+    from pipeline.watch import Watcher
 
     watcher = Watcher(_config(args))
     try:
         failed = watcher.watch(interval=args.interval, once=args.once)
-    except WatcherLocked as error:
-        raise ValueError(str(error)) from None
     except KeyboardInterrupt:
         if watcher.running is not None:
             print(f"\nstopped during the run of span {watcher.running}: it has no decision and runs again at the "
@@ -88,7 +109,7 @@ def _watch(args: argparse.Namespace) -> int:
         else:
             print("\nstopped", flush=True)
         return 130
-    return 1 if failed else 0
+    return RUN_FAILED if failed else 0
 
 
 def _model_dir(path: str) -> str:
@@ -102,16 +123,21 @@ def _model_dir(path: str) -> str:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ich_model.predict import predict, write_predictions
+    from ich_model.predict import predict, refuse_overwrite, write_predictions
 
+    refuse_overwrite(args.out, args.format, args.overwrite)
     model_dir = _model_dir(args.model)
     print(f"scoring with {model_dir}", flush=True)
     predictions = predict(args.paths, model_dir, batch_size=args.batch_size, explain_dir=args.explain,
                           explain_threshold=args.explain_threshold)
     for skipped in predictions.skipped:
         print(f"skipped {skipped.path}: {skipped.reason} ({skipped.message})")
-    written = write_predictions(predictions, args.out, args.format)
     slices = len(predictions.image_ids)
+    if not slices:
+        print(f"ich predict: error: nothing could be scored under {' '.join(args.paths)} "
+              f"({len(predictions.skipped)} files skipped); nothing written", file=sys.stderr, flush=True)
+        return REFUSED
+    written = write_predictions(predictions, args.out, args.format)
     rate = slices / predictions.seconds if predictions.seconds else 0.0
     print(f"scored {slices} slices of {len(predictions.studies())} studies in {predictions.seconds:.1f} s "
           f"({rate:.1f} slices/s); skipped {len(predictions.skipped)} files; wrote {', '.join(map(str, written))}")
@@ -218,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "out_of_distribution; json: all of it and ood_threshold. The CSV formats add "
                               "<out>_studies.csv (per study, each subtype's maximum over its slices, the median "
                               "ood_score and its flag).")
-    predict.add_argument("--batch-size", type=int, default=32, help="slices per model call (default 32)")
+    predict.add_argument("--overwrite", action="store_true", help="replace output files that exist (never a DICOM "
+                                                                   "file)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="slices per model call (default 32)")
     predict.add_argument("--explain", metavar="DIR",
                          help="write DIR/<image_id>_<subtype>.png: the brain window with a Grad-CAM heat map for "
                               "every slice and subtype called positive")
@@ -237,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--pipeline-root", help="artifacts, metadata, logs and decisions (default build/pipeline)")
     watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
     watch.add_argument("--once", action="store_true",
-                       help="handle the complete spans that are pending, then exit (1 if a run failed)")
+                       help="handle the complete spans that are pending, then exit (3 if a run failed)")
     _add_config_options(watch, "demo")
     watch.set_defaults(handler=_watch)
 
@@ -288,6 +316,8 @@ def _quiet_dependencies() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.writer_lock import PipelineRootLocked
+
     if argv is None:
         _ensure_legacy_keras()
         _quiet_dependencies()
@@ -295,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError, LookupError) as error:
-        parser.exit(2, f"ich {args.command}: error: {error}\n")
+    except (ValueError, FileExistsError, FileNotFoundError, LookupError, PipelineRootLocked) as error:
+        parser.exit(REFUSED, f"ich {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

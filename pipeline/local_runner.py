@@ -26,6 +26,10 @@ LAST_RUN = "last_run.json"
 INPUT_RESOLUTION_ERROR = "[%s] Input resolution error: %s"
 
 
+class RunFailed(RuntimeError):
+    """The pipeline started and a component failed (the message names it and the log)."""
+
+
 class ComponentProgress(logging.Handler):
     """Turns LocalDagRunner's "Component X is running/finished" log records into numbered console lines, and
     keeps its input resolution errors: LocalDagRunner logs them, skips the component and goes on. A resolver
@@ -110,7 +114,8 @@ def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
 
 
 def run_local(config: PipelineConfig, echo=print) -> dict:
-    """Runs the pipeline to the end and returns the summary that it also writes to last_run.json."""
+    """Runs the pipeline to the end and returns the summary that it also writes to last_run.json. A component that
+    fails stops the run with RunFailed. The caller holds the pipeline root's lock (pipeline.writer_lock)."""
     ensure_demo_data(config, echo)
     Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(
@@ -120,7 +125,11 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
     with _logs_to_file(config.pipeline_root, progress) as log_path:
         echo(f"running pipeline {config.pipeline_name!r} ({config.preset} preset) from {config.input_base}; "
              f"artifacts under {config.pipeline_root}; full log in {log_path}", flush=True)
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as error:
+            failed = ", ".join(progress.started) or "the pipeline"
+            raise RunFailed(f"{failed} failed ({type(error).__name__}: {error}); the full log is {log_path}") from error
     if progress.unresolved:
         node, error = next(iter(progress.unresolved.items()))
         raise RuntimeError(f"the pipeline did not finish: {node} was skipped ({error}); the full log is {log_path}")

@@ -6,20 +6,21 @@ depth, as in the RSNA download). Files named otherwise need the `_READY` marker,
 
 Spans run in span order, each once: a span that has a line in `<pipeline root>/decisions.jsonl` is done. A span
 whose run fails has no line and runs again at the next poll; later spans wait for it, and for an incomplete
-earlier span, so that each run's span window and baseline are those of the spans before it. One watcher per
-pipeline root: `<pipeline root>/watch.lock` is held (flock) while it lives.
+earlier span, so that each run's span window and baseline are those of the spans before it. The watcher holds the
+pipeline root's writer lock (pipeline/writer_lock.py) while it lives, so that no second watcher
+and no `ich run` writes beside it.
+
+A decision line that a crash tore (cut short, or not JSON) is not a decision: when the watcher starts, such lines
+are moved to `decisions.jsonl.torn` with a warning, and their spans run again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from components.dicom_example_gen.span_folders import parse_span
@@ -27,15 +28,12 @@ from ich_model.dicom import READY_MARKER
 from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import run_local
+from pipeline.writer_lock import pipeline_root_lock
 
 DECISIONS = "decisions.jsonl"
-LOCK = "watch.lock"
+TORN_DECISIONS = "decisions.jsonl.torn"
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
 SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation")
-
-
-class WatcherLocked(RuntimeError):
-    """Another watcher holds the pipeline root."""
 
 
 def span_folders(input_base: str | os.PathLike) -> dict[int, Path]:
@@ -81,11 +79,52 @@ def span_status(folder: Path) -> str | None:
     return None
 
 
-def recorded_spans(pipeline_root: str | os.PathLike) -> set[int]:
+def _decision(line: str) -> dict | None:
+    """The decision on one line of the log, or None when the line is not a whole decision."""
+    try:
+        decision = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return decision if isinstance(decision, dict) and isinstance(decision.get("span"), int) else None
+
+
+def read_decisions(pipeline_root: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """The log's decisions, and its lines that are not one (torn by a crash, or edited by hand). A last line
+    without its newline was cut short while it was written, whatever it holds."""
     path = Path(pipeline_root) / DECISIONS
     if not path.exists():
-        return set()
-    return {json.loads(line)["span"] for line in path.read_text().splitlines() if line.strip()}
+        return [], []
+    body, _, tail = path.read_text(errors="replace").rpartition("\n")
+    decisions, torn = [], []
+    for line in body.split("\n") if body else []:
+        decision = _decision(line)
+        if decision is not None:
+            decisions.append(decision)
+        elif line.strip():
+            torn.append(line)
+    return decisions, torn + ([tail] if tail else [])
+
+
+def recorded_spans(pipeline_root: str | os.PathLike) -> set[int]:
+    return {decision["span"] for decision in read_decisions(pipeline_root)[0]}
+
+
+def repair_decisions(pipeline_root: str | os.PathLike, echo=print) -> list[str]:
+    """Move the log's torn lines to decisions.jsonl.torn (appended) and rewrite the log atomically with its whole
+    decisions only; returns the torn lines. Their spans have no decision, so they run again. Only the writer
+    that holds the pipeline root's lock calls this."""
+    decisions, torn = read_decisions(pipeline_root)
+    if not torn:
+        return []
+    root = Path(pipeline_root)
+    with open(root / TORN_DECISIONS, "a") as f:
+        f.writelines(line + "\n" for line in torn)
+    temporary = root / f"{DECISIONS}.tmp"
+    temporary.write_text("".join(json.dumps(decision, sort_keys=True) + "\n" for decision in decisions))
+    os.replace(temporary, root / DECISIONS)
+    echo(f"warning: {len(torn)} line(s) of {root / DECISIONS} were not whole decisions (a crash while one was "
+         f"written?); moved to {root / TORN_DECISIONS}, their spans run again", flush=True)
+    return torn
 
 
 def record_decision(pipeline_root: str | os.PathLike, decision: dict) -> None:
@@ -94,28 +133,6 @@ def record_decision(pipeline_root: str | os.PathLike, decision: dict) -> None:
         f.write(json.dumps(decision, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def watch_lock(pipeline_root: str | os.PathLike) -> Iterator[Path]:
-    """Exclusive for the life of the watcher; the system releases it if the process dies."""
-    root = Path(pipeline_root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise WatcherLocked(f"another watcher (pid {holder}) is running on {root} ({path} is locked)") from None
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield path
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Watcher:
@@ -177,7 +194,8 @@ class Watcher:
         runs at the last poll (0: everything pending was decided or is waiting)."""
         stop = stop or threading.Event()
         span_folders(self.config.input_base)  # a wrong input base fails before anything is written
-        with watch_lock(self.config.pipeline_root):
+        with pipeline_root_lock(self.config.pipeline_root, "ich watch"):
+            repair_decisions(self.config.pipeline_root, self.echo)
             if not once:
                 self.echo(f"watching {self.config.input_base} for complete span-N folders every {interval:g} s "
                           f"(Ctrl-C to stop); decisions in {Path(self.config.pipeline_root) / DECISIONS}",

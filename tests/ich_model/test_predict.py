@@ -240,3 +240,38 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
     explained = predict([root / "rsna"], tmp_path / "study", progress=False, explain_dir=tmp_path / "cam",
                         explain_threshold=0.5)
     assert explained.explained and explained.member_probabilities.shape[1] == 3
+
+
+def test_bad_arguments_existing_outputs_and_unscorable_input_are_refused(scored, tmp_path, capsys):
+    from pipeline.cli import main
+
+    root, _, model_dir, outputs = scored
+    for batch_size, reason in (("0", "0 is not at least 1"), ("-1", "-1 is not at least 1"),
+                               ("x", "'x' is not a whole number")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", str(root / "rsna"), "--model", str(model_dir), "--batch-size", batch_size])
+        assert exit_info.value.code == 2 and f"--batch-size: {reason}" in capsys.readouterr().err, batch_size
+
+    # An output that exists is kept unless told; a DICOM file never is, whatever the flags.
+    written = outputs["rsna"].read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(root / "rsna"), "--model", str(model_dir), "--out", str(outputs["rsna"])])
+    assert exit_info.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert outputs["rsna"].read_bytes() == written
+    dicom = next(path for path in sorted((root / "rsna" / IMAGES_DIR).glob("*.dcm")) if "broken" not in path.name)
+    original = dicom.read_bytes()
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", str(root / "rsna"), "--model", str(model_dir), "--out", str(dicom), *flags])
+        assert exit_info.value.code == 2 and "never writes over one" in capsys.readouterr().err
+    assert dicom.read_bytes() == original
+    assert main(["predict", str(root / "rsna"), "--model", str(model_dir), "--out", str(outputs["rsna"]),
+                 "--overwrite"]) == 0
+
+    # Nothing scorable: a non-zero exit and no output.
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.dcm").write_bytes(b"not a DICOM file at all")
+    assert main(["predict", str(tmp_path / "broken"), "--model", str(model_dir),
+                 "--out", str(tmp_path / "none.csv")]) == 2
+    assert "nothing could be scored" in capsys.readouterr().err
+    assert not (tmp_path / "none.csv").exists() and not (tmp_path / "none_studies.csv").exists()

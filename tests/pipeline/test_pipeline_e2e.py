@@ -40,7 +40,8 @@ from pipeline.evaluation import MODEL_OUTPUTS, SLICE_FEATURES
 from pipeline.local_runner import LAST_RUN
 from pipeline.report.data import BASELINE
 from pipeline.summary import CANDIDATE
-from pipeline.watch import DECISIONS, Watcher, WatcherLocked, recorded_spans, watch_lock
+from pipeline.watch import DECISIONS, Watcher, recorded_spans
+from pipeline.writer_lock import PipelineRootLocked, pipeline_root_lock
 from tests.pipeline_helpers import BEAM_ARGS
 
 pytestmark = pytest.mark.e2e
@@ -176,7 +177,7 @@ def spans(tmp_path_factory):
                          "span 2 to be reported incomplete", timeout=60)
         time.sleep(2)  # a few more polls
         state["decided_while_span_2_was_incomplete"] = recorded_spans(config.pipeline_root)
-        with pytest.raises(WatcherLocked), watch_lock(config.pipeline_root):  # the running watcher holds the root
+        with pytest.raises(PipelineRootLocked), pipeline_root_lock(config.pipeline_root, "ich run"):  # the watcher's
             pass
         serving = Path(config.serving_path)
         state["serving_before_span_2"] = folder_digest(serving)

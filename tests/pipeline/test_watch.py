@@ -1,5 +1,6 @@
-"""The watcher's parts on real files: when a span folder counts as complete, the decisions file, the lock
-between two processes, and which Examples the span window resolves to."""
+"""The watcher's parts on real files: when a span folder counts as complete, the decisions file (torn lines
+included), the pipeline root's lock between two processes and between `ich run` and `ich watch`, `ich run`'s exit
+status when a component fails, and which Examples the span window resolves to."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.retraining import WINDOW, SpanWindowStrategy
 from pipeline.watch import (
-    WatcherLocked,
+    DECISIONS,
+    TORN_DECISIONS,
+    read_decisions,
     record_decision,
     recorded_spans,
     span_folders,
     span_status,
-    watch_lock,
 )
+from pipeline.writer_lock import PipelineRootLocked, pipeline_root_lock
+from tests.pipeline_helpers import BEAM_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +89,45 @@ def test_decisions_are_json_lines_read_back_by_span(tmp_path):
     assert recorded_spans(tmp_path) == {1, 3}
 
 
-def test_a_second_watcher_process_cannot_take_the_lock_until_the_first_is_gone(tmp_path):
+def test_a_torn_last_line_is_no_decision_and_the_watcher_sets_it_aside(tmp_path, capsys):
+    from pipeline.cli import main
+
+    root = tmp_path / "root"
+    record_decision(root.mkdir() or root, {"span": 1, "blessed": True, "reason": "ok", "metrics": {}})
+    record_decision(root, {"span": 2, "blessed": False, "reason": "auc", "metrics": {}})
+    whole = (root / DECISIONS).read_text()
+    # A hand-edited line in the middle, and span 3's line cut short by a crash (no newline).
+    (root / DECISIONS).write_text(whole + "not json\n" + '{"span": 3, "blessed": tr')
+    decisions, torn = read_decisions(root)
+    assert [d["span"] for d in decisions] == [1, 2] and torn == ["not json", '{"span": 3, "blessed": tr']
+    assert recorded_spans(root) == {1, 2}
+
+    (tmp_path / "spans").mkdir()
+    assert main(["watch", "--input-base", str(tmp_path / "spans"), "--pipeline-root", str(root), "--once"]) == 0
+    assert "2 line(s)" in capsys.readouterr().out
+    assert (root / DECISIONS).read_text() == whole  # the whole decisions, byte for byte
+    assert (root / TORN_DECISIONS).read_text() == 'not json\n{"span": 3, "blessed": tr\n'
+    record_decision(root, {"span": 3, "blessed": True, "reason": "ok", "metrics": {}})
+    assert recorded_spans(root) == {1, 2, 3} and read_decisions(root)[1] == []
+
+
+def test_a_second_writer_process_cannot_take_the_lock_until_the_first_is_gone(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from pipeline.watch import watch_lock
-            with watch_lock({str(tmp_path)!r}):
+            from pipeline.writer_lock import pipeline_root_lock
+            with pipeline_root_lock({str(tmp_path)!r}, "ich watch"):
                 print("locked", flush=True)
                 sys.stdin.readline()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(WatcherLocked, match=f"pid {holder.pid}"), watch_lock(tmp_path):
+        with pytest.raises(PipelineRootLocked, match=rf"ich watch \(pid {holder.pid}\) is writing to"), \
+                pipeline_root_lock(tmp_path, "ich run"):
             pass
     finally:
         holder.communicate("\n", timeout=60)
-    with watch_lock(tmp_path):  # released when the holder exits
+    with pipeline_root_lock(tmp_path, "ich run"):  # released when the holder exits
         pass
 
 
@@ -142,11 +169,30 @@ def test_ich_watch_once_reports_what_it_found_and_refuses_a_locked_root(tmp_path
     assert main(args) == 0
     assert "no pending span under" in capsys.readouterr().out
 
-    with watch_lock(tmp_path / "root"), pytest.raises(SystemExit) as exit_info:
+    with pipeline_root_lock(tmp_path / "root", "ich run"), pytest.raises(SystemExit) as exit_info:
         main(args)
-    assert exit_info.value.code == 2 and "another watcher" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "ich run (pid" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         main(["watch", "--input-base", str(tmp_path / "nowhere"), "--pipeline-root", str(tmp_path / "other"), "--once"])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_ich_run_refuses_a_root_that_a_watcher_holds_and_exits_3_when_a_component_fails(span_source, tmp_path,
+                                                                                      capsys):
+    from pipeline.cli import main
+
+    data = tmp_path / "data"
+    copy_span(span_source, data)
+    (data / LABELS_CSV).write_text("Image,Value\nID_1_any,1\n")  # no RSNA label file: the ExampleGen refuses it
+    args = ["run", "--data", str(data), "--pipeline-root", str(tmp_path / "root"),
+            *(f"--beam-arg={arg}" for arg in BEAM_ARGS)]
+    with pipeline_root_lock(tmp_path / "root", "ich watch"), pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "ich watch (pid" in capsys.readouterr().err
+    assert not (tmp_path / "root" / "logs").exists()  # refused before any work
+
+    assert main(args) == 3
+    error = capsys.readouterr().err
+    assert "the run failed: DicomExampleGen failed" in error and "the full log is" in error

@@ -1,0 +1,41 @@
+"""One writer per pipeline root: `ich run` and `ich watch` hold `<pipeline_root>/writer.lock` (flock) while they
+write to it, so that two runs never share a metadata store, a decision log or a serving folder. The system
+releases the lock when its process dies, so a crash leaves nothing to clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+WRITER_LOCK = "writer.lock"
+
+
+class PipelineRootLocked(RuntimeError):
+    """Another process writes to the pipeline root."""
+
+
+@contextlib.contextmanager
+def pipeline_root_lock(pipeline_root: str | os.PathLike, holder: str) -> Iterator[Path]:
+    """Exclusive while `holder` (e.g. "ich watch") writes to the pipeline root; a second writer gets
+    PipelineRootLocked naming the first one's command and pid."""
+    root = Path(pipeline_root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / WRITER_LOCK
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise PipelineRootLocked(f"{who} is writing to {root} ({path} is locked); one writer per pipeline "
+                                     "root") from None
+        f.truncate(0)
+        f.write(f"{holder} (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
