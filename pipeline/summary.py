@@ -22,7 +22,15 @@ from ml_metadata.proto import metadata_store_pb2
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
-from pipeline.figures import MACRO_AUC, TRIAGE, evaluation_figures, study_figures, undefined_note
+from pipeline.figures import (
+    MACRO_AUC,
+    TRIAGE,
+    class_key,
+    defined_auc,
+    evaluation_figures,
+    study_figures,
+    undefined_note,
+)
 
 EVALUATOR = "Evaluator"
 STUDY_EVALUATOR = "StudyEvaluator"
@@ -93,19 +101,28 @@ def output_artifact(store: metadata_store.MetadataStore, pipeline_name: str, nod
     return execution_artifacts(store, latest_execution(store, pipeline_name, node_id, run))[1][key][0]
 
 
-def blessing_reason(evaluation_uri: str, had_baseline: bool) -> tuple[bool, str]:
-    """Whether TFMA's validation passed, and why not: each failed gate with its value and threshold."""
+def blessing_reason(evaluation_uri: str, had_baseline: bool, slicing_metrics: list | None = None) -> tuple[bool, str]:
+    """Whether TFMA's validation passed, and why not: each failed gate with its value and threshold. With the
+    evaluation's loaded `slicing_metrics`, an AUC gate on a label that its slice cannot define (no positive or no
+    negative of it: figures.defined_auc) is named as undefined instead of with TFMA's 0.0. Such a gate fails like
+    any other: a model that the eval data cannot judge on a subtype is not blessed."""
     validation = tfma.load_validation_result(evaluation_uri)
     if validation.validation_ok:
         return True, "every gate passed" + ("" if had_baseline else " (no blessed baseline yet)")
+    by_slice = dict(slicing_metrics or [])
     failures = []
     for per_slice in validation.metric_validations_per_slice:
+        outputs = by_slice.get(tfma.slicer.slicer_lib.deserialize_slice_key(per_slice.slice_key), {})
         for failure in per_slice.failures:
             key = failure.metric_key
             label = f" {LABELS[key.sub_key.class_id.value]}" if key.sub_key.HasField("class_id") else ""
             change = " change vs baseline" if key.is_diff else ""
-            failures.append(f"{key.name}{label}{change} = {failure.metric_value.double_value.value:.4f} "
-                            f"fails {_threshold_text(failure.metric_threshold)}")
+            value = f"= {failure.metric_value.double_value.value:.4f}"
+            if key.name == "auc" and label:
+                metrics = outputs.get(key.output_name, {}).get(class_key(key.sub_key.class_id.value))
+                if metrics is not None and defined_auc(metrics) is None:
+                    value = "is undefined (the eval split holds no positive or no negative of it)"
+            failures.append(f"{key.name}{label}{change} {value} fails {_threshold_text(failure.metric_threshold)}")
     if not failures and validation.validation_details.slicing_details:
         failures.append("a gate could not be computed")
     return False, "; ".join(failures) or "validation failed"
@@ -138,7 +155,8 @@ def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str
     study_evaluation = study_outputs["evaluation"][0]
     baseline = study_inputs.get("baseline_model", [])
     study_result = tfma.load_eval_result(study_evaluation.uri, model_name=CANDIDATE if baseline else None)
-    blessed, reason = blessing_reason(study_evaluation.uri, had_baseline=bool(baseline))
+    blessed, reason = blessing_reason(study_evaluation.uri, had_baseline=bool(baseline),
+                                      slicing_metrics=study_result.slicing_metrics)
     pushed = output_artifact(store, pipeline_name, PUSHER, "pushed_model", run)
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from ich_model.study_serving import (
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image, preset
 from pipeline.evaluation import study_eval_config
+from pipeline.summary import blessing_reason
 from tests.pipeline_helpers import (
     BEAM_ARGS,
     export_ensemble,
@@ -264,9 +267,23 @@ def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_find
     assert figures["slice_only"] == pytest.approx(weighted_log_loss(labels, np.concatenate(slice_only)), abs=1e-4)
 
 
-def run_study_evaluator(root: Path, model, baseline, config: PipelineConfig, out: Path):
+def without_label(examples_dir: Path, label: str, out: Path) -> Path:
+    """A copy of the Examples whose eval split holds no positive of `label`."""
+    shutil.copytree(examples_dir, out)
+    for path in (out / "Split-eval").glob("*.gz"):
+        records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path), "GZIP")]
+        with tf.io.TFRecordWriter(str(path), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+            for example in records:
+                example.features.feature["label"].int64_list.value[LABELS.index(label)] = 0
+                writer.write(example.SerializeToString())
+    return out
+
+
+def run_study_evaluator(root: Path, model, baseline, config: PipelineConfig, out: Path,
+                        examples_dir: Path | None = None):
     examples = standard_artifacts.Examples()
-    examples.uri, examples.split_names = str(root / "examples"), artifact_utils.encode_split_names(list(SPLITS))
+    examples.uri = str(examples_dir or root / "examples")
+    examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
     evaluation.uri, blessing.uri = str(out / "evaluation"), str(out / "blessing")
     inputs = {evaluator.EXAMPLES_KEY: [examples], evaluator.MODEL_KEY: [model]}
@@ -318,14 +335,21 @@ def test_the_study_evaluator_s_aucs_are_sklearn_s_on_the_study_model_s_outputs_a
     assert (Path(blessing.uri) / "BLESSED").exists() and blessing.get_int_custom_property("blessed") == 1
     assert blessing.get_string_custom_property("current_model") == study_model.uri
 
-    # A floor the study head cannot reach: not blessed, and TFMA names the failed gate.
-    strict = dataclasses.replace(lenient, study_auc_floor=1.01)
-    evaluation, blessing = run_study_evaluator(root, study_model, None, strict, tmp_path / "strict")
+    # A floor the study head cannot reach, and one on epidural, of which this eval split now holds no positive:
+    # not blessed, TFMA names both failed gates, and the reason calls the second undefined.
+    strict = dataclasses.replace(lenient, study_auc_floor=1.01, auc_floors={**lenient.auc_floors, "epidural": 0.5})
+    evaluation, blessing = run_study_evaluator(root, study_model, None, strict, tmp_path / "strict",
+                                               without_label(root / "examples", "epidural", tmp_path / "examples"))
     assert (Path(blessing.uri) / "NOT_BLESSED").exists() and blessing.get_int_custom_property("blessed") == 0
     failed = [f.metric_key for v in tfma.load_validation_result(evaluation.uri).metric_validations_per_slice
               for f in v.failures]
-    assert [(key.name, key.output_name, key.sub_key.class_id.value) for key in failed] == [
-        ("auc", "refined", LABELS.index("any"))]
+    assert sorted((key.name, key.output_name, key.sub_key.class_id.value) for key in failed) == [
+        ("auc", "refined", LABELS.index("epidural")), ("auc", "refined", LABELS.index("any"))]
+    blessed, reason = blessing_reason(evaluation.uri, had_baseline=False,
+                                      slicing_metrics=tfma.load_eval_result(evaluation.uri).slicing_metrics)
+    assert not blessed and "auc epidural is undefined (the eval split holds no positive or no negative of it) " \
+                           "fails >= 0.5" in reason
+    assert re.search(r"auc any = \d\.\d{4} fails >= 1\.01", reason), reason
     # Alone, the candidate's results carry no model name.
     alone = dict(tfma.load_eval_result(evaluation.uri).slicing_metrics)
     assert alone[(("level", "study"),)]["refined"]["classId:5"]["auc"]
