@@ -172,6 +172,29 @@ def run_summary(metadata_path: str, pipeline_name: str) -> dict:
     return latest_evaluation(open_store(metadata_path), pipeline_name)[0]
 
 
+def artifact_span(artifact: metadata_store_pb2.Artifact) -> int:
+    """The span an Examples artifact was ingested from (TFX stores it as an int or, in places, a string)."""
+    span = artifact.custom_properties["span"]
+    return int(span.int_value or span.string_value or 0)
+
+
+def finished_span_summary(metadata_path: str, pipeline_name: str, span: int) -> dict | None:
+    """The run_summary of the newest pipeline run if that run finished (its Pusher completed) on `span`, else
+    None: what a watcher that stopped between a run's end and its decision line takes the decision from."""
+    if not os.path.exists(metadata_path):
+        return None
+    store = open_store(metadata_path)
+    try:
+        run = run_context_id(store, latest_execution(store, pipeline_name, PUSHER))
+        ingested = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
+    except (LookupError, KeyError):
+        return None
+    if artifact_span(ingested) != span:
+        return None
+    summary, _, _, evaluated_run = latest_evaluation(store, pipeline_name)
+    return summary if evaluated_run == run else None
+
+
 def _row(name: str, values: list, widths: list[int]) -> str:
     cells = [name.ljust(widths[0])]
     for value, width in zip(values, widths[1:], strict=True):

@@ -11,7 +11,9 @@ pipeline root's writer lock (pipeline/writer_lock.py) while it lives, so that no
 and no `ich run` writes beside it.
 
 A decision line that a crash tore (cut short, or not JSON) is not a decision: when the watcher starts, such lines
-are moved to `decisions.jsonl.torn` with a warning, and their spans run again.
+are moved to `decisions.jsonl.torn` with a warning. A span without a decision whose run had finished (the newest
+run in the metadata store, on that span, with its Pusher completed: the watcher stopped before it wrote the line)
+takes its decision from the store instead of running again against the model it had just pushed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ich_model.dicom import READY_MARKER
 from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import run_local
+from pipeline.summary import finished_span_summary
 from pipeline.writer_lock import pipeline_root_lock
 
 DECISIONS = "decisions.jsonl"
@@ -167,6 +170,11 @@ class Watcher:
         return decisions
 
     def _run_span(self, span: int) -> dict | None:
+        summary = finished_span_summary(self.config.metadata_path, self.config.pipeline_name, span)
+        if summary is not None:
+            self.echo(f"span {span}: its run had finished but its decision was not written; taken from the "
+                      f"metadata store, not run again", flush=True)
+            return self._decide(span, summary, wall_time_s=None, reconciled=True)
         self.echo(f"span {span}: complete; running the pipeline", flush=True)
         started = time.monotonic()
         self.running = span
@@ -179,9 +187,11 @@ class Watcher:
             return None
         finally:
             self.running = None
-        decision = {"span": span, **{key: summary.get(key) for key in SUMMARY_FIELDS},
-                    "wall_time_s": round(time.monotonic() - started, 1),
-                    "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return self._decide(span, summary, wall_time_s=round(time.monotonic() - started, 1))
+
+    def _decide(self, span: int, summary: dict, wall_time_s: float | None, reconciled: bool = False) -> dict:
+        decision = {"span": span, **{key: summary.get(key) for key in SUMMARY_FIELDS}, "wall_time_s": wall_time_s,
+                    "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"reconciled": True} if reconciled else {})}
         record_decision(self.config.pipeline_root, decision)
         self.failures.pop(span, None)
         verdict = f"blessed, pushed to {decision['pushed_to']}" if decision["blessed"] else "not blessed, not pushed"

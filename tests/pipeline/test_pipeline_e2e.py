@@ -5,9 +5,10 @@ One watcher runs in a thread while the spans arrive: span 1 (complete) is traine
 blessed and pushed; span 2 waits while images are missing, then has a broken label CSV (its run fails and is
 retried at each poll), then labels shuffled between its images: its members warm-start from span 1's study model,
 its study model is compared with span 1's, is not blessed and the serving folder stays byte-for-byte the same. A
-restarted watcher runs nothing again. Along the way: every component ran, TFMA holds every subtype and slice, the
-pushed study model scores raw Examples study by study, and the summary's figures agree with sklearn. (Two spans,
-not more: each run of the pipeline costs minutes of the suite.)
+watcher restarted after span 2's decision line was lost (a stop between the run's end and the line) takes the
+decision from the metadata store and runs nothing. Along the way: every component ran, TFMA holds every subtype
+and slice, the pushed study model scores raw Examples study by study, and the summary's figures agree with
+sklearn. (Two spans, not more: each run of the pipeline costs minutes of the suite.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pipeline.configs import preset, with_overrides
 from pipeline.evaluation import MODEL_OUTPUTS, SLICE_FEATURES
 from pipeline.local_runner import LAST_RUN
 from pipeline.report.data import BASELINE
-from pipeline.summary import CANDIDATE
+from pipeline.summary import CANDIDATE, artifact_span
 from pipeline.watch import DECISIONS, Watcher, recorded_spans
 from pipeline.writer_lock import PipelineRootLocked, pipeline_root_lock
 from tests.pipeline_helpers import BEAM_ARGS
@@ -194,6 +195,11 @@ def spans(tmp_path_factory):
         stop.set()
         thread.join(timeout=RUN_TIMEOUT_S)
     assert not failures, failures
+    # A watcher that stopped after span 2's run and before its decision line: the restarted one takes the
+    # decision from the metadata store and runs nothing.
+    decisions_path = Path(config.pipeline_root) / DECISIONS
+    *kept, state["span_2_as_written"] = decisions_path.read_text().splitlines()
+    decisions_path.write_text("".join(line + "\n" for line in kept))
     state["lines_before_restart"] = len(console.lines)
     state["restart_failures"] = Watcher(config, echo=console).watch(once=True)
     decisions = [json.loads(line) for line in (Path(config.pipeline_root) / DECISIONS).read_text().splitlines()]
@@ -223,19 +229,21 @@ def _artifacts(store, execution, key: str, event_type=metadata_store_pb2.Event.I
     return store.get_artifacts_by_id(ids)
 
 
-def _span(artifact) -> int:
-    return int(artifact.custom_properties["span"].int_value or artifact.custom_properties["span"].string_value)
-
-
 def test_each_span_ran_once_in_order_and_the_decisions_were_recorded(spans):
     decisions = spans["decisions"]
     assert sorted(decisions) == [1, 2] and spans["decision_lines"] == 2
     for decision in decisions.values():
         assert {"span", "blessed", "reason", "metrics", "pushed_to"} <= set(decision)
     assert spans["decided_while_span_2_was_incomplete"] == {1}
-    # A restarted watcher finds nothing to do.
+    # The restarted watcher took span 2's lost decision from the metadata store and ran nothing.
     assert spans["restart_failures"] == 0
-    assert not any("running the pipeline" in line for line in spans["console"].lines[spans["lines_before_restart"]:])
+    after_restart = spans["console"].lines[spans["lines_before_restart"]:]
+    assert not any("running the pipeline" in line for line in after_restart)
+    assert any("span 2: its run had finished but its decision was not written" in line for line in after_restart)
+    as_written, reconciled = json.loads(spans["span_2_as_written"]), decisions[2]
+    assert reconciled["reconciled"] and "reconciled" not in as_written
+    for key in ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation"):
+        assert reconciled[key] == as_written[key], key
 
 
 def test_span_1_was_trained_from_scratch_blessed_and_pushed(spans):
@@ -260,7 +268,7 @@ def test_span_2_warm_started_from_span_1_and_was_compared_with_it(spans):
         second_run = _executions(store, config, trainer)[1]
         assert [a.id for a in _artifacts(store, second_run, "base_model")] == [first_study.id], trainer
         # Trained on the window of spans 1 and 2, span 1's Examples reused as they were ingested.
-        assert sorted(_span(a) for a in _artifacts(store, second_run, "examples")) == [1, 2]
+        assert sorted(artifact_span(a) for a in _artifacts(store, second_run, "examples")) == [1, 2]
     first_examples = _artifacts(store, _executions(store, config, "DicomExampleGen")[0], "examples",
                                 metadata_store_pb2.Event.OUTPUT)[0]
     assert first_examples.id in {a.id for a in _artifacts(store, _executions(store, config, "trainer_a")[1],
@@ -268,7 +276,7 @@ def test_span_2_warm_started_from_span_1_and_was_compared_with_it(spans):
     evaluator = _executions(store, config, "StudyEvaluator")[1]
     assert [a.id for a in _artifacts(store, evaluator, "baseline_model")] == [first_study.id]
     assert [a.id for a in _artifacts(store, evaluator, "model")] == [second_study.id]
-    assert [_span(a) for a in _artifacts(store, evaluator, "examples")] == [2]  # the new eval data only
+    assert [artifact_span(a) for a in _artifacts(store, evaluator, "examples")] == [2]  # the new eval data only
     assert [a.id for a in _artifacts(store, _executions(store, config, "context_trainer")[1], "base_model")] == [
         second_ensemble.id]
     transform = _executions(store, config, "Transform")
