@@ -114,8 +114,8 @@ def recorded_spans(pipeline_root: str | os.PathLike) -> set[int]:
 
 def repair_decisions(pipeline_root: str | os.PathLike, echo=print) -> list[str]:
     """Move the log's torn lines to decisions.jsonl.torn (appended) and rewrite the log atomically with its whole
-    decisions only; returns the torn lines. Their spans have no decision, so they run again. Only the writer
-    that holds the pipeline root's lock calls this."""
+    decisions only; returns the torn lines. Their spans have no decision: they are decided again (Watcher._run_span).
+    Only the writer that holds the pipeline root's lock calls this."""
     decisions, torn = read_decisions(pipeline_root)
     if not torn:
         return []
@@ -126,7 +126,7 @@ def repair_decisions(pipeline_root: str | os.PathLike, echo=print) -> list[str]:
     temporary.write_text("".join(json.dumps(decision, sort_keys=True) + "\n" for decision in decisions))
     os.replace(temporary, root / DECISIONS)
     echo(f"warning: {len(torn)} line(s) of {root / DECISIONS} were not whole decisions (a crash while one was "
-         f"written?); moved to {root / TORN_DECISIONS}, their spans run again", flush=True)
+         f"written?); moved to {root / TORN_DECISIONS}; their spans are decided again", flush=True)
     return torn
 
 
