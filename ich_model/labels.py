@@ -12,6 +12,7 @@ import numpy as np
 from ich_model.constants import LABELS, NUM_LABELS
 
 HEADER = ["ID", "Label"]
+BYTE_ORDER_MARK = "\ufeff"  # what a UTF-8 BOM reads as; spreadsheet programs write one
 _LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}
 
 
@@ -38,15 +39,33 @@ class LabelProblem:
 
 
 def parse_label_rows(lines: Iterable[str], source: str = "labels") -> Iterator[LabelRow | LabelProblem]:
-    """Parse CSV lines (header first) into rows, and a problem for each malformed row, naming its line."""
+    """Parse CSV lines (header first) into rows, and a problem for each malformed row, naming its line (a row
+    the csv module cannot read, e.g. a field over its size limit, included: the rows after it still count). A
+    UTF-8 byte-order mark before the header is ignored. A file without a label row after its header is a
+    LabelFileError once its lines are read."""
     reader = csv.reader(lines)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise LabelFileError(f"{source}: unreadable header ({error})") from None
+    if header:
+        header[0] = header[0].removeprefix(BYTE_ORDER_MARK)
     if header is None or [h.strip() for h in header] != HEADER:
         raise LabelFileError(f"{source}: expected the RSNA header 'ID,Label', found {header!r}")
-    for row in reader:
+    rows = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            rows += 1
+            yield LabelProblem("malformed", None, reader.line_num, f"{source}:{reader.line_num}: {error}")
+            continue
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
+        rows += 1
         if len(row) != 2:
             yield LabelProblem("malformed", None, line, f"{source}:{line}: expected 2 columns, found {len(row)}")
             continue
@@ -60,6 +79,8 @@ def parse_label_rows(lines: Iterable[str], source: str = "labels") -> Iterator[L
             yield LabelProblem("malformed", image_id, line, f"{source}:{line}: label {raw_value!r} is not 0 or 1")
             continue
         yield LabelRow(image_id, label, int(raw_value), line)
+    if not rows:
+        raise LabelFileError(f"{source}: the header 'ID,Label' and no label row after it")
 
 
 def merge_image_rows(image_id: str, rows: Iterable[LabelRow]) -> tuple[np.ndarray | None, list[LabelProblem]]:

@@ -74,3 +74,23 @@ def test_a_file_that_is_not_an_rsna_csv_is_an_error(tmp_path):
     path.write_text("image,epidural\nID_a,0\n")
     with pytest.raises(LabelFileError, match="expected the RSNA header 'ID,Label'"):
         read_rsna_labels(path)
+
+
+def test_a_byte_order_mark_is_ignored_and_a_header_only_file_is_an_error(tmp_path):
+    rows = image_rows("ID_a", [0, 1, 0, 0, 0, 1])
+    plain = write_csv(tmp_path / "plain.csv", rows)
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as spreadsheet programs save UTF-8 CSV
+    assert read_rsna_labels(marked).labels["ID_a"].tolist() == read_rsna_labels(plain).labels["ID_a"].tolist()
+    assert read_rsna_labels(marked).problems == []
+    with pytest.raises(LabelFileError, match="no label row"):
+        read_rsna_labels(write_csv(tmp_path / "empty.csv", []))
+
+
+def test_a_field_over_the_csv_module_s_limit_is_one_malformed_row_and_the_rest_still_reads(tmp_path):
+    limit = csv.field_size_limit()
+    rows = image_rows("ID_a", [0] * 6) + [("ID_b_any", "1" * (limit + 1))] + image_rows("ID_c", [1] * 6)
+    table = read_rsna_labels(write_csv(tmp_path / "long.csv", rows))
+    [problem] = table.problems
+    assert problem.kind == "malformed" and problem.line == 8 and "field larger than field limit" in problem.message
+    assert sorted(table.labels) == ["ID_a", "ID_c"] and table.labels["ID_c"].tolist() == [1] * 6
