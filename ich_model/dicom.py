@@ -29,6 +29,12 @@ READY_MARKER = "_READY"
 IGNORED_NAMES = (READY_MARKER, "_SUCCESS", "Thumbs.db", "DICOMDIR")
 # Header-only reads leave values larger than this (the pixel data) on disk.
 DEFER_BYTES = 4096
+# What a CT slice can hold: a modality LUT slope in (0, MAX_RESCALE_SLOPE] (scanners write 1, a few 0.5 or 2), and
+# Hounsfield units within HU_RANGE (air is -1000, scanners pad down to -3024, extended scales reach about 30,700
+# for metal). Outside them a file's tags are wrong, and its pixels would reach the model as nonsense.
+MAX_RESCALE_SLOPE = 16.0
+HU_RANGE = (-8192.0, 32767.0)
+MAX_PIXEL_SPACING_MM = 10.0  # a head CT pixel is about 0.5 mm
 
 
 class DicomRejected(Exception):
@@ -159,11 +165,25 @@ def position_along_normal(position: tuple[float, ...] | None, orientation: tuple
 
 
 def _floats(value, count: int) -> tuple[float, ...] | None:
+    """`count` finite numbers, or None (a missing, short or non-finite tag is no value)."""
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    return values if len(values) == count else None
+    return values if len(values) == count and all(map(math.isfinite, values)) else None
+
+
+def _geometry(ds: pydicom.Dataset) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """ImagePositionPatient and ImageOrientationPatient, each None where missing or not finite."""
+    return _floats(ds.get("ImagePositionPatient", ()), 3), _floats(ds.get("ImageOrientationPatient", ()), 6)
+
+
+def _hu_extent(pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    return float(pixels.min()) * slope + intercept, float(pixels.max()) * slope + intercept
+
+
+def _plausible(extent: tuple[float, float]) -> bool:
+    return HU_RANGE[0] <= extent[0] and extent[1] <= HU_RANGE[1]
 
 
 def is_ignored(name: str) -> bool:
@@ -203,7 +223,14 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
     if slope is None or intercept is None or slope == "" or intercept == "":
         warnings.append("missing_rescale")  # CT without a modality LUT: stored values are HU
         slope, intercept = 1.0, 0.0
-    slope, intercept = float(slope), float(intercept)
+    try:
+        slope, intercept = float(slope), float(intercept)
+    except (TypeError, ValueError):
+        raise DicomRejected("bad_rescale", f"RescaleSlope {slope!r} or RescaleIntercept {intercept!r} is not a "
+                                           "number") from None
+    if not (math.isfinite(slope) and math.isfinite(intercept) and 0 < slope <= MAX_RESCALE_SLOPE):
+        raise DicomRejected("bad_rescale", f"RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: not a CT "
+                                           f"modality LUT (a finite slope in (0, {MAX_RESCALE_SLOPE:g}])")
     bits_stored = int(ds.get("BitsStored", 16))
     pixel_representation = int(ds.get("PixelRepresentation", 0))
     intercept_group = f"{intercept:g}"
@@ -215,14 +242,31 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
         intercept = -1000.0
         intercept_group = "wrapped"
         warnings.append("wrapped_pixels_fixed")
+    if pixels.size and _hu_extent(pixels, slope, intercept)[1] > HU_RANGE[1] and pixel_representation == 0 \
+            and bits_stored == 16 and pixels.max() > np.iinfo(PIXEL_DTYPE).max:
+        # Signed values written with PixelRepresentation 0: air (-1000) reads as 64,536. Read as signed, they
+        # may be a CT slice after all.
+        as_signed = np.where(pixels > np.iinfo(PIXEL_DTYPE).max, pixels - 2 * UNSIGNED_SHIFT, pixels)
+        if _plausible(_hu_extent(as_signed, slope, intercept)):
+            pixels = as_signed
+            warnings.append("signed_pixels_fixed")
+    if pixels.size and not _plausible(_hu_extent(pixels, slope, intercept)):
+        low, high = _hu_extent(pixels, slope, intercept)
+        raise DicomRejected("bad_rescale", f"Hounsfield units from {low:.0f} to {high:.0f} (RescaleSlope "
+                                           f"{slope:g}, RescaleIntercept {intercept:g}, PixelRepresentation "
+                                           f"{pixel_representation}): outside {HU_RANGE[0]:g}..{HU_RANGE[1]:g}")
     if pixels.size and pixels.max() > np.iinfo(PIXEL_DTYPE).max:
         pixels = pixels - UNSIGNED_SHIFT
         intercept += UNSIGNED_SHIFT * slope
     if pixels.size and pixels.min() < np.iinfo(PIXEL_DTYPE).min:
         raise DicomRejected("undecodable", f"stored values down to {pixels.min()} do not fit 16 bits")
 
-    spacing = _floats(ds.get("PixelSpacing", ()), 2)
-    position = _floats(ds.get("ImagePositionPatient", ()), 3)
+    written_spacing = ds.get("PixelSpacing")
+    spacing = _floats(written_spacing or (), 2)
+    if written_spacing and (spacing is None or not all(0 < v <= MAX_PIXEL_SPACING_MM for v in spacing)):
+        warnings.append("bad_pixel_spacing")  # left out, as when the tag is missing: nothing reads it for HU
+        spacing = None
+    position, orientation = _geometry(ds)
     image_id, patient_id, study_uid, series_uid = _identity(ds, source)
     return CtSlice(
         image_id=image_id,
@@ -233,7 +277,7 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
         rescale_slope=slope,
         rescale_intercept=intercept,
         image_position=position,
-        image_orientation=_floats(ds.get("ImageOrientationPatient", ()), 6),
+        image_orientation=orientation,
         pixel_spacing_mm=spacing[0] if spacing else 0.0,
         bits_stored=bits_stored,
         intercept_group=intercept_group,
@@ -272,7 +316,6 @@ def read_header(source: str | os.PathLike | bytes) -> SliceHeader:
 def _read_header(source: str | os.PathLike | bytes) -> SliceHeader:
     ds = _open(source, defer_pixels=not isinstance(source, bytes | bytearray))
     _check_single_ct_image(ds)
-    position = _floats(ds.get("ImagePositionPatient", ()), 3)
-    orientation = _floats(ds.get("ImageOrientationPatient", ()), 6)
+    position, orientation = _geometry(ds)
     return SliceHeader(*_identity(ds, source), z_position=position[2] if position else math.nan,
                        slice_position_mm=position_along_normal(position, orientation))

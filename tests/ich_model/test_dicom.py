@@ -228,3 +228,43 @@ def test_a_slice_without_orientation_is_taken_as_axial_and_one_without_position_
     assert headers[1].slice_position_mm == pytest.approx(float(without_orientation.ImagePositionPatient[2]))
     assert np.isnan(headers[0].slice_position_mm)
     assert place_slices(headers)["1.2.3.2"].slice_index == 2  # no position: last
+
+
+@pytest.mark.parametrize("slope, intercept", [("NaN", "-1024"), ("inf", "-1024"), ("0", "-1024"), ("-1", "-1024"),
+                                              ("1000", "-1024"), ("1", "NaN"), ("1", "-inf")])
+def test_a_rescale_that_is_no_ct_modality_lut_is_rejected_with_its_values(slope, intercept):
+    ds = ct_with_pixels(TRUE_HU + 1024, bits_stored=16, signed=True, intercept=intercept, slope=slope)
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(dataset_bytes(ds))
+    assert rejected.value.reason == "bad_rescale" and "RescaleSlope" in rejected.value.message
+
+
+def test_signed_pixels_written_as_unsigned_are_read_as_signed_with_a_warning():
+    ds = ct_with_pixels(TRUE_HU, bits_stored=16, signed=False, intercept="0")  # air's -1000 stored as 64,536
+    assert apply_modality_lut(ds.pixel_array, ds).max() > 60000  # what the tags say, read as written
+    ct = read_slice(dataset_bytes(ds))
+    assert np.array_equal(ct.hounsfield_units(), TRUE_HU) and "signed_pixels_fixed" in ct.warnings
+
+
+def test_hounsfield_units_outside_any_ct_scale_are_rejected():
+    ds = ct_with_pixels(TRUE_HU + 1024, bits_stored=16, signed=True, intercept="40000")
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(dataset_bytes(ds))
+    assert rejected.value.reason == "bad_rescale" and "Hounsfield units from 40024" in rejected.value.message
+
+
+@pytest.mark.parametrize("spacing", [["-0.5", "-0.5"], ["NaN", "0.5"], ["0", "0"], ["50", "50"]])
+def test_impossible_pixel_spacing_is_left_out_with_a_warning(spacing):
+    ds = ct_small()
+    ds.PixelSpacing = spacing
+    ct = read_slice(dataset_bytes(ds))
+    assert ct.pixel_spacing_mm == 0.0 and "bad_pixel_spacing" in ct.warnings
+    assert np.array_equal(ct.hounsfield_units(), apply_modality_lut(ct_small().pixel_array, ct_small()))
+
+
+def test_a_position_that_is_not_finite_counts_as_missing():
+    ds = ct_small()
+    ds.ImagePositionPatient = ["NaN", "0", "10"]
+    assert read_slice(dataset_bytes(ds)).image_position is None
+    header = read_header(dataset_bytes(ds))
+    assert np.isnan(header.z_position) and np.isnan(header.slice_position_mm)
