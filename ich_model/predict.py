@@ -148,11 +148,17 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: at least one slice per model call")
     result = Predictions()
-    headers = {}
+    headers, first_file = {}, {}
     for path in dicom_candidates(paths):
         header = _attempt(read_header, path, result.skipped)
-        if header is not None:
-            headers[path] = header
+        if header is None:
+            continue
+        if header.image_id in first_file:  # one slice, one row: the ExampleGen rejects copies the same way
+            result.skipped.append(Skipped(str(path), "duplicate_image", f"SOP Instance UID {header.image_id} is "
+                                                                        f"also {first_file[header.image_id]}"))
+            continue
+        first_file[header.image_id] = path
+        headers[path] = header
     by_study = defaultdict(list)
     for path, header in headers.items():
         by_study[header.study_uid].append((path, header))

@@ -9,6 +9,7 @@ import csv
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import tensorflow as tf
 
@@ -275,3 +276,20 @@ def test_bad_arguments_existing_outputs_and_unscorable_input_are_refused(scored,
                  "--out", str(tmp_path / "none.csv")]) == 2
     assert "nothing could be scored" in capsys.readouterr().err
     assert not (tmp_path / "none.csv").exists() and not (tmp_path / "none_studies.csv").exists()
+
+
+def test_a_copy_of_a_slice_under_another_name_is_scored_once_and_reported(scored, tmp_path):
+    from ich_model.predict import predict
+
+    root, _, model_dir, _ = scored
+    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:3]
+    folder = tmp_path / "with-copy"
+    folder.mkdir()
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "copy.dcm").write_bytes(files[0].read_bytes())
+    predictions = predict([folder], model_dir, progress=False)
+    assert sorted(predictions.image_ids) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in files)
+    [skipped] = predictions.skipped  # files are read in name order: the copy comes after its original
+    assert (skipped.reason, skipped.path) == ("duplicate_image", str(folder / "copy.dcm"))
+    assert str(folder / files[0].name) in skipped.message
