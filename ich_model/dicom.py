@@ -242,16 +242,18 @@ def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
         intercept = -1000.0
         intercept_group = "wrapped"
         warnings.append("wrapped_pixels_fixed")
-    if pixels.size and _hu_extent(pixels, slope, intercept)[1] > HU_RANGE[1] and pixel_representation == 0 \
-            and bits_stored == 16 and pixels.max() > np.iinfo(PIXEL_DTYPE).max:
+    extent = _hu_extent(pixels, slope, intercept) if pixels.size else None
+    if extent and extent[1] > HU_RANGE[1] and pixel_representation == 0 and bits_stored == 16 \
+            and pixels.max() > np.iinfo(PIXEL_DTYPE).max:
         # Signed values written with PixelRepresentation 0: air (-1000) reads as 64,536. Read as signed, they
         # may be a CT slice after all.
         as_signed = np.where(pixels > np.iinfo(PIXEL_DTYPE).max, pixels - 2 * UNSIGNED_SHIFT, pixels)
-        if _plausible(_hu_extent(as_signed, slope, intercept)):
-            pixels = as_signed
+        signed_extent = _hu_extent(as_signed, slope, intercept)
+        if _plausible(signed_extent):
+            pixels, extent = as_signed, signed_extent
             warnings.append("signed_pixels_fixed")
-    if pixels.size and not _plausible(_hu_extent(pixels, slope, intercept)):
-        low, high = _hu_extent(pixels, slope, intercept)
+    if extent and not _plausible(extent):
+        low, high = extent
         raise DicomRejected("bad_rescale", f"Hounsfield units from {low:.0f} to {high:.0f} (RescaleSlope "
                                            f"{slope:g}, RescaleIntercept {intercept:g}, PixelRepresentation "
                                            f"{pixel_representation}): outside {HU_RANGE[0]:g}..{HU_RANGE[1]:g}")
