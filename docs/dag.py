@@ -26,6 +26,7 @@ FONT, SMALL_FONT = 9.0, 7.5
 BOX_HEIGHT, ROW_PITCH, BOX_PAD, NODE_GAP, BUNDLE_GAP = 0.52, 0.92, 0.16, 0.22, 0.3
 MARGIN = 0.25
 TYPE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+ORDER_COLOUR = "#555555"  # an edge that carries no artifact
 
 
 @dataclass
@@ -273,7 +274,7 @@ def draw(out: str | os.PathLike = DEFAULT_OUT, components=None) -> Drawing:
             vertices.append((x1, y(b) - BOX_HEIGHT / 2))
             codes.append(MplPath.LINETO)
         path = MplPath(vertices, codes)
-        style = {"color": colour.get(kind, "#555555"), "lw": 1.3, "zorder": 1}
+        style = {"color": colour.get(kind, ORDER_COLOUR), "lw": 1.3, "zorder": 1}
         if b.bundle:
             patch = PathPatch(path, fill=False, gid=EDGE_GID + key, **style)
         else:
@@ -302,8 +303,11 @@ def draw(out: str | os.PathLike = DEFAULT_OUT, components=None) -> Drawing:
         loc="lower center", bbox_to_anchor=(0.5, (MARGIN + 0.42) / height), ncol=2, fontsize=SMALL_FONT,
         frameon=False, handlelength=1.8, columnspacing=1.5)
     ax.add_artist(boxes)
-    ax.legend([Line2D([], [], color=colour[kind], lw=2) for kind in kinds], kinds, loc="lower center",
-              bbox_to_anchor=(0.5, MARGIN / height), ncol=4, fontsize=SMALL_FONT, frameon=False, handlelength=1.8,
+    # An upstream node whose outputs the consumer does not read (the DataGate before the Transform): order only.
+    order_only = ["runs after (no artifact)"] if any(not kind for *_, kind, _ in segments) else []
+    ax.legend([Line2D([], [], color=colour.get(kind, ORDER_COLOUR), lw=2) for kind in [*kinds, *order_only]],
+              [*kinds, *order_only], loc="lower center",
+              bbox_to_anchor=(0.5, MARGIN / height), ncol=5, fontsize=SMALL_FONT, frameon=False, handlelength=1.8,
               columnspacing=1.5)
 
     fig.savefig(out, dpi=150, facecolor="white")

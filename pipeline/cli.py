@@ -2,7 +2,8 @@
 
 Exit status: 0 done; 1 the run finished but its model was not blessed (`ich run --require-blessing`); 2 refused
 before any work (bad usage, bad settings or input, a pipeline root another writer holds, nothing that could be
-scored); 3 the run started and failed (the message names the component and the log).
+scored); 3 the run started and failed (the message names the component and the log); 4 the span's data broke the
+schema and nothing was trained (the message names each anomaly).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 import warnings
 
-NOT_BLESSED, REFUSED, RUN_FAILED = 1, 2, 3
+NOT_BLESSED, REFUSED, RUN_FAILED, DATA_REFUSED = 1, 2, 3, 4
 
 
 def _ensure_legacy_keras() -> None:
@@ -82,13 +83,16 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import LAST_RUN, RunFailed, run_local
+    from pipeline.local_runner import LAST_RUN, RunFailed, SpanRefused, run_local
     from pipeline.writer_lock import pipeline_root_lock
 
     config = _config(args)
     with pipeline_root_lock(config.pipeline_root, "ich run"):
         try:
             summary = run_local(config)
+        except SpanRefused as error:
+            print(f"ich run: the span was refused: {error}", file=sys.stderr, flush=True)
+            return DATA_REFUSED
         except RunFailed as error:
             print(f"ich run: the run failed: {error}", file=sys.stderr, flush=True)
             return RUN_FAILED

@@ -73,6 +73,8 @@ class PipelineConfig:
     # Share of Examples that StatisticsGen reads (at random); use 1.0 for sets of a few dozen slices, whose
     # sample could be empty.
     statistics_sample_rate: float = 0.25
+    # The schema every span is checked against (default: pipeline/schema.pbtxt; pipeline/data_checks.py).
+    schema_file: str = ""
     # Training (per member; ich_model/settings.py says what each setting does). Where the demo keeps a Trainer
     # default, it is read from TrainerSettings; warm-start steps and the evaluation interval are the demo's own.
     model_preset: str = TrainerSettings.preset

@@ -17,6 +17,7 @@ from tfx import v1 as tfx
 
 from components.dicom_example_gen.span_folders import SPAN_PATTERN
 from pipeline.configs import CONTAINER_IMAGE, PipelineConfig
+from pipeline.data_checks import IMAGE_SCHEMA_FILE
 from pipeline.pipeline import create_pipeline
 from pipeline.resources import task_resources
 
@@ -28,11 +29,12 @@ DEFAULT_INPUT_BASE = "gs://ich-pipeline/data"
 
 def cluster_config(config: PipelineConfig, pipeline_root: str = DEFAULT_PIPELINE_ROOT,
                    input_base: str = DEFAULT_INPUT_BASE) -> PipelineConfig:
-    """`config` for the cluster's roots. Its input is span folders unless `config` names a pattern: the input base
-    cannot be listed at compile time (no credentials, no network) to detect its layout."""
+    """`config` for the cluster's roots and the schema's place in the pipeline image. Its input is span folders unless
+    `config` names a pattern: the input base cannot be listed at compile time (no credentials, no network) to detect its
+    layout."""
     return dataclasses.replace(
         config, pipeline_root=pipeline_root, input_base=input_base,
-        input_pattern=config.input_pattern or SPAN_PATTERN)
+        input_pattern=config.input_pattern or SPAN_PATTERN, schema_file=config.schema_file or IMAGE_SCHEMA_FILE)
 
 
 def compile_pipeline(config: PipelineConfig, image: str = CONTAINER_IMAGE, output: str = DEFAULT_OUTPUT) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import absl.logging
 from tfx import v1 as tfx
 
+from components.data_gate.executor import DataRefused
 from ich_model.synth import LABELS_CSV, generate_dataset
 from pipeline.configs import PipelineConfig
 from pipeline.pipeline import create_pipeline
@@ -28,6 +29,24 @@ INPUT_RESOLUTION_ERROR = "[%s] Input resolution error: %s"
 
 class RunFailed(RuntimeError):
     """The pipeline started and a component failed (the message names it and the log)."""
+
+
+class SpanRefused(RunFailed):
+    """The DataGate stopped the run: the span's Examples break the schema (`anomalies`: split -> feature -> what);
+    nothing was trained or pushed."""
+
+    def __init__(self, refusal: DataRefused, log_path: Path):
+        self.anomalies = refusal.anomalies
+        super().__init__(f"{refusal}; the full log is {log_path}")
+
+
+def _data_refusal(error: BaseException) -> DataRefused | None:
+    """The DataRefused that `error` is or was raised from, if any."""
+    while error is not None:
+        if isinstance(error, DataRefused):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class ComponentProgress(logging.Handler):
@@ -114,8 +133,9 @@ def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
 
 
 def run_local(config: PipelineConfig, echo=print) -> dict:
-    """Runs the pipeline to the end and returns the summary that it also writes to last_run.json. A component that
-    fails stops the run with RunFailed. The caller holds the pipeline root's lock (pipeline.writer_lock)."""
+    """Runs the pipeline to the end and returns the summary that it also writes to last_run.json. A component that fails
+    stops the run with RunFailed, a span that the DataGate refuses with SpanRefused. The caller holds the pipeline
+    root's lock (pipeline.writer_lock)."""
     ensure_demo_data(config, echo)
     Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
     pipeline = create_pipeline(
@@ -128,6 +148,9 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
         try:
             tfx.orchestration.LocalDagRunner().run(pipeline)
         except Exception as error:
+            refusal = _data_refusal(error)
+            if refusal is not None:
+                raise SpanRefused(refusal, log_path) from error
             failed = ", ".join(progress.started) or "the pipeline"
             raise RunFailed(f"{failed} failed ({type(error).__name__}: {error}); the full log is {log_path}") from error
     if progress.unresolved:

@@ -1,21 +1,23 @@
 """`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
 
-DicomExampleGen (one span) -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform (over the span window,
-with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest blessed model) -> Ensemble ->
-StudySequenceGen -> context_trainer (the study model: the ensemble and the study-context model) ->
-StudyEvaluator (on this span's eval split, against the latest blessed model; it blesses) -> Pusher; beside them the
-Evaluator reports the ensemble and its members. Components take dotted function paths (no module files), so the
-compiled spec needs only this package installed in the image.
+DicomExampleGen (one span) -> StatisticsGen -> ExampleValidator (against the committed schema, ImportSchemaGen)
+-> DataGate (a span with anomalies stops here) -> Transform (over the span window, with the last analyzer cache)
+-> trainer_a/b/c (warm-started from the latest blessed model) -> Ensemble -> StudySequenceGen -> context_trainer
+(the study model: the ensemble and the study-context model) -> StudyEvaluator (on this span's eval split, against
+the latest blessed model; it blesses) -> Pusher; beside them the Evaluator reports the ensemble and its members.
+Components take dotted function paths (no module files), so the compiled spec needs only this package installed in
+the image.
 """
 
 from __future__ import annotations
 
-import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
+from components.data_gate import DataGate
 from components.dicom_example_gen import DicomExampleGen
 from components.study_evaluator import StudyEvaluator
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image
+from pipeline.data_checks import SCHEMA_FILE, statistics_options
 from pipeline.evaluation import EVAL_SPLIT, eval_config, study_eval_config
 from pipeline.retraining import WINDOW, span_window_resolver, transform_cache_resolver
 from pipeline.training import ensemble_of, member_trainers, study_stage
@@ -48,20 +50,21 @@ def create_components(config: PipelineConfig) -> list:
         window = span_window_resolver(example_gen, config.span_window, end_span=config.span)
         training_examples = window.outputs[WINDOW]
         resolvers.append(window)
-    # Statistics of a sample: over every slice, the `pixels` values (a whole stored image each) would dominate
-    # the time outside training, and a sample describes them (and every other feature) as well for the schema.
+    # Statistics of a sample, without the identifiers and the pixels (pipeline/data_checks.py); the schema is the
+    # committed one, so a sample decides nothing about what a span must hold.
     statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"],
-        stats_options=tfdv.StatsOptions(sample_rate=config.statistics_sample_rate))
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+        examples=example_gen.outputs["examples"], stats_options=statistics_options(config.statistics_sample_rate))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file or SCHEMA_FILE)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])
     # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
     # statistics either, since those of the transformed data would be over every image pixel.
     cache = transform_cache_resolver()
     transform = tfx.components.Transform(
         examples=training_examples, schema=schema_gen.outputs["schema"], analyzer_cache=cache.outputs["cache"],
         preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True)
+    transform.add_upstream_node(data_gate)  # nothing trains on a span that the gate refused
     baseline = latest_blessed_model_resolver()
     trainers = member_trainers(training_examples, transform.outputs["transform_graph"], config.trainer_settings,
                                base_model=baseline.outputs["model"])
@@ -82,8 +85,8 @@ def create_components(config: PipelineConfig) -> list:
         model=context_trainer.outputs["model"], model_blessing=study_evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))
-    return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, cache, transform, baseline,
-            *trainers, ensemble, evaluator, sequences, context_trainer, study_evaluator, pusher]
+    return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, data_gate, cache, transform,
+            baseline, *trainers, ensemble, evaluator, sequences, context_trainer, study_evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:

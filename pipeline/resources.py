@@ -52,8 +52,9 @@ def task_resources(config: PipelineConfig) -> dict[str, TaskResources]:
         # Reads DICOM and writes gzipped Examples: CPU-bound, and the direct runner holds a bundle per core.
         "DicomExampleGen": TaskResources(8, 16),
         "StatisticsGen": TaskResources(8, 16),
-        "SchemaGen": TaskResources(1, 2),
+        "ImportSchemaGen": TaskResources(1, 2),
         "ExampleValidator": TaskResources(1, 4),
+        "DataGate": TaskResources(1, 2),
         # Builds the transform graph; its analyzers are cached across spans.
         "Transform": TaskResources(4, 16),
         **{trainer_id(name): trainer for name in MEMBERS},

@@ -29,7 +29,7 @@ from components.dicom_example_gen.span_folders import parse_span
 from ich_model.dicom import READY_MARKER
 from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
-from pipeline.local_runner import run_local
+from pipeline.local_runner import SpanRefused, run_local
 from pipeline.summary import finished_span_summary
 from pipeline.writer_lock import pipeline_root_lock
 
@@ -180,6 +180,9 @@ class Watcher:
         self.running = span
         try:
             summary = run_local(dataclasses.replace(self.config, span=span), echo=self.echo)
+        except SpanRefused as refusal:  # a decision: the same data would be refused again
+            summary = {"blessed": False, "pushed_to": None, "reason": f"data refused: {refusal}",
+                       "anomalies": refusal.anomalies}
         except Exception as error:  # noqa: BLE001 - any failure of a run is retried, never fatal to the watcher
             self.failures[span] = self.failures.get(span, 0) + 1
             self.echo(f"span {span}: run failed ({type(error).__name__}: {error}); attempt "
@@ -191,7 +194,8 @@ class Watcher:
 
     def _decide(self, span: int, summary: dict, wall_time_s: float | None, reconciled: bool = False) -> dict:
         decision = {"span": span, **{key: summary.get(key) for key in SUMMARY_FIELDS}, "wall_time_s": wall_time_s,
-                    "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"reconciled": True} if reconciled else {})}
+                    "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"reconciled": True} if reconciled else {}),
+                    **({"anomalies": summary["anomalies"]} if "anomalies" in summary else {})}
         record_decision(self.config.pipeline_root, decision)
         self.failures.pop(span, None)
         verdict = f"blessed, pushed to {decision['pushed_to']}" if decision["blessed"] else "not blessed, not pushed"

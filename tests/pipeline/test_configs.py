@@ -9,9 +9,10 @@ import pytest
 from pipeline.configs import CONTAINER_IMAGE, PRESETS, beam_args_with_workers_image, preset, with_overrides
 from pipeline.pipeline import create_pipeline
 
-COMPONENTS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
-              "Transform", "latest_blessed_model_resolver", "trainer_a", "trainer_b", "trainer_c", "Ensemble",
-              "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher"}
+COMPONENTS = {"DicomExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
+              "latest_transform_cache_resolver", "Transform", "latest_blessed_model_resolver", "trainer_a",
+              "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer",
+              "StudyEvaluator", "Pusher"}
 
 
 def test_overrides_are_parsed_to_each_field_type():
@@ -57,11 +58,12 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
     expected = COMPONENTS | {training_examples}
     assert set(by_id) == expected and len(pipeline.components) == len(expected)
     assert {node.id for node in by_id["Transform"].upstream_nodes} == {
-        training_examples, "SchemaGen", "latest_transform_cache_resolver"}
+        training_examples, "ImportSchemaGen", "latest_transform_cache_resolver", "DataGate"}
+    assert {node.id for node in by_id["DataGate"].upstream_nodes} == {"ExampleValidator"}
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):
         assert {node.id for node in by_id[trainer].upstream_nodes} == {
             training_examples, "Transform", "latest_blessed_model_resolver"}
-    assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {"DicomExampleGen", "SchemaGen", "Ensemble"}
+    assert {node.id for node in by_id["Evaluator"].upstream_nodes} == {"DicomExampleGen", "ImportSchemaGen", "Ensemble"}
     assert {node.id for node in by_id["StudySequenceGen"].upstream_nodes} == {"DicomExampleGen", "Ensemble"}
     assert {node.id for node in by_id["context_trainer"].upstream_nodes} == {"StudySequenceGen", "Ensemble"}
     assert {node.id for node in by_id["StudyEvaluator"].upstream_nodes} == {

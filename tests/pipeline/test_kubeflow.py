@@ -12,15 +12,17 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline.configs import CONTAINER_IMAGE, preset
+from pipeline.data_checks import IMAGE_SCHEMA_FILE, SCHEMA_FILE
 from pipeline.kubeflow_runner import DEFAULT_OUTPUT, cluster_config, compile_pipeline
 
-COMMITTED = Path(__file__).resolve().parents[2] / DEFAULT_OUTPUT
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / DEFAULT_OUTPUT
 # The latest-blessed-model resolver compiles to two KFP resolver tasks (its model and its blessing query).
 BASELINE_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
 BASELINE_TASKS = {"latest_blessed_model_resolver-model-blessing-resolver", BASELINE_MODEL_TASK}
-TASKS = {"DicomExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "latest_transform_cache_resolver",
-         "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen",
-         "context_trainer", "StudyEvaluator", "Pusher", *BASELINE_TASKS}
+TASKS = {"DicomExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
+         "latest_transform_cache_resolver", "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble",
+         "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher", *BASELINE_TASKS}
 
 
 def test_committed_pipeline_yaml_equals_a_fresh_compile(tmp_path):
@@ -47,6 +49,14 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
     assert set(spec.root.dag.tasks["Pusher"].dependent_tasks) == {"context_trainer", "StudyEvaluator"}
     assert set(spec.root.dag.tasks["StudyEvaluator"].dependent_tasks) == {
         "DicomExampleGen", "context_trainer", BASELINE_MODEL_TASK}
+    # Nothing trains before the DataGate passed the span; the schema is the committed file, where the image has it.
+    assert set(spec.root.dag.tasks["Transform"].dependent_tasks) >= {"DataGate", "ImportSchemaGen"}
+    assert set(spec.root.dag.tasks["DataGate"].dependent_tasks) == {"ExampleValidator"}
+    schema_file = spec.root.dag.tasks["ImportSchemaGen"].inputs.parameters["schema_file"]
+    assert schema_file.runtime_value.constant_value.string_value == IMAGE_SCHEMA_FILE
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "WORKDIR /pipeline\n" in dockerfile and "COPY pipeline ./pipeline\n" in dockerfile
+    assert f"/pipeline/{Path(SCHEMA_FILE).relative_to(ROOT)}" == IMAGE_SCHEMA_FILE
     loaded = kfp.components.load_component_from_file(str(COMMITTED))
     assert loaded.name == spec.pipeline_info.name
 

@@ -47,7 +47,7 @@ from tests.pipeline_helpers import BEAM_ARGS
 
 pytestmark = pytest.mark.e2e
 
-NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "SchemaGen", "ExampleValidator",
+NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
          "latest_transform_cache_resolver", "Transform", "latest_blessed_model_resolver", "trainer_a",
          "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator",
          "Pusher"]

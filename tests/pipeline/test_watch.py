@@ -1,6 +1,6 @@
 """The watcher's parts on real files: when a span folder counts as complete, the decisions file (torn lines
 included), the pipeline root's lock between two processes and between `ich run` and `ich watch`, `ich run`'s exit
-status when a component fails, and which Examples the span window resolves to."""
+status when a component fails, a span that breaks the schema, and which Examples the span window resolves to."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tfx.types import standard_artifacts
 from components.dicom_example_gen.span_folders import span_folder
 from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
+from pipeline.data_checks import IDENTIFIERS
 from pipeline.retraining import WINDOW, SpanWindowStrategy
 from pipeline.watch import (
     DECISIONS,
@@ -27,7 +28,7 @@ from pipeline.watch import (
     span_status,
 )
 from pipeline.writer_lock import PipelineRootLocked, pipeline_root_lock
-from tests.pipeline_helpers import BEAM_ARGS
+from tests.pipeline_helpers import BEAM_ARGS, read_split
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +197,64 @@ def test_ich_run_refuses_a_root_that_a_watcher_holds_and_exits_3_when_a_componen
     assert main(args) == 3
     error = capsys.readouterr().err
     assert "the run failed: DicomExampleGen failed" in error and "the full log is" in error
+
+
+def store_as_a_new_scanner(folder, intercept: int = -2048) -> int:
+    """Rewrite every image of `folder` as a scanner would that stores signed 16-bit values with another
+    intercept: the same Hounsfield units (as pydicom's modality LUT gives them), another intercept group."""
+    import numpy as np
+    import pydicom
+
+    from ich_model.dicom import read_slice
+
+    count = 0
+    for path in sorted((folder / IMAGES_DIR).iterdir()):
+        ct = read_slice(path)  # after the RSNA wrapped-pixel repair
+        hu = ct.pixels.astype(np.float64) * ct.rescale_slope + ct.rescale_intercept
+        ds = pydicom.dcmread(path)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+        ds.PixelData = np.round(hu - intercept).astype("<i2").tobytes()
+        ds.save_as(path)
+        assert np.array_equal(pydicom.pixels.apply_modality_lut(pydicom.dcmread(path).pixel_array, ds), hu)
+        count += 1
+    return count
+
+
+def test_a_span_that_breaks_the_schema_trains_nothing_and_is_recorded_with_its_anomalies(span_source, tmp_path,
+                                                                                          capsys):
+    from pipeline.cli import DATA_REFUSED, main
+
+    spans, root = tmp_path / "spans", tmp_path / "root"
+    copy_span(span_source, spans / span_folder(1))
+    assert store_as_a_new_scanner(spans / span_folder(1)) > 0
+    beam = [f"--beam-arg={arg}" for arg in BEAM_ARGS]
+    common = ["--pipeline-root", str(root), "--set", "statistics_sample_rate=1.0", *beam]
+
+    assert main(["run", "--data", str(spans), *common]) == DATA_REFUSED
+    error = capsys.readouterr().err
+    assert "the span was refused: the span's Examples break the schema" in error
+    assert "intercept_group" in error and "-2048" in error and "nothing was trained" in error
+    # Stopped at the gate: no component after it ran, nothing was published.
+    assert (root / "DataGate").is_dir() and not (root / "Transform").exists()
+    assert not (root / "serving").exists()
+    # No identifier of any Example reaches the statistics or the schema that the validator used.
+    [examples_dir] = (root / "DicomExampleGen" / "examples").iterdir()
+    identifiers = {example.features.feature[name].bytes_list.value[0] for split in ("train", "eval")
+                   for example in read_split(examples_dir, split) for name in IDENTIFIERS}
+    checked = [*(root / "StatisticsGen").rglob("FeatureStats.pb"), *(root / "ImportSchemaGen").rglob("schema.pbtxt")]
+    assert len(identifiers) > 6 and len(checked) == 3
+    assert not [(path.name, value) for path in checked for value in identifiers if value in path.read_bytes()]
+
+    assert main(["watch", "--input-base", str(spans), *common, "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "span 1: not blessed, not pushed (data refused: the span's Examples break the schema" in out
+    [decision] = read_decisions(root)[0]
+    assert decision["span"] == 1 and decision["blessed"] is False and decision["pushed_to"] is None
+    assert decision["reason"].startswith("data refused: ")
+    assert set(decision["anomalies"]) == {"train", "eval"}
+    assert all("-2048" in split["intercept_group"] for split in decision["anomalies"].values())
+    assert not (root / "Transform").exists() and not (root / "serving").exists()
+    # Decided: the next poll runs nothing.
+    assert main(["watch", "--input-base", str(spans), *common, "--once"]) == 0
+    assert "no pending span under" in capsys.readouterr().out
