@@ -103,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from pipeline.watch import Watcher
 
-    watcher = Watcher(_config(args))
+    watcher = Watcher(_config(args), max_attempts=args.max_attempts,
+                      retry_after=args.interval if args.retry_after is None else args.retry_after)
     try:
         failed = watcher.watch(interval=args.interval, once=args.once)
     except KeyboardInterrupt:
@@ -268,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--input-base", required=True, help="folder that receives the span-N folders")
     watch.add_argument("--pipeline-root", help="artifacts, metadata, logs and decisions (default build/pipeline)")
     watch.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
+    watch.add_argument("--max-attempts", type=_positive_int, default=3,
+                       help="failed runs of a span before it is recorded as failed and later spans go on (default 3)")
+    watch.add_argument("--retry-after", type=float, metavar="SECONDS",
+                       help="wait before the second attempt of a failed span, doubled for each later one (default: "
+                            "the interval)")
     watch.add_argument("--once", action="store_true",
                        help="handle the complete spans that are pending, then exit (3 if a run failed)")
     _add_config_options(watch, "demo")

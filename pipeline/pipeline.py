@@ -50,11 +50,12 @@ def create_components(config: PipelineConfig) -> list:
         window = span_window_resolver(example_gen, config.span_window, end_span=config.span)
         training_examples = window.outputs[WINDOW]
         resolvers.append(window)
-    # Statistics of a sample, without the identifiers and the pixels (pipeline/data_checks.py); the schema is the
-    # committed one, so a sample decides nothing about what a span must hold.
-    statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], stats_options=statistics_options(config.statistics_sample_rate))
+    # The committed schema: it, not the statistics, says what a span must hold. Given it, StatisticsGen keeps no
+    # identifier values (pipeline/data_checks.py).
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file or SCHEMA_FILE)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        stats_options=statistics_options(config.statistics_sample_rate))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])

@@ -5,8 +5,11 @@ one label CSV and a file for every image that its CSVs list (named `<image id>` 
 depth, as in the RSNA download). Files named otherwise need the `_READY` marker, written after the copy.
 
 Spans run in span order, each once: a span that has a line in `<pipeline root>/decisions.jsonl` is done. A span
-whose run fails has no line and runs again at the next poll; later spans wait for it, and for an incomplete
-earlier span, so that each run's span window and baseline are those of the spans before it. The watcher holds the
+whose run fails has no line yet and is tried again after a wait that doubles with each attempt (attempts are
+kept in `<pipeline root>/attempts.json`, so a restart or `--once` under cron counts on); after `max_attempts`
+failed runs it is recorded as failed with its last error, and later spans go on. Until then later spans wait for
+it, and for an incomplete earlier span, so that each run's span window and baseline are those of the spans before
+it. The watcher holds the
 pipeline root's writer lock (pipeline/writer_lock.py) while it lives, so that no second watcher
 and no `ich run` writes beside it.
 
@@ -35,6 +38,7 @@ from pipeline.writer_lock import pipeline_root_lock
 
 DECISIONS = "decisions.jsonl"
 TORN_DECISIONS = "decisions.jsonl.torn"
+ATTEMPTS = "attempts.json"  # failed runs of the spans that have no decision yet
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
 SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation")
 
@@ -138,25 +142,46 @@ def record_decision(pipeline_root: str | os.PathLike, decision: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_attempts(pipeline_root: str | os.PathLike) -> dict[int, dict]:
+    """span -> {"attempts", "last_error", "next_try_at" (seconds since the epoch)} for spans whose runs failed."""
+    path = Path(pipeline_root) / ATTEMPTS
+    if not path.exists():
+        return {}
+    return {int(span): entry for span, entry in json.loads(path.read_text()).items()}
+
+
+def _write_attempts(pipeline_root: str | os.PathLike, attempts: dict[int, dict]) -> None:
+    """Atomically: a crash leaves the old file or the new one."""
+    path = Path(pipeline_root) / ATTEMPTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps({str(span): entry for span, entry in sorted(attempts.items())}, indent=1) + "\n")
+    os.replace(temporary, path)
+
+
 class Watcher:
     """Polls `config.input_base` for complete span folders and runs the pipeline here (local_runner.run_local)
-    for each one that has no decision yet."""
+    for each one that has no decision yet. A failed run is tried again `retry_after` seconds later, then twice
+    that, and so on; the `max_attempts`-th failure is the span's decision."""
 
-    def __init__(self, config: PipelineConfig, echo=print):
+    def __init__(self, config: PipelineConfig, echo=print, max_attempts: int = 3, retry_after: float = 60.0):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts {max_attempts} is not at least 1")
         self.config, self.echo = config, echo
-        self._waiting: dict[int, str] = {}  # the last reason printed for each incomplete span
-        self.failures: dict[int, int] = {}  # failed attempts per span
+        self.max_attempts, self.retry_after = max_attempts, retry_after
+        self._waiting: dict[int, str] = {}  # the last reason printed for each incomplete or backed-off span
+        self.failures: set[int] = set()  # the spans whose run failed at this poll
         self.running: int | None = None  # the span whose run is under way
 
     def poll(self) -> list[dict]:
         """Run every pending complete span, in order; returns the decisions made. Stops at the first
         incomplete span or failed run (both are tried again at the next poll)."""
         decided = recorded_spans(self.config.pipeline_root)
-        decisions = []
+        decisions, self.failures = [], set()
         for span, folder in sorted(span_folders(self.config.input_base).items()):
             if span in decided:
                 continue
-            why_not = span_status(folder)
+            why_not = span_status(folder) or self._backing_off(span)
             if why_not:
                 if self._waiting.get(span) != why_not:
                     self.echo(f"span {span}: waiting, {why_not}", flush=True)
@@ -184,28 +209,52 @@ class Watcher:
             summary = {"blessed": False, "pushed_to": None, "reason": f"data refused: {refusal}",
                        "anomalies": refusal.anomalies}
         except Exception as error:  # noqa: BLE001 - any failure of a run is retried, never fatal to the watcher
-            self.failures[span] = self.failures.get(span, 0) + 1
-            self.echo(f"span {span}: run failed ({type(error).__name__}: {error}); attempt "
-                      f"{self.failures[span]}, retried at the next poll", flush=True)
-            return None
+            summary = self._failed(span, f"{type(error).__name__}: {error}")
+            if summary is None:
+                return None
         finally:
             self.running = None
         return self._decide(span, summary, wall_time_s=round(time.monotonic() - started, 1))
 
+    def _failed(self, span: int, error: str) -> dict | None:
+        """Counts a failed run of `span`; the summary of its decision once it has failed `max_attempts` times."""
+        self.failures.add(span)
+        attempts = read_attempts(self.config.pipeline_root)
+        count = attempts.get(span, {}).get("attempts", 0) + 1
+        if count >= self.max_attempts:
+            return {"blessed": False, "pushed_to": None, "failed": True,
+                    "reason": f"run failed {count} time{'s' * (count != 1)}, last: {error}"}
+        wait = self.retry_after * 2 ** (count - 1)
+        attempts[span] = {"attempts": count, "last_error": error, "next_try_at": round(time.time() + wait, 1)}
+        _write_attempts(self.config.pipeline_root, attempts)
+        self.echo(f"span {span}: run failed ({error}); attempt {count} of {self.max_attempts}, tried again in "
+                  f"{wait:g} s", flush=True)
+        return None
+
+    def _backing_off(self, span: int) -> str | None:
+        entry = read_attempts(self.config.pipeline_root).get(span)
+        if entry is None or entry["next_try_at"] <= time.time():
+            return None
+        return (f"attempt {entry['attempts']} of {self.max_attempts} failed ({entry['last_error']}); tried again "
+                f"at {time.strftime('%H:%M:%S', time.localtime(entry['next_try_at']))}")
+
     def _decide(self, span: int, summary: dict, wall_time_s: float | None, reconciled: bool = False) -> dict:
         decision = {"span": span, **{key: summary.get(key) for key in SUMMARY_FIELDS}, "wall_time_s": wall_time_s,
                     "decided_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"reconciled": True} if reconciled else {}),
-                    **({"anomalies": summary["anomalies"]} if "anomalies" in summary else {})}
+                    **{key: summary[key] for key in ("anomalies", "failed") if key in summary}}
         record_decision(self.config.pipeline_root, decision)
-        self.failures.pop(span, None)
-        verdict = f"blessed, pushed to {decision['pushed_to']}" if decision["blessed"] else "not blessed, not pushed"
+        attempts = read_attempts(self.config.pipeline_root)
+        if attempts.pop(span, None) is not None:
+            _write_attempts(self.config.pipeline_root, attempts)
+        verdict = (f"blessed, pushed to {decision['pushed_to']}" if decision["blessed"] else
+                   "recorded as failed, not pushed" if decision.get("failed") else "not blessed, not pushed")
         self.echo(f"span {span}: {verdict} ({decision['reason']}); recorded in "
                   f"{Path(self.config.pipeline_root) / DECISIONS}", flush=True)
         return decision
 
     def watch(self, interval: float = 60.0, once: bool = False, stop: threading.Event | None = None) -> int:
-        """Poll until `stop` is set (or Ctrl-C); with `once`, poll one time. Returns the number of failed
-        runs at the last poll (0: everything pending was decided or is waiting)."""
+        """Poll until `stop` is set (or Ctrl-C); with `once`, poll one time. Returns the number of spans whose run
+        failed at the last poll (0: everything pending was decided or is waiting)."""
         stop = stop or threading.Event()
         span_folders(self.config.input_base)  # a wrong input base fails before anything is written
         with pipeline_root_lock(self.config.pipeline_root, "ich watch"):

@@ -1,6 +1,7 @@
 """The watcher's parts on real files: when a span folder counts as complete, the decisions file (torn lines
 included), the pipeline root's lock between two processes and between `ich run` and `ich watch`, `ich run`'s exit
-status when a component fails, a span that breaks the schema, and which Examples the span window resolves to."""
+status when a component fails, a span that breaks the schema, a span that keeps failing, and which Examples the span
+window resolves to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
@@ -19,6 +21,7 @@ from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.data_checks import IDENTIFIERS
 from pipeline.retraining import WINDOW, SpanWindowStrategy
 from pipeline.watch import (
+    ATTEMPTS,
     DECISIONS,
     TORN_DECISIONS,
     read_decisions,
@@ -229,7 +232,7 @@ def test_a_span_that_breaks_the_schema_trains_nothing_and_is_recorded_with_its_a
     copy_span(span_source, spans / span_folder(1))
     assert store_as_a_new_scanner(spans / span_folder(1)) > 0
     beam = [f"--beam-arg={arg}" for arg in BEAM_ARGS]
-    common = ["--pipeline-root", str(root), "--set", "statistics_sample_rate=1.0", *beam]
+    common = ["--pipeline-root", str(root), *beam]
 
     assert main(["run", "--data", str(spans), *common]) == DATA_REFUSED
     error = capsys.readouterr().err
@@ -258,3 +261,37 @@ def test_a_span_that_breaks_the_schema_trains_nothing_and_is_recorded_with_its_a
     # Decided: the next poll runs nothing.
     assert main(["watch", "--input-base", str(spans), *common, "--once"]) == 0
     assert "no pending span under" in capsys.readouterr().out
+
+
+def test_a_span_that_keeps_failing_is_retried_later_then_recorded_as_failed_and_later_spans_go_on(
+        span_source, tmp_path, capsys):
+    from pipeline.cli import RUN_FAILED, main
+
+    spans, root = tmp_path / "spans", tmp_path / "root"
+    copy_span(span_source, spans / span_folder(1))
+    (spans / span_folder(1) / LABELS_CSV).write_text("Image,Value\nID_1_any,1\n")  # the ExampleGen refuses it
+    copy_span(span_source, spans / span_folder(2))
+    store_as_a_new_scanner(spans / span_folder(2))  # the DataGate refuses it
+    watch = ["watch", "--input-base", str(spans), "--pipeline-root", str(root), "--once", "--max-attempts", "2",
+             *(f"--beam-arg={arg}" for arg in BEAM_ARGS)]
+
+    assert main([*watch, "--retry-after", "3600"]) == RUN_FAILED
+    assert "span 1: run failed (RunFailed: DicomExampleGen failed" in capsys.readouterr().out
+    attempts = json.loads((root / ATTEMPTS).read_text())
+    assert list(attempts) == ["1"] and attempts["1"]["attempts"] == 1
+    assert attempts["1"]["next_try_at"] > time.time() + 3500
+    logs = sorted((root / "logs").iterdir())
+    # Within the hour the span waits, and span 2 waits behind it: nothing runs.
+    assert main([*watch, "--retry-after", "3600"]) == 0
+    assert "span 1: waiting, attempt 1 of 2 failed (RunFailed: DicomExampleGen failed" in capsys.readouterr().out
+    assert sorted((root / "logs").iterdir()) == logs and recorded_spans(root) == set()
+
+    attempts["1"]["next_try_at"] = time.time() - 1  # the hour has passed
+    (root / ATTEMPTS).write_text(json.dumps(attempts))
+    assert main(watch) == RUN_FAILED
+    out = capsys.readouterr().out
+    assert "span 1: recorded as failed, not pushed (run failed 2 times, last: RunFailed: DicomExampleGen" in out
+    decisions = {decision["span"]: decision for decision in read_decisions(root)[0]}
+    assert decisions[1]["failed"] is True and decisions[1]["blessed"] is False and decisions[1]["pushed_to"] is None
+    assert decisions[2]["reason"].startswith("data refused: ") and "failed" not in decisions[2]
+    assert json.loads((root / ATTEMPTS).read_text()) == {}
