@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 
 PREAMBLE_LENGTH = 128
@@ -35,6 +37,13 @@ DEFER_BYTES = 4096
 MAX_RESCALE_SLOPE = 16.0
 HU_RANGE = (-8192.0, 32767.0)
 MAX_PIXEL_SPACING_MM = 10.0  # a head CT pixel is about 0.5 mm
+# A CT slice is 512 pixels a side (RSNA: 408 to 768). A file that declares more is no slice, or a decompression bomb:
+# a few KB of JPEG 2000, JPEG-LS or RLE can declare 40000 x 40000 pixels, gigabytes once decoded.
+MAX_IMAGE_SIDE = 4096
+# JPEG start-of-frame markers (ITU T.81 B.1.1.3: C0-CF but C4, C8, CC; JPEG-LS: F7), each followed by its
+# length, the sample precision, then the number of lines and of samples per line.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ (ISO 15444-1 A.5.1): Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, ...
 
 
 class DicomRejected(Exception):
@@ -140,6 +149,55 @@ def _check_single_ct_image(ds: pydicom.Dataset) -> None:
         raise DicomRejected("not_ct", f"modality {modality or 'missing'}, expected CT")
 
 
+def _check_declared_size(ds: pydicom.Dataset) -> None:
+    """Before any pixel is decoded: the declared size is a CT slice's, and a compressed frame's own header declares
+    the same size (a decoder allocates what the codestream says, not what the DICOM header says)."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if not (0 < rows <= MAX_IMAGE_SIDE and 0 < columns <= MAX_IMAGE_SIDE):
+        raise DicomRejected("image_too_large" if max(rows, columns) > MAX_IMAGE_SIDE else "bad_image_size",
+                            f"{rows} x {columns} pixels declared; a CT slice has 1 to {MAX_IMAGE_SIDE} a side")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_encapsulated:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError, struct.error) as error:
+        raise DicomRejected("undecodable", f"no frame in the encapsulated pixel data ({error})") from None
+    declared = _codestream_size(frame, syntax)
+    if declared is not None and declared != (rows, columns):
+        raise DicomRejected("size_mismatch", f"the {syntax.name} codestream declares {declared[0]} x {declared[1]} "
+                                             f"pixels, the DICOM header {rows} x {columns}")
+
+
+def _codestream_size(frame: bytes, syntax: pydicom.uid.UID) -> tuple[int, int] | None:
+    """(rows, columns) that a JPEG, JPEG-LS or JPEG 2000 frame declares in its own header; None for RLE (its
+    segments decode to the DICOM header's size) and other encodings. A JPEG-family frame without the header is
+    undecodable."""
+    if syntax.keyword.startswith(("JPEG2000", "HTJ2K")):
+        at = frame.find(_J2K_SIZ)
+        if at < 0 or len(frame) < at + 24:
+            raise DicomRejected("undecodable", f"no {syntax.name} codestream header (SIZ marker) in the frame")
+        x_size, y_size, x_origin, y_origin = struct.unpack(">4I", frame[at + 8: at + 24])
+        return y_size - y_origin, x_size - x_origin
+    if not syntax.keyword.startswith("JPEG"):
+        return None
+    at = 2  # after the start-of-image marker
+    while at + 4 <= len(frame) and frame[at] == 0xFF:
+        marker = frame[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            at += 2
+        elif marker in _SOF_MARKERS:
+            if len(frame) < at + 9:
+                break
+            lines, samples = struct.unpack(">2H", frame[at + 5: at + 9])
+            return lines, samples
+        else:
+            at += 2 + int.from_bytes(frame[at + 2: at + 4], "big")
+    raise DicomRejected("undecodable", f"no {syntax.name} frame header (start-of-frame marker) before the scan")
+
+
 def _first(value) -> float | None:
     """First value of a possibly multi-valued numeric tag (RSNA: about half the window tags hold two)."""
     if value is None or value == "":
@@ -215,6 +273,7 @@ def read_slice(source: str | os.PathLike | bytes) -> CtSlice:
 def _read_slice(source: str | os.PathLike | bytes) -> CtSlice:
     ds = _open(source)
     _check_single_ct_image(ds)
+    _check_declared_size(ds)
     pixels = stored_pixels(ds)
     if pixels.ndim != 2:
         raise DicomRejected("not_grayscale", f"pixel array of shape {pixels.shape}, expected rows x columns")

@@ -3,7 +3,9 @@ tests write themselves (compressed, quirky, broken)."""
 
 from __future__ import annotations
 
-import io
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pydicom
@@ -13,12 +15,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from ich_model.dicom import DicomRejected, read_header, read_slice, stored_pixels
-
-
-def dataset_bytes(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+from tests.crafted_dicom import BOMBS, dataset_bytes
 
 
 def ct_small() -> pydicom.Dataset:
@@ -268,3 +265,54 @@ def test_a_position_that_is_not_finite_counts_as_missing():
     assert read_slice(dataset_bytes(ds)).image_position is None
     header = read_header(dataset_bytes(ds))
     assert np.isnan(header.z_position) and np.isnan(header.slice_position_mm)
+
+
+@pytest.mark.parametrize("bomb, reason, declared", [
+    ("jpeg2000", "size_mismatch", "codestream declares 40000 x 40000 pixels, the DICOM header 128 x 128"),
+    ("jpeg_ls", "size_mismatch", "codestream declares 40000 x 40000 pixels, the DICOM header 128 x 128"),
+    ("jpeg2000_header_too", "image_too_large", "40000 x 40000 pixels declared"),
+    ("rle", "image_too_large", "40000 x 40000 pixels declared"),
+])
+def test_a_decompression_bomb_is_rejected_before_anything_is_decoded(bomb, reason, declared):
+    data = BOMBS[bomb](ct_small())
+    assert len(data) < 30_000
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(data)
+    assert rejected.value.reason == reason and declared in str(rejected.value)
+
+
+def test_a_batch_with_bombs_in_it_peaks_at_the_memory_of_the_same_batch_without_them(tmp_path):
+    """Peak resident memory of a process reading six slices, then of one reading them beside the four bombs."""
+    valid, with_bombs = tmp_path / "valid", tmp_path / "with-bombs"
+    for folder in (valid, with_bombs):
+        folder.mkdir()
+        for index in range(6):
+            (folder / f"slice-{index}.dcm").write_bytes(dataset_bytes(ct_small()))
+    for name, make in BOMBS.items():
+        (with_bombs / f"bomb-{name}.dcm").write_bytes(make(ct_small()))
+    script = textwrap.dedent("""
+        import resource, sys
+        from pathlib import Path
+        from ich_model.dicom import DicomRejected, read_slice
+        reasons = []
+        for path in sorted(Path(sys.argv[1]).iterdir()):
+            try:
+                read_slice(path)
+                reasons.append("read")
+            except DicomRejected as rejected:
+                reasons.append(rejected.reason)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, ",".join(reasons))
+    """)
+
+    def peak(folder):
+        done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=True,
+                              timeout=300)
+        kilobytes, reasons = done.stdout.split()
+        return int(kilobytes), reasons.split(",")
+
+    without, read = peak(valid)
+    within, outcomes = peak(with_bombs)
+    assert read == ["read"] * 6
+    assert sorted(outcomes) == sorted(["image_too_large", "image_too_large", "size_mismatch", "size_mismatch"]
+                                      + ["read"] * 6)
+    assert within <= 1.5 * without, (within, without)

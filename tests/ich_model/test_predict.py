@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -18,6 +19,7 @@ from ich_model.constants import LABELS, SUBTYPES
 from ich_model.model.presets import build_cascade
 from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION, PROBABILITIES, SERVING_SIGNATURE, SPREAD
 from ich_model.synth import IMAGES_DIR, generate_dataset
+from tests.crafted_dicom import BOMBS
 from tests.pipeline_helpers import export_ensemble, read_split, run_example_gen, run_transform
 
 
@@ -293,3 +295,21 @@ def test_a_copy_of_a_slice_under_another_name_is_scored_once_and_reported(scored
     [skipped] = predictions.skipped  # files are read in name order: the copy comes after its original
     assert (skipped.reason, skipped.path) == ("duplicate_image", str(folder / "copy.dcm"))
     assert str(folder / files[0].name) in skipped.message
+
+
+def test_decompression_bombs_in_a_batch_are_skipped_with_their_reason_and_the_rest_is_scored(scored, tmp_path):
+    from ich_model.predict import predict
+
+    root, _, model_dir, _ = scored
+    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:3]
+    folder = tmp_path / "with-bombs"
+    folder.mkdir()
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for name, make in BOMBS.items():
+        (folder / f"bomb-{name}.dcm").write_bytes(make(pydicom.dcmread(files[0])))
+    predictions = predict([folder], model_dir, batch_size=2, progress=False)
+    assert sorted(predictions.image_ids) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in files)
+    assert sorted((Path(s.path).name, s.reason) for s in predictions.skipped) == [
+        ("bomb-jpeg2000.dcm", "size_mismatch"), ("bomb-jpeg2000_header_too.dcm", "image_too_large"),
+        ("bomb-jpeg_ls.dcm", "size_mismatch"), ("bomb-rle.dcm", "image_too_large")]
