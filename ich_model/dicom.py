@@ -7,6 +7,7 @@ institutions, physicians) ever leaves this module.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import struct
@@ -104,6 +105,9 @@ def _open(source: str | os.PathLike | bytes, defer_pixels: bool = False) -> pydi
     """Parse a Part 10 file; with `defer_pixels` the pixel data (of a path) is not read, only noted."""
     if isinstance(source, bytes | bytearray):
         raw_head, stream = bytes(source[: PREAMBLE_LENGTH + len(DICM)]), io.BytesIO(source)
+    elif printable_path(source) != os.fspath(source):
+        raise DicomRejected("bad_file_name", "the file name is not valid UTF-8 (its bytes are shown as \\xNN): "
+                                             "rename the file")
     else:
         with open(source, "rb") as f:
             raw_head = f.read(PREAMBLE_LENGTH + len(DICM))
@@ -249,18 +253,42 @@ def is_ignored(name: str) -> bool:
 
 
 def list_input_files(pattern: str):
-    """Every file under what `pattern` matches, at any depth, in a stable order (local or remote paths)."""
+    """Every file under what `pattern` matches, at any depth, in a stable order (local or remote paths). A local
+    folder reached twice (a symlink loop, or two links to one folder) is walked once."""
     import tensorflow as tf  # tf.io.gfile reads gs:// and other remote paths; reading a slice needs no TensorFlow
 
     for match in sorted(tf.io.gfile.glob(pattern)):
         if tf.io.gfile.isdir(match):
-            for folder, subfolders, files in tf.io.gfile.walk(match):
-                subfolders.sort()
-                for name in sorted(files):
-                    if not is_ignored(name):
-                        yield os.path.join(folder, name)
+            yield from _walk(match) if "://" in match else _walk_local(match)
         elif not is_ignored(os.path.basename(match)):
             yield match
+
+
+def _walk(folder: str):
+    import tensorflow as tf
+
+    for parent, subfolders, files in tf.io.gfile.walk(folder):
+        subfolders.sort()
+        yield from (os.path.join(parent, name) for name in sorted(files) if not is_ignored(name))
+
+
+def _walk_local(folder: str):
+    """os.walk, not tf.io.gfile's, which fails on a name that is not UTF-8 and follows a symlink loop ~40 deep."""
+    seen = set()
+    for parent, subfolders, files in os.walk(folder, followlinks=True):
+        status = os.stat(parent)
+        if (status.st_dev, status.st_ino) in seen:
+            subfolders.clear()
+            logging.warning("%s: a folder already listed (a symlink loop?); not listed again", printable_path(parent))
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        subfolders.sort()
+        yield from (os.path.join(parent, name) for name in sorted(files) if not is_ignored(name))
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """`path` as text that any log, CSV or JSON can hold: the bytes of a name that is not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_slice(source: str | os.PathLike | bytes) -> CtSlice:

@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ich_model.constants import LABELS
-from ich_model.dicom import DICM, PREAMBLE_LENGTH, DicomRejected, list_input_files, read_header, read_slice
+from ich_model.dicom import (
+    DICM,
+    PREAMBLE_LENGTH,
+    DicomRejected,
+    list_input_files,
+    printable_path,
+    read_header,
+    read_slice,
+)
 from ich_model.examples import place_slices, slice_to_example
 
 FORMATS = ("rsna", "wide", "json")
@@ -118,9 +126,9 @@ def _attempt(reader, path: Path, skipped: list[Skipped]):
     try:
         return reader(str(path))
     except DicomRejected as rejected:
-        skipped.append(Skipped(str(path), rejected.reason, rejected.message))
+        skipped.append(Skipped(printable_path(path), rejected.reason, rejected.message))
     except Exception as error:  # noqa: BLE001 - whatever a broken file makes a decoder raise is a skip
-        skipped.append(Skipped(str(path), "unreadable", f"{type(error).__name__}: {error}"))
+        skipped.append(Skipped(printable_path(path), "unreadable", f"{type(error).__name__}: {error}"))
     return None
 
 

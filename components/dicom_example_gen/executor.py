@@ -32,7 +32,7 @@ from tfx.utils import proto_utils
 
 from components.dicom_example_gen.tfrecord_sink import write_split_records
 from ich_model.constants import SUBTYPES
-from ich_model.dicom import DicomRejected, list_input_files, read_header, read_slice
+from ich_model.dicom import DicomRejected, list_input_files, printable_path, read_header, read_slice
 from ich_model.examples import LABEL, TRAIN_SPLIT, place_slices, positives_uri, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
 
@@ -72,7 +72,8 @@ def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def _event(kind: str, reason: str, subject: str, message: str = "") -> str:
-    return json.dumps({"kind": kind, "reason": reason, "subject": subject, "message": message}, sort_keys=True)
+    return json.dumps({"kind": kind, "reason": reason, "subject": printable_path(subject), "message": message},
+                      sort_keys=True)
 
 
 def _source(path: str) -> str | bytes:

@@ -3,6 +3,7 @@ tests write themselves (compressed, quirky, broken)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -316,3 +317,23 @@ def test_a_batch_with_bombs_in_it_peaks_at_the_memory_of_the_same_batch_without_
     assert sorted(outcomes) == sorted(["image_too_large", "image_too_large", "size_mismatch", "size_mismatch"]
                                       + ["read"] * 6)
     assert within <= 1.5 * without, (within, without)
+
+
+def test_a_name_that_is_not_utf8_is_rejected_by_name_and_a_symlink_loop_is_listed_once(tmp_path):
+    from ich_model.dicom import list_input_files, printable_path
+
+    (tmp_path / "sub").mkdir()
+    good = tmp_path / "sub" / "slice.dcm"
+    good.write_bytes(dataset_bytes(ct_small()))
+    bad = os.path.join(os.fsencode(tmp_path), b"bad-\xff\xfe.dcm")  # Latin-1 bytes, as an old share writes them
+    with open(bad, "wb") as f:
+        f.write(dataset_bytes(ct_small()))
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+
+    listed = list(list_input_files(str(tmp_path)))
+    assert sorted(map(printable_path, listed)) == sorted([f"{tmp_path}/bad-\\xff\\xfe.dcm", str(good)])
+    [name] = [path for path in listed if "bad" in printable_path(path)]
+    with pytest.raises(DicomRejected) as rejected:
+        read_slice(name)
+    assert rejected.value.reason == "bad_file_name" and "not valid UTF-8" in str(rejected.value)
+    assert np.array_equal(read_slice(str(good)).pixels, ct_small().pixel_array)

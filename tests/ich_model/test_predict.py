@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,24 @@ def test_decompression_bombs_in_a_batch_are_skipped_with_their_reason_and_the_re
     assert sorted((Path(s.path).name, s.reason) for s in predictions.skipped) == [
         ("bomb-jpeg2000.dcm", "size_mismatch"), ("bomb-jpeg2000_header_too.dcm", "image_too_large"),
         ("bomb-jpeg_ls.dcm", "size_mismatch"), ("bomb-rle.dcm", "image_too_large")]
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_by_a_printable_name_and_the_rest_is_scored(scored, tmp_path,
+                                                                                               capsys):
+    from pipeline.cli import main
+
+    root, _, model_dir, _ = scored
+    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:2]
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    with open(os.path.join(os.fsencode(folder), b"scan-\xe9.dcm"), "wb") as f:  # Latin-1 for "scan-é"
+        f.write(files[0].read_bytes())
+    out = tmp_path / "scores.csv"
+    assert main(["predict", str(folder), "--model", str(model_dir), "--format", "wide", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "scan-\\xe9.dcm" in printed.out + printed.err and "bad_file_name" in printed.out + printed.err
+    with open(out) as f:
+        assert sorted(row["image_id"] for row in csv.DictReader(f)) == sorted(
+            pydicom.dcmread(path).SOPInstanceUID for path in files)
