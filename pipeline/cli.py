@@ -326,7 +326,7 @@ def _quiet_dependencies() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.writer_lock import PipelineRootLocked
+    from pipeline.writer_lock import PipelineRootLocked, PipelineRootUnwritable
 
     if argv is None:
         _ensure_legacy_keras()
@@ -335,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError, FileNotFoundError, LookupError, PipelineRootLocked) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, LookupError, PipelineRootLocked,
+            PipelineRootUnwritable) as error:
         parser.exit(REFUSED, f"ich {args.command}: error: {error}\n")
+    except OSError as error:  # after the work began: a full disk, a file system gone read-only
+        parser.exit(RUN_FAILED, f"ich {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

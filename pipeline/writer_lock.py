@@ -17,14 +17,23 @@ class PipelineRootLocked(RuntimeError):
     """Another process writes to the pipeline root."""
 
 
+class PipelineRootUnwritable(RuntimeError):
+    """The pipeline root cannot be made or written (a file in its path, a read-only or full file system)."""
+
+
 @contextlib.contextmanager
 def pipeline_root_lock(pipeline_root: str | os.PathLike, holder: str) -> Iterator[Path]:
     """Exclusive while `holder` (e.g. "ich watch") writes to the pipeline root; a second writer gets
     PipelineRootLocked naming the first one's command and pid."""
     root = Path(pipeline_root)
-    root.mkdir(parents=True, exist_ok=True)
     path = root / WRITER_LOCK
-    with open(path, "a+") as f:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock_file = open(path, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as error:
+        raise PipelineRootUnwritable(f"cannot write to the pipeline root {root}: {error.strerror} "
+                                     f"({error.filename})") from None
+    with lock_file as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

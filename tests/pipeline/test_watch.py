@@ -295,3 +295,33 @@ def test_a_span_that_keeps_failing_is_retried_later_then_recorded_as_failed_and_
     assert decisions[1]["failed"] is True and decisions[1]["blessed"] is False and decisions[1]["pushed_to"] is None
     assert decisions[2]["reason"].startswith("data refused: ") and "failed" not in decisions[2]
     assert json.loads((root / ATTEMPTS).read_text()) == {}
+
+
+def test_an_unwritable_pipeline_root_is_refused_and_a_full_disk_ends_the_run_with_its_error(span_source, tmp_path,
+                                                                                             capsys):
+    from pipeline.cli import REFUSED, RUN_FAILED, main
+
+    data = tmp_path / "data"
+    copy_span(span_source, data)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--data", str(data), "--pipeline-root", str(tmp_path / "a-file" / "root")])
+    assert exit_info.value.code == REFUSED
+    assert "cannot write to the pipeline root" in capsys.readouterr().err
+
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small tmpfs, and mount failed here: {mounted.stderr.strip()}")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "--data", str(data), "--pipeline-root", str(full / "root"),
+             *(f"--beam-arg={arg}" for arg in BEAM_ARGS)], capture_output=True, text=True, timeout=600)
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert done.returncode == RUN_FAILED, done.stderr
+    error = done.stderr.lower()
+    assert "ich run: the run failed:" in done.stderr and ("disk is full" in error or "no space left" in error)
+    assert "Traceback" not in done.stderr, done.stderr
