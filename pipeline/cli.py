@@ -16,6 +16,10 @@ import sys
 import warnings
 
 NOT_BLESSED, REFUSED, RUN_FAILED, DATA_REFUSED = 1, 2, 3, 4
+# TFMA divides by zero for precision and recall at thresholds that no example reaches (numpy warns, in every Beam
+# worker); the summary reports undefined figures itself.
+TFMA_DIVISIONS = ("tensorflow_model_analysis.metrics.confusion_matrix_metrics",
+                  "tensorflow_model_analysis.metrics.binary_confusion_matrices")
 
 
 def _ensure_legacy_keras() -> None:
@@ -318,11 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_dependencies() -> None:
     """Keep the console for the pipeline's own output, in this process and in Beam's worker processes: no
-    TensorFlow C++ log lines (errors reach Python as exceptions) and no dependencies' Python-version
-    FutureWarnings."""
+    TensorFlow C++ log lines (errors reach Python as exceptions), no dependencies' Python-version FutureWarnings
+    and no TFMA division warnings."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    os.environ.setdefault("PYTHONWARNINGS", ",".join(["ignore::FutureWarning", *(
+        f"ignore::RuntimeWarning:{module}" for module in TFMA_DIVISIONS)]))
     warnings.filterwarnings("ignore", category=FutureWarning)
+    for module in TFMA_DIVISIONS:
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module=module)
 
 
 def main(argv: list[str] | None = None) -> int:

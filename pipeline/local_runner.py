@@ -102,6 +102,14 @@ def ensure_demo_data(config: PipelineConfig, echo=print) -> None:
     echo(f"wrote {summary.slices} slices of {summary.studies} studies and {base / LABELS_CSV}", flush=True)
 
 
+class _RunLog(logging.FileHandler):
+    """The run's log file. A record it cannot write (a full disk) is dropped without logging's traceback on the
+    console: the write that fails next in the run ends it with the error named."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
 @contextlib.contextmanager
 def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
     """During the run the root logger writes to a log file and feeds the progress lines, nothing else: absl's
@@ -109,7 +117,7 @@ def _logs_to_file(pipeline_root: str, progress: ComponentProgress):
     log_dir = Path(pipeline_root) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
-    file_handler = logging.FileHandler(path)
+    file_handler = _RunLog(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
