@@ -9,9 +9,8 @@ whose run fails has no line yet and is tried again after a wait that doubles wit
 kept in `<pipeline root>/attempts.json`, so a restart or `--once` under cron counts on); after `max_attempts`
 failed runs it is recorded as failed with its last error, and later spans go on. Until then later spans wait for
 it, and for an incomplete earlier span, so that each run's span window and baseline are those of the spans before
-it. The watcher holds the
-pipeline root's writer lock (pipeline/writer_lock.py) while it lives, so that no second watcher
-and no `ich run` writes beside it.
+it. The watcher holds the pipeline root's writer lock (pipeline/writer_lock.py) while it lives, so that no second
+watcher and no `ich run` writes beside it.
 
 A decision line that a crash tore (cut short, or not JSON) is not a decision: when the watcher starts, such lines
 are moved to `decisions.jsonl.torn` with a warning. A span without a decision whose run had finished (the newest
@@ -126,9 +125,7 @@ def repair_decisions(pipeline_root: str | os.PathLike, echo=print) -> list[str]:
     root = Path(pipeline_root)
     with open(root / TORN_DECISIONS, "a") as f:
         f.writelines(line + "\n" for line in torn)
-    temporary = root / f"{DECISIONS}.tmp"
-    temporary.write_text("".join(json.dumps(decision, sort_keys=True) + "\n" for decision in decisions))
-    os.replace(temporary, root / DECISIONS)
+    _write_atomically(root / DECISIONS, "".join(json.dumps(decision, sort_keys=True) + "\n" for decision in decisions))
     echo(f"warning: {len(torn)} line(s) of {root / DECISIONS} were not whole decisions (a crash while one was "
          f"written?); moved to {root / TORN_DECISIONS}; their spans are decided again", flush=True)
     return torn
@@ -151,11 +148,15 @@ def read_attempts(pipeline_root: str | os.PathLike) -> dict[int, dict]:
 
 
 def _write_attempts(pipeline_root: str | os.PathLike, attempts: dict[int, dict]) -> None:
-    """Atomically: a crash leaves the old file or the new one."""
-    path = Path(pipeline_root) / ATTEMPTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({str(span): entry for span, entry in sorted(attempts.items())}, indent=1) + "\n")
+    Path(pipeline_root).mkdir(parents=True, exist_ok=True)
+    _write_atomically(Path(pipeline_root) / ATTEMPTS,
+                      json.dumps({str(span): entry for span, entry in sorted(attempts.items())}, indent=1) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A crash leaves the old file or the new one, never a part of either."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
     os.replace(temporary, path)
 
 

@@ -281,15 +281,21 @@ def test_bad_arguments_existing_outputs_and_unscorable_input_are_refused(scored,
     assert not (tmp_path / "none.csv").exists() and not (tmp_path / "none_studies.csv").exists()
 
 
+def copy_slices(root, folder, count: int) -> list:
+    """The first `count` readable slices of the scored set, copied into a new `folder`; their paths there."""
+    folder.mkdir()
+    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:count]
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return [folder / path.name for path in files]
+
+
 def test_a_copy_of_a_slice_under_another_name_is_scored_once_and_reported(scored, tmp_path):
     from ich_model.predict import predict
 
     root, _, model_dir, _ = scored
-    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:3]
     folder = tmp_path / "with-copy"
-    folder.mkdir()
-    for path in files:
-        (folder / path.name).write_bytes(path.read_bytes())
+    files = copy_slices(root, folder, 3)
     (folder / "copy.dcm").write_bytes(files[0].read_bytes())
     predictions = predict([folder], model_dir, progress=False)
     assert sorted(predictions.image_ids) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in files)
@@ -302,11 +308,8 @@ def test_decompression_bombs_in_a_batch_are_skipped_with_their_reason_and_the_re
     from ich_model.predict import predict
 
     root, _, model_dir, _ = scored
-    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:3]
     folder = tmp_path / "with-bombs"
-    folder.mkdir()
-    for path in files:
-        (folder / path.name).write_bytes(path.read_bytes())
+    files = copy_slices(root, folder, 3)
     for name, make in BOMBS.items():
         (folder / f"bomb-{name}.dcm").write_bytes(make(pydicom.dcmread(files[0])))
     predictions = predict([folder], model_dir, batch_size=2, progress=False)
@@ -321,11 +324,8 @@ def test_a_file_name_that_is_not_utf8_is_skipped_by_a_printable_name_and_the_res
     from pipeline.cli import main
 
     root, _, model_dir, _ = scored
-    files = sorted(p for p in (root / "rsna" / IMAGES_DIR).glob("*.dcm") if "broken" not in p.name)[:2]
     folder = tmp_path / "names"
-    folder.mkdir()
-    for path in files:
-        (folder / path.name).write_bytes(path.read_bytes())
+    files = copy_slices(root, folder, 2)
     with open(os.path.join(os.fsencode(folder), b"scan-\xe9.dcm"), "wb") as f:  # Latin-1 for "scan-é"
         f.write(files[0].read_bytes())
     out = tmp_path / "scores.csv"
