@@ -6,7 +6,6 @@ little-endian int16 bytes) with the rescale tags; the Hounsfield conversion belo
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterable
@@ -95,13 +94,6 @@ def place_slices(headers: Iterable[SliceHeader]) -> dict[str, SlicePlacement]:
     return {h.image_id: SlicePlacement(i, len(ordered)) for i, h in enumerate(ordered)}
 
 
-def pseudonym(identifier: str, salt: str | None) -> str:
-    """The identifier itself, or with a salt its salted SHA-256 (first 16 hex digits) for privacy."""
-    if not salt:
-        return identifier
-    return hashlib.sha256(f"{salt}\x00{identifier}".encode()).hexdigest()[:16]
-
-
 def _bytes(value: str | bytes) -> tf.train.Feature:
     data = value.encode() if isinstance(value, str) else value
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
@@ -115,14 +107,15 @@ def _float(value: float) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
 
 
-def slice_to_example(ct: CtSlice, placement: SlicePlacement, label: np.ndarray | None = None, span: int = 0,
-                     id_salt: str | None = None) -> tf.train.Example:
-    """The raw tf.Example of a slice; `label` (six 0/1 values, project order) is omitted for serving."""
+def slice_to_example(ct: CtSlice, placement: SlicePlacement, label: np.ndarray | None = None,
+                     span: int = 0) -> tf.train.Example:
+    """The raw tf.Example of a slice; `label` (six 0/1 values, project order) is omitted for serving. IDs are as
+    the file holds them: the ExampleGen pseudonymises them after splitting (ich_model.pseudonyms)."""
     features = {
         IMAGE_ID: _bytes(ct.image_id),
-        PATIENT_ID: _bytes(pseudonym(ct.patient_id, id_salt)),
-        STUDY_UID: _bytes(pseudonym(ct.study_uid, id_salt)),
-        SERIES_UID: _bytes(pseudonym(ct.series_uid, id_salt)),
+        PATIENT_ID: _bytes(ct.patient_id),
+        STUDY_UID: _bytes(ct.study_uid),
+        SERIES_UID: _bytes(ct.series_uid),
         PIXELS: _bytes(np.ascontiguousarray(ct.pixels, dtype=PIXEL_DTYPE).tobytes()),
         HEIGHT: _ints(ct.height),
         WIDTH: _ints(ct.width),

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ich_model.constants import BATCH_SIZE, LABELS
+from ich_model.pseudonyms import SALT_FILE
 from ich_model.settings import ContextSettings, TrainerSettings
 
 PIPELINE_NAME = "ich"
@@ -69,7 +70,11 @@ class PipelineConfig:
     span_window: int = 0
     train_share: float = 0.8
     max_reject_share: float = 0.05
+    # Patient, study and series IDs are stored as salted pseudonyms (ich_model.pseudonyms). The salt lives in a
+    # file (default <pipeline_root>/id_salt, made on the first run); `id_salt_file` names another one to share
+    # pseudonyms across roots, `id_salt` sets the salt of a root's new file. Neither salt reaches last_run.json.
     id_salt: str = ""
+    id_salt_file: str = ""
     # Share of Examples that StatisticsGen reads (at random): all of the demo's; the GPU presets read a sample of
     # their large spans. The committed schema says what a span must hold, whatever the sample.
     statistics_sample_rate: float = 1.0
@@ -111,6 +116,10 @@ class PipelineConfig:
     @property
     def serving_path(self) -> str:
         return self.serving_dir or os.path.join(self.pipeline_root, "serving")
+
+    @property
+    def id_salt_path(self) -> str:
+        return self.id_salt_file or os.path.join(self.pipeline_root, SALT_FILE)
 
     @property
     def metadata_path(self) -> str:

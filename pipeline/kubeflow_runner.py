@@ -43,6 +43,11 @@ def compile_pipeline(config: PipelineConfig, image: str = CONTAINER_IMAGE, outpu
         raise ValueError(
             f"span_window={config.span_window}: a Kubeflow Pipelines v2 spec trains on its run's span only "
             "(its resolvers return one artifact, and TFX compiles no span-range resolver); set span_window=1")
+    if config.id_salt:
+        raise ValueError(
+            "id_salt is not compiled into a spec (the spec and the cluster's metadata store would hold it): put the "
+            "salt in a file the pipeline can read and set id_salt_file to it, or leave both unset to have one made "
+            "under the pipeline root")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

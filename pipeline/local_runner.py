@@ -18,6 +18,7 @@ import absl.logging
 from tfx import v1 as tfx
 
 from components.data_gate.executor import DataRefused
+from ich_model.pseudonyms import root_salt
 from ich_model.synth import LABELS_CSV, generate_dataset
 from pipeline.configs import PipelineConfig
 from pipeline.pipeline import create_pipeline
@@ -146,6 +147,7 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
     root's lock (pipeline.writer_lock)."""
     ensure_demo_data(config, echo)
     Path(config.pipeline_root).mkdir(parents=True, exist_ok=True)
+    root_salt(config.id_salt_path, config.id_salt)  # an explicit salt reaches the ExampleGen in its file only
     pipeline = create_pipeline(
         config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
     progress = ComponentProgress(len(pipeline.components), echo)
@@ -165,7 +167,7 @@ def run_local(config: PipelineConfig, echo=print) -> dict:
         node, error = next(iter(progress.unresolved.items()))
         raise RuntimeError(f"the pipeline did not finish: {node} was skipped ({error}); the full log is {log_path}")
     summary = run_summary(config.metadata_path, config.pipeline_name)
-    summary["config"] = dataclasses.asdict(config)
+    summary["config"] = {**dataclasses.asdict(config), "id_salt": "(set)" if config.id_salt else ""}
     summary["wall_time_s"] = round(time.monotonic() - started, 1)
     summary["component_seconds"] = progress.seconds  # in the order the components finished
     out = Path(config.pipeline_root) / LAST_RUN

@@ -42,7 +42,7 @@ def create_components(config: PipelineConfig) -> list:
         start_span_number=config.span, end_span_number=config.span)) if config.span else None
     example_gen = DicomExampleGen(
         config.input_base, input_pattern=config.input_pattern or None, train_share=config.train_share,
-        max_reject_share=config.max_reject_share, id_salt=config.id_salt or None, range_config=this_span)
+        max_reject_share=config.max_reject_share, id_salt_file=config.id_salt_path, range_config=this_span)
     resolvers = []
     if config.span_window == 1:
         training_examples = example_gen.outputs["examples"]

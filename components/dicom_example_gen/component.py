@@ -10,7 +10,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 
 from components.dicom_example_gen.executor import (
     DEFAULT_MAX_REJECT_SHARE,
-    ID_SALT,
+    ID_SALT_FILE,
     MAX_REJECT_SHARE,
     Executor,
 )
@@ -49,18 +49,20 @@ class DicomExampleGen(FileBasedExampleGen):
     Input base: the RSNA layout itself (`stage_2_train/` + `stage_2_train.csv`) or span folders
     (`span-{SPAN}/...`, each with its DICOM files and CSV). Output: `train` and `eval` split by patient; each
     subtype's train positives in `Positives-train/<subtype>/` for the balanced sampler; an ingestion report
-    (`ingestion_report.json`) beside the splits, with its counts as artifact properties.
+    (`ingestion_report.json`) beside the splits, with its counts as artifact properties. With `id_salt_file`,
+    patient, study and series IDs are stored as pseudonyms salted with that file's salt (made there on first
+    use; ich_model.pseudonyms); the pipeline always gives one.
     """
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: str, input_pattern: str | None = None, train_share: float = 0.8,
-                 max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, id_salt: str | None = None,
+                 max_reject_share: float = DEFAULT_MAX_REJECT_SHARE, id_salt_file: str | None = None,
                  range_config: range_config_pb2.RangeConfig | None = None):
         if not 0.0 <= max_reject_share <= 1.0:
             raise ValueError(f"max_reject_share must be between 0 and 1, got {max_reject_share}")
         values = struct_pb2.Struct()
-        values.update({MAX_REJECT_SHARE: max_reject_share, **({ID_SALT: id_salt} if id_salt else {})})
+        values.update({MAX_REJECT_SHARE: max_reject_share, **({ID_SALT_FILE: id_salt_file} if id_salt_file else {})})
         custom_config = example_gen_pb2.CustomConfig()
         custom_config.custom_config.Pack(values)
         pattern = input_pattern or default_input_pattern(input_base)

@@ -35,6 +35,7 @@ from ich_model.constants import SUBTYPES
 from ich_model.dicom import DicomRejected, list_input_files, printable_path, read_header, read_slice
 from ich_model.examples import LABEL, TRAIN_SPLIT, place_slices, positives_uri, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
+from ich_model.pseudonyms import pseudonymised, root_salt
 
 REPORT_FILE = "ingestion_report.json"
 EVENTS_DIR = "ingestion_events"
@@ -42,7 +43,7 @@ WRITE_TEMP_DIR = "write_temp"
 DEFAULT_MAX_REJECT_SHARE = 0.05
 # Keys of the component's custom config (a protobuf Struct in example_gen_pb2.CustomConfig).
 MAX_REJECT_SHARE = "max_reject_share"
-ID_SALT = "id_salt"
+ID_SALT_FILE = "id_salt_file"  # the path of the salt file, never the salt (ich_model.pseudonyms)
 _EVENTS_KEY = "_ingestion_events_dir"
 
 # Event kinds written by the Beam graph.
@@ -141,9 +142,8 @@ def _place_study(item):
 class _BuildExample(beam.DoFn):
     """Join of one image ID: its file(s) and label vector -> an Example, or the events that explain why not."""
 
-    def __init__(self, span: int, id_salt: str | None):
+    def __init__(self, span: int):
         self._span = span
-        self._id_salt = id_salt
 
     def process(self, item):
         image_id, joined = item
@@ -173,13 +173,12 @@ class _BuildExample(beam.DoFn):
             return
         for warning in ct.warnings:
             yield beam.pvalue.TaggedOutput(WARNING, _event(WARNING, warning, path))
-        yield slice_to_example(ct, placement, vector, self._span, self._id_salt)
+        yield slice_to_example(ct, placement, vector, self._span)
 
 
 @beam.ptransform_fn
 def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
     """PTransform: the files under `input_base/split_pattern` -> tf.Examples (see the module docstring)."""
-    config = custom_config_values(exec_properties)
     events_dir = exec_properties.get(_EVENTS_KEY)
     pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
     span = int(exec_properties.get("span") or 0)
@@ -203,7 +202,7 @@ def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], s
 
     built = ({"slice": placed, "label": labels.labels}
              | "JoinByImage" >> beam.CoGroupByKey()
-             | "BuildExamples" >> beam.ParDo(_BuildExample(span, config.get(ID_SALT)))
+             | "BuildExamples" >> beam.ParDo(_BuildExample(span))
              .with_outputs(REJECTED, WARNING, MISSING_FILE, main="examples"))
 
     if events_dir:
@@ -284,8 +283,17 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         examples.split_names = artifact_utils.encode_split_names(
             utils.generate_output_split_names(input_config, output_config))
         events_dir = os.path.join(examples.uri, EVENTS_DIR)
+        salt_file = custom_config_values(exec_properties).get(ID_SALT_FILE)
+        salt = root_salt(salt_file) if salt_file else None
+        if salt_file:
+            logging.info("DicomExampleGen: patient, study and series IDs pseudonymised with the salt in %s", salt_file)
         with self._make_beam_pipeline() as pipeline:
             splits = self.GenerateExamplesByBeam(pipeline, {**exec_properties, _EVENTS_KEY: events_dir})
+            if salt:
+                # After the split, which hashes the patient ID as the file holds it: a patient's split does not
+                # depend on the salt, so roots with different salts split a set alike.
+                splits = {name: split | f"Pseudonymise[{name}]" >> beam.Map(pseudonymised, salt)
+                          for name, split in splits.items()}
             for name, split in splits.items():
                 _ = split | f"WriteSplit[{name}]" >> write_split_records(
                     artifact_utils.get_split_uri(artifacts, name),

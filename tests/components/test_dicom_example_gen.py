@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
+import hashlib
 import json
 import math
 import os
 import shutil
+import stat
 from collections import defaultdict
 from pathlib import Path
 
@@ -278,17 +280,33 @@ def test_no_identifying_tag_reaches_the_outputs(ingested):
                 assert value not in data, (path, value)
 
 
-def test_salted_ids_hide_patient_and_study_ids(input_base, tmp_path):
+def test_ids_are_pseudonymised_with_the_salt_file_and_the_split_does_not_change(ingested, input_base, tmp_path):
+    salt_file = tmp_path / "root" / "id_salt"
+    component = DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt_file=str(salt_file))
     out = tmp_path / "salted"
-    run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25, id_salt="site-secret", train_share=0.5),
-                    out)
+    run_example_gen(component, out)
+    assert stat.S_IMODE(salt_file.stat().st_mode) == 0o600
+    salt = salt_file.read_text().strip()
+    assert len(salt) == 64
     reference = dicom_files(input_base)
-    raw_ids = {ds.PatientID for ds in reference.values()} | {ds.StudyInstanceUID for ds in reference.values()}
-    examples = read_split(out, "train") + read_split(out, "eval")
-    seen = {feature(e, "patient_id").decode() for e in examples} | {feature(e, "study_uid").decode()
-                                                                     for e in examples}
-    assert seen and not seen & raw_ids
-    assert all(len(value) == 16 and int(value, 16) >= 0 for value in seen)
+    plain, _ = ingested
+    for split in ("train", "eval"):
+        examples = read_split(out, split)
+        # The split hashes the patient ID as the file holds it, before the pseudonyms replace it.
+        assert sorted(feature(e, "image_id") for e in examples) == sorted(
+            feature(e, "image_id") for e in read_split(plain, split)), split
+        for e in examples:
+            ds = reference[feature(e, "image_id").decode()]
+            for name, raw in (("patient_id", ds.PatientID), ("study_uid", ds.StudyInstanceUID),
+                              ("series_uid", ds.SeriesInstanceUID)):
+                expected = hashlib.sha256(f"{salt}\x00{raw}".encode()).hexdigest()[:16]
+                assert feature(e, name).decode() == expected, name
+    # The salt is in its file only: not in the execution properties (the metadata store) nor beside the Examples.
+    assert salt not in json.dumps({key: str(value) for key, value in component.exec_properties.items()})
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            assert salt.encode() not in data, path
 
 
 def test_a_folder_of_garbage_fails_with_a_clear_message(tmp_path):
