@@ -31,7 +31,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components.dicom_example_gen.tfrecord_sink import write_split_records
-from ich_model.constants import SUBTYPES
+from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
 from ich_model.dicom import DicomRejected, list_input_files, printable_path, read_header, read_slice
 from ich_model.examples import LABEL, TRAIN_SPLIT, place_slices, positives_uri, slice_to_example
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
@@ -53,6 +53,7 @@ MISSING_FILE = "missing_file"  # a labelled image whose file is not in the input
 LABEL_PROBLEM = "label_problem"  # a malformed CSV row, or an image whose labels conflict or are incomplete
 INPUT_FILES = "input_files"
 INGESTED = "ingested"
+LABEL_COUNTS = "label_counts"  # per split: Examples and positives of each label (the DataGate's prevalence)
 
 
 def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +221,32 @@ def dicom_to_example(pipeline: beam.Pipeline, exec_properties: dict[str, Any], s
     return built.examples
 
 
+class _SumLabels(beam.CombineFn):
+    """Examples and positives per label of a split, summed without holding an Example."""
+
+    def create_accumulator(self):
+        return [0] * (1 + NUM_LABELS)
+
+    def add_input(self, counts, example):
+        counts[0] += 1
+        for index, value in enumerate(example.features.feature[LABEL].int64_list.value):
+            counts[1 + index] += int(value)
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        return [sum(values) for values in zip(*accumulators, strict=True)]
+
+    def extract_output(self, counts):
+        return counts
+
+
+def _label_counts_event(split: str):
+    def event(counts) -> str:
+        positives = dict(zip(LABELS, counts[1:], strict=True))
+        return _event(LABEL_COUNTS, split, "", json.dumps({"examples": counts[0], **positives}))
+    return event
+
+
 def _positive_for(subtype_index: int):
     """Filter: the Example (proto or serialized) is labelled positive for the subtype."""
     def positive(example) -> bool:
@@ -234,9 +261,12 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
     """The ingestion report: counts by reason and every rejected file, missing file and label problem."""
     report: dict[str, Any] = {"input_files": 0, "ingested": 0, "rejected": {}, "warnings": {},
                               "missing_files": 0, "label_problems": {}, "rejected_files": [],
-                              "missing_file_ids": [], "label_problem_details": []}
+                              "missing_file_ids": [], "label_problem_details": [], LABEL_COUNTS: {}}
     rejected, warnings, problems = Counter(), Counter(), Counter()
-    for path in sorted(tf.io.gfile.glob(os.path.join(events_dir, "events*.jsonl"))):
+    # Each sink its own file prefix: a Beam text sink deletes the files that match its prefix before it writes.
+    paths = [path for prefix in ("events", LABEL_COUNTS)
+             for path in sorted(tf.io.gfile.glob(os.path.join(events_dir, f"{prefix}*.jsonl")))]
+    for path in paths:
         with tf.io.gfile.GFile(path) as f:
             for line in f:
                 event = json.loads(line)
@@ -254,6 +284,8 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
                 elif kind == LABEL_PROBLEM:
                     problems[event["reason"]] += 1
                     report["label_problem_details"].append(event["message"])
+                elif kind == LABEL_COUNTS:
+                    report[LABEL_COUNTS][event["reason"]] = json.loads(event["message"])
     report["rejected"] = dict(sorted(rejected.items()))
     report["warnings"] = dict(sorted(warnings.items()))
     report["label_problems"] = dict(sorted(problems.items()))
@@ -300,6 +332,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                     os.path.join(examples.uri, WRITE_TEMP_DIR, name))
             if TRAIN_SPLIT in splits:
                 self._write_positives(splits[TRAIN_SPLIT], examples.uri)
+            for name, split in splits.items():
+                _ = (split
+                     | f"LabelCounts[{name}]" >> beam.CombineGlobally(_SumLabels())
+                     | f"LabelCountsEvent[{name}]" >> beam.Map(_label_counts_event(name))
+                     | f"WriteLabelCounts[{name}]" >> beam.io.WriteToText(
+                         os.path.join(events_dir, f"{LABEL_COUNTS}-{name}"), file_name_suffix=".jsonl"))
         tf.io.gfile.rmtree(os.path.join(examples.uri, WRITE_TEMP_DIR))  # emptied by the writers' final moves
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")

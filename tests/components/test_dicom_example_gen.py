@@ -267,6 +267,15 @@ def test_the_trainer_falls_back_to_filtering_without_positive_folders_and_refuse
     assert "no positive folders" in caplog.text
 
 
+def test_the_report_counts_each_split_s_examples_and_positives_per_label(ingested):
+    out, _ = ingested
+    report = json.loads((out / REPORT_FILE).read_text())
+    for split in ("train", "eval"):
+        labels = np.array([e.features.feature["label"].int64_list.value for e in read_split(out, split)])
+        assert report["label_counts"][split] == {"examples": len(labels),
+                                                 **{name: int(labels[:, i].sum()) for i, name in enumerate(LABELS)}}
+
+
 def test_no_identifying_tag_reaches_the_outputs(ingested):
     out, _ = ingested
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

@@ -14,15 +14,18 @@ sklearn. (Two spans, not more: each run of the pipeline costs minutes of the sui
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
@@ -62,12 +65,40 @@ ANY_AUC_FLOOR = 0.6
 RUN_TIMEOUT_S = 2700
 
 
-def write_span(base: Path, span: int, patients: int, seed: int, missing: int = 0, labels=None) -> list[Path]:
+# What a hospital's files carry and no output may: written into every slice of both spans (the synthetic set has
+# none of them), with a hospital-style PatientID per patient.
+IDENTIFYING_TAGS = {"PatientName": "Quillfeather^Ottoline^Maud", "PatientBirthDate": "19580314",
+                    "AccessionNumber": "ACC2026120377", "InstitutionName": "Saint Aldric Memorial Hospital",
+                    "ReferringPhysicianName": "Vandermeulen^Hester", "PerformingPhysicianName": "Okonkwo^Tobias",
+                    "NameOfPhysiciansReadingStudy": "Brightwater^Imogen"}
+MEDICAL_RECORD_NUMBER = "MRN-{:08d}"
+
+
+def add_identifying_tags(images: Path, first_number: int) -> dict[str, set[str]]:
+    """Writes IDENTIFYING_TAGS into every slice and replaces each patient's ID by a medical record number;
+    returns the values that no output may hold: the tags', the record numbers, and the study and series UIDs."""
+    numbers: dict[str, str] = {}
+    found = {"tags": set(IDENTIFYING_TAGS.values()), "patient_ids": set(), "uids": set()}
+    for path in sorted(images.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = numbers.setdefault(ds.PatientID, MEDICAL_RECORD_NUMBER.format(first_number + len(numbers)))
+        for keyword, value in IDENTIFYING_TAGS.items():
+            setattr(ds, keyword, value)
+        found["patient_ids"].add(ds.PatientID)
+        found["uids"] |= {ds.StudyInstanceUID, ds.SeriesInstanceUID}
+        ds.save_as(path)
+    return found
+
+
+def write_span(base: Path, span: int, patients: int, seed: int, identifiers: dict, missing: int = 0,
+               labels=None) -> list[Path]:
     """A span folder as a transfer leaves it: the CSV (its text passed through `labels`), then every image but
-    the last `missing` (returned)."""
+    the last `missing` (returned). Every slice carries identifying tags, added to `identifiers`."""
     staging = base.parent / f"staging-{span}"
     generate_dataset(staging, patients=patients, slices_per_study=6, seed=seed, size=96, positive_fraction=0.5,
                      subtype_mix="balanced", progress=False)
+    for kind, values in add_identifying_tags(staging / IMAGES_DIR, first_number=40417263 + 1000 * span).items():
+        identifiers.setdefault(kind, set()).update(values)
     folder = base / span_folder(span)
     (folder / IMAGES_DIR).mkdir(parents=True)
     (folder / LABELS_CSV).write_text((labels or str)((staging / LABELS_CSV).read_text()))
@@ -147,14 +178,15 @@ def spans(tmp_path_factory):
         "max_weighted_log_loss": "10", "auc_regression_tolerance": "1", "log_loss_regression_tolerance": "10",
         # A span's eval split holds a handful of studies: their AUC is not a gate here.
         "study_auc_floor": "0", "context.train_steps": "60"})
-    write_span(base, 1, patients=30, seed=31)
+    identifiers: dict[str, set[str]] = {}
+    write_span(base, 1, patients=30, seed=31, identifiers=identifiers)
     good_csv = {}
 
     def keep(text: str) -> str:
         good_csv["text"] = text
         return text
 
-    still_copying = write_span(base, 2, patients=30, seed=32, missing=2, labels=keep)
+    still_copying = write_span(base, 2, patients=30, seed=32, missing=2, labels=keep, identifiers=identifiers)
     labels_csv = base / span_folder(2) / LABELS_CSV
 
     console, stop = Console(), threading.Event()
@@ -171,7 +203,7 @@ def spans(tmp_path_factory):
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    state = {"config": config, "console": console}
+    state = {"config": config, "console": console, "identifiers": identifiers}
     try:
         console.wait_for(lambda: 1 in recorded_spans(config.pipeline_root), "span 1's decision")
         state["after_span_1"] = json.loads((Path(config.pipeline_root) / LAST_RUN).read_text())
@@ -391,14 +423,21 @@ class PageReader(HTMLParser):
             self.row[-1] += data.strip()
 
 
-def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figures(spans, tmp_path):
-    from PIL import Image
-
+@pytest.fixture(scope="module")
+def report(spans, tmp_path_factory) -> Path:
+    """`ich report` on the pipeline root, as a user runs it after the watcher's two spans."""
     from pipeline.cli import main
 
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", spans["config"].pipeline_root, "--out", str(out)]) == 0
+    return out
+
+
+def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figures(spans, report):
+    from PIL import Image
+
     config, span_2 = spans["config"], spans["decisions"][2]
-    out = tmp_path / "report"
-    assert main(["report", config.pipeline_root, "--out", str(out)]) == 0
+    out = report
     page = PageReader()
     page.feed((out / "index.html").read_text())
     assert list(page.sections) == ["decision", "models", "studies", "curves", "calibration", "confusion", "slices",
@@ -445,3 +484,44 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     span_2_files = [p for p in (Path(config.input_base) / span_folder(2) / IMAGES_DIR).iterdir()]
     assert ingestion["span"] == "2" and int(ingestion["files found"]) == len(span_2_files)
     assert int(ingestion["slices ingested"]) == len(span_2_files)
+
+
+def _holds(data: bytes, value: str) -> bool:
+    """`value` in `data`; a value of digits only where no digit or point touches it (a float's digits are not a
+    birth date)."""
+    if value.isdigit():
+        return re.search(rb"(?<![0-9.])" + value.encode() + rb"(?![0-9])", data) is not None
+    return value.encode() in data
+
+
+def test_no_identifier_or_salt_is_in_anything_a_run_leaves(spans, report, tmp_path):
+    """Everything under the pipeline root (artifacts, statistics, schema, the metadata store, logs, last_run.json,
+    decisions), the report with its pictures, and `ich predict --explain`'s outputs on the slices themselves."""
+    from pipeline.cli import main
+
+    config, identifiers = spans["config"], spans["identifiers"]
+    images = sorted((Path(config.input_base) / span_folder(1) / IMAGES_DIR).iterdir())[:2]
+    assert pydicom.dcmread(images[0]).PatientName == IDENTIFYING_TAGS["PatientName"]  # what the test relies on
+    predicted = tmp_path / "predicted"
+    assert main(["predict", *map(str, images), "--model", config.serving_path, "--format", "wide",
+                 "--out", str(predicted / "slices.csv"), "--explain", str(predicted / "explained"),
+                 "--explain-threshold", "1e-9"]) == 0
+    assert len(list((predicted / "explained").glob("*.png"))) == 2 * 5  # every subtype of both slices
+    salt_file = Path(config.id_salt_path)
+    salt = salt_file.read_text().strip()
+    searched = 0
+    # The predictions name each slice's study, as the files do: the user joins them back by it.
+    for folder, values in ((Path(config.pipeline_root), identifiers["tags"] | identifiers["patient_ids"]
+                            | identifiers["uids"] | {salt}),
+                           (report, identifiers["tags"] | identifiers["patient_ids"] | identifiers["uids"] | {salt}),
+                           (predicted, identifiers["tags"] | identifiers["patient_ids"] | {salt})):
+        for path in folder.rglob("*"):
+            if not path.is_file() or path == salt_file:
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            searched += 1
+            leaked = sorted(value for value in values if _holds(data, value))
+            assert not leaked, (path, leaked)
+    assert searched > 200
