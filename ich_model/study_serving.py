@@ -116,7 +116,7 @@ class StudyScoringModule(tf.Module):
         mask = batch(tf.ones([count], tf.bool))
         steps = positions[:, 1:] - positions[:, :-1]
         steps = tf.where(tf.math.is_nan(steps) | ~mask[:, 1:], 0.0, steps)
-        zeros = tf.zeros_like(steps[:, :1])
+        zeros = tf.zeros_like(positions[:, :1])  # [series, 1]: `steps` has no column when every series is one slice
         gaps = tf.stack([tf.concat([zeros, steps], 1), tf.concat([steps, zeros], 1)], axis=-1) / MM_PER_CM
         outputs = self.context_model({context.EMBEDDING: batch(embedding),
                                       context.PROBABILITIES: batch(slices[PROBABILITIES]),

@@ -192,7 +192,8 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
     """The published study model: the RSNA rows hold the refined probabilities the study signature gives for the
     study's slices (taken from the ExampleGen, in another order), the wide rows the slice ensemble's beside them,
     `_studies.csv` the study head's beside the slice maximum; Grad-CAM still reads the members."""
-    from ich_model.context_model import build_context_model
+    from ich_model import context
+    from ich_model.context_model import GAPS, MASK, REFINED, STUDY, build_context_model
     from ich_model.description import read_description, study_description
     from ich_model.predict import predict
     from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES, StudyScoringModule, study_outputs
@@ -220,6 +221,16 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
             refined[image_id] = outputs[REFINED_PROBABILITIES].numpy()[index]
             slice_only[image_id] = outputs[PROBABILITIES].numpy()[index]
     assert any(np.abs(refined[i] - slice_only[i]).max() > 1e-3 for i in refined)  # the context model acts
+
+    # A study of one slice: no neighbour on either side, so both gaps are 0, as the model run by hand on it sees.
+    single = tf.constant([read_split(root / "examples", "eval")[0].SerializeToString()])
+    alone, slice_outputs = serve(examples=single), ensemble.signatures[SERVING_SIGNATURE](examples=single)
+    by_hand = context_model({context.EMBEDDING: tf.reshape(slice_outputs["embedding"], [1, 1, -1]),
+                             context.PROBABILITIES: slice_outputs[PROBABILITIES][None],
+                             context.SPREAD: slice_outputs[SPREAD][None], GAPS: tf.zeros([1, 1, 2]),
+                             MASK: tf.ones([1, 1], tf.bool)}, training=False)
+    np.testing.assert_allclose(alone[REFINED_PROBABILITIES].numpy(), by_hand[REFINED][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(alone[STUDY_PROBABILITIES].numpy(), by_hand[STUDY][0].numpy(), atol=1e-5)
 
     for output_format in ("rsna", "wide"):
         assert main(["predict", str(root / "rsna"), "--model", str(tmp_path / "study"), "--format", output_format,
