@@ -33,11 +33,11 @@ class RunFailed(RuntimeError):
 
 
 class SpanRefused(RunFailed):
-    """The DataGate stopped the run: the span's Examples break the schema (`anomalies`: split -> feature -> what);
-    nothing was trained or pushed."""
+    """The DataGate stopped the run: the span's Examples break the schema (`anomalies`: split -> feature -> what)
+    or drifted beyond the limits that block (`drift`, the DataGate's report); nothing was trained or pushed."""
 
     def __init__(self, refusal: DataRefused, log_path: Path):
-        self.anomalies = refusal.anomalies
+        self.anomalies, self.drift = refusal.anomalies, refusal.drift
         super().__init__(f"{refusal}; the full log is {log_path}")
 
 

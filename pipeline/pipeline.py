@@ -1,9 +1,10 @@
 """`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
 
 DicomExampleGen (one span) -> StatisticsGen -> ExampleValidator (against the committed schema, ImportSchemaGen)
--> DataGate (a span with anomalies stops here) -> Transform (over the span window, with the last analyzer cache)
--> trainer_a/b/c (warm-started from the latest blessed model) -> Ensemble -> StudySequenceGen -> context_trainer
-(the study model: the ensemble and the study-context model) -> StudyEvaluator (on this span's eval split, against
+-> DataGate (a span with anomalies stops here; its drift from the last span that passed is measured)
+-> Transform (over the span window, with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest
+blessed model) -> Ensemble -> StudySequenceGen -> context_trainer (the study model: the ensemble and the
+study-context model) -> StudyEvaluator (on this span's eval split, against
 the latest blessed model; it blesses) -> Pusher; beside them the Evaluator reports the ensemble and its members.
 Components take dotted function paths (no module files), so the compiled spec needs only this package installed in
 the image.
@@ -19,7 +20,8 @@ from components.study_evaluator import StudyEvaluator
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image
 from pipeline.data_checks import SCHEMA_FILE, statistics_options
 from pipeline.evaluation import EVAL_SPLIT, eval_config, study_eval_config
-from pipeline.retraining import WINDOW, span_window_resolver, transform_cache_resolver
+from pipeline.retraining import WINDOW, span_profile_resolver, span_window_resolver, transform_cache_resolver
+from pipeline.summary import DATA_GATE
 from pipeline.training import ensemble_of, member_trainers, study_stage
 
 PREPROCESSING_FN = "ich_model.preprocessing.preprocessing_fn"
@@ -58,7 +60,13 @@ def create_components(config: PipelineConfig) -> list:
         stats_options=statistics_options(config.statistics_sample_rate))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    data_gate = DataGate(anomalies=example_validator.outputs["anomalies"])
+    drift_baseline = span_profile_resolver(DATA_GATE)
+    data_gate = DataGate(
+        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"], examples=example_gen.outputs["examples"],
+        baseline_profile=drift_baseline.outputs["profile"], categorical_drift_limit=config.drift_categorical_limit,
+        numeric_drift_limit=config.drift_numeric_limit, prevalence_drift_limit=config.drift_prevalence_limit,
+        drift_blocks_training=config.drift_blocks_training).with_id(DATA_GATE)
     # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
     # statistics either, since those of the transformed data would be over every image pixel.
     cache = transform_cache_resolver()
@@ -86,8 +94,8 @@ def create_components(config: PipelineConfig) -> list:
         model=context_trainer.outputs["model"], model_blessing=study_evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))
-    return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, data_gate, cache, transform,
-            baseline, *trainers, ensemble, evaluator, sequences, context_trainer, study_evaluator, pusher]
+    return [example_gen, *resolvers, statistics_gen, schema_gen, example_validator, drift_baseline, data_gate, cache,
+            transform, baseline, *trainers, ensemble, evaluator, sequences, context_trainer, study_evaluator, pusher]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:

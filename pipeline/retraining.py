@@ -5,6 +5,8 @@
   reads this run's span only.
 - `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform wrote,
   so that tf.Transform analyses only the spans that it has not seen.
+- `span_profile_resolver` (node SPAN_PROFILE_RESOLVER): the profile that the DataGate wrote for the last span
+  that passed it, which this span's drift is measured against (none on a first run; a refused span has none).
 - The latest blessed model (pipeline.pipeline.latest_blessed_model_resolver) is both the StudyEvaluator's
   baseline and the model whose members each member warm-starts from.
 
@@ -18,8 +20,11 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
 
+from components.data_gate.component import SpanProfile
+
 SPAN_WINDOW_RESOLVER = "span_window_resolver"
 TRANSFORM_CACHE_RESOLVER = "latest_transform_cache_resolver"
+SPAN_PROFILE_RESOLVER = "latest_span_profile_resolver"
 WINDOW = "examples"  # the span window resolver's input (every Examples artifact) and output (the window)
 
 
@@ -75,3 +80,12 @@ def transform_cache_resolver():
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
         cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
     ).with_id(TRANSFORM_CACHE_RESOLVER)
+
+
+def span_profile_resolver(data_gate_id: str):
+    """The newest profile the DataGate (node `data_gate_id`) wrote: by producer, since this run's gate has not
+    written one when its input is resolved."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        profile=tfx.dsl.Channel(type=SpanProfile, producer_component_id=data_gate_id, output_key="profile"),
+    ).with_id(SPAN_PROFILE_RESOLVER)

@@ -4,7 +4,8 @@
 their artifacts and returns the `last_run.json` document: per model (`ensemble`, `member_a`, ..., and `context`,
 the study model's refined output) the per-slice figures of pipeline.figures (each label's AUC, the macro AUC over
 the defined ones, the undefined labels, the weighted log loss); `study`, the per-study figures of the study head
-and of the slice ensemble's maximum; `blessed` and `reason` (the StudyEvaluator's) and `pushed_to`.
+and of the slice ensemble's maximum; `blessed` and `reason` (the StudyEvaluator's), `pushed_to`, and `drift`
+(the DataGate's comparison of the span with the last one that passed it).
 `format_summary` renders it as the closing tables.
 `latest_evaluation` gives the same with TFMA's loaded result and the run, for `ich report`; `latest_execution`,
 `execution_artifacts` and `output_artifact` find what another node of a run read and wrote (the report, the
@@ -13,12 +14,15 @@ benchmarks).
 
 from __future__ import annotations
 
+import json
 import os
 
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.data_gate.executor import DRIFT_FILE
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
@@ -37,6 +41,7 @@ STUDY_EVALUATOR = "StudyEvaluator"
 TRIAGE_HEADERS = ("any sens@90%spec", "any sens@95%spec", "any spec@95%sens")  # in TRIAGE's order
 EXAMPLE_GEN = DicomExampleGen.__name__  # a component's node id is its class name unless set
 PUSHER = "Pusher"
+DATA_GATE = "DataGate"
 CANDIDATE = "candidate"  # TFMA's name for the evaluated model beside a baseline (alone, it stores no name)
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
@@ -164,8 +169,34 @@ def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str
     summary = {"metrics": evaluation_figures(result.slicing_metrics, study_result.slicing_metrics),
                "study": study_figures(study_result.slicing_metrics), "blessed": blessed, "reason": reason,
                "pushed_to": pushed_to, "evaluation": evaluation.uri, "study_evaluation": study_evaluation.uri,
-               "baseline": baseline[0].uri if baseline else None}
+               "baseline": baseline[0].uri if baseline else None, "drift": span_drift(store, pipeline_name, run)}
     return summary, result, study_result, run
+
+
+def span_drift(store: metadata_store.MetadataStore, pipeline_name: str, run: int) -> dict | None:
+    """The DataGate's drift report of the run (components/data_gate), or None for a root from before the gate
+    measured drift."""
+    try:
+        profile = output_artifact(store, pipeline_name, DATA_GATE, "profile", run)
+    except (LookupError, KeyError):
+        return None
+    with tf.io.gfile.GFile(os.path.join(profile.uri, DRIFT_FILE)) as f:
+        return json.load(f)
+
+
+def drift_line(drift: dict | None) -> str:
+    """One line: what the span was compared with and every measure beyond its limit."""
+    if not drift or drift["baseline_span"] is None:
+        return "drift: no earlier span passed the data gate; nothing to compare with"
+    limits = drift["limits"]
+    compared = (f"drift from span {drift['baseline_span']} (limits: L-infinity {limits['categorical']:g}, "
+                f"Jensen-Shannon {limits['numeric']:g}, prevalence change {limits['prevalence']:g})")
+    if not drift["over"]:
+        largest = max(drift["features"].items(), key=lambda item: item[1]["value"] / item[1]["limit"], default=None)
+        return compared + ": none beyond" + (
+            f"; nearest: {largest[0]} {largest[1]['measure']} {largest[1]['value']:.3f}" if largest else "")
+    blocked = " (refused)" if limits["block"] else " (reported; drift_blocks_training is off)"
+    return compared + blocked + ": " + "; ".join(drift["over"])
 
 
 def run_summary(metadata_path: str, pipeline_name: str) -> dict:
@@ -229,6 +260,7 @@ def format_summary(summary: dict) -> str:
             lines.append(_row(model, [*(figures.get(column) for column in columns[:-1]),
                                       *(figures[name][ANY] for name in TRIAGE)], study_widths))
     lines.append("")
+    lines.append(drift_line(summary.get("drift")))
     lines.append(f"compared with: {summary.get('baseline') or 'no blessed model yet'}")
     lines.append(f"blessed: {'yes' if summary['blessed'] else 'no'} ({summary['reason']})")
     lines.append(f"pushed to: {summary['pushed_to'] or 'nothing pushed'}")

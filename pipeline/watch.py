@@ -39,7 +39,8 @@ DECISIONS = "decisions.jsonl"
 TORN_DECISIONS = "decisions.jsonl.torn"
 ATTEMPTS = "attempts.json"  # failed runs of the spans that have no decision yet
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
-SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation")
+SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation",
+                  "drift")
 
 
 def span_folders(input_base: str | os.PathLike) -> dict[int, Path]:
@@ -208,7 +209,7 @@ class Watcher:
             summary = run_local(dataclasses.replace(self.config, span=span), echo=self.echo)
         except SpanRefused as refusal:  # a decision: the same data would be refused again
             summary = {"blessed": False, "pushed_to": None, "reason": f"data refused: {refusal}",
-                       "anomalies": refusal.anomalies}
+                       "anomalies": refusal.anomalies, "drift": refusal.drift}
         except Exception as error:  # noqa: BLE001 - any failure of a run is retried, never fatal to the watcher
             summary = self._failed(span, f"{type(error).__name__}: {error}")
             if summary is None:

@@ -1,17 +1,35 @@
-"""DataGate: stops a span whose Examples break the committed schema before anything trains on it.
+"""DataGate: stops a span whose Examples break the committed schema (or, when configured to, drifted too far from
+the last span that trained) before anything trains on it.
 
 ExampleValidator writes its anomalies and lets the run go on; the Transform and, through it, the Trainers wait on
-this gate, which fails the run with DataRefused naming each anomaly (pipeline/local_runner.py turns that into a
-refused span, and `ich watch` records it as the span's decision).
+this gate, which fails the run with DataRefused naming each anomaly or drift (pipeline/local_runner.py turns that
+into a refused span, and `ich watch` records it as the span's decision). A span that passes gets a profile: what
+its drift from the baseline measured, and its statistics and label counts, which the next span is compared with.
 """
 
-from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx import types
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types.standard_artifacts import ExampleAnomalies
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics, Schema
+from tfx.utils import io_utils
 
-from components.data_gate.executor import check_anomalies
+from components.data_gate.executor import DriftLimits, gate
+
+
+class SpanProfile(types.Artifact):
+    """What the DataGate measured of a span that passed it (drift.json), with the span's train statistics and
+    label counts: the next span's drift baseline."""
+
+    TYPE_NAME = "ich.SpanProfile"
 
 
 @component
-def DataGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:  # noqa: N802 - TFX components are named like classes
-    check_anomalies(anomalies.uri)
+def DataGate(  # noqa: N802 - TFX components are named like classes
+        anomalies: InputArtifact[ExampleAnomalies], statistics: InputArtifact[ExampleStatistics],
+        schema: InputArtifact[Schema], examples: InputArtifact[Examples], profile: OutputArtifact[SpanProfile],
+        categorical_drift_limit: Parameter[float], numeric_drift_limit: Parameter[float],
+        prevalence_drift_limit: Parameter[float], drift_blocks_training: Parameter[bool],
+        baseline_profile: InputArtifact[SpanProfile] = None) -> None:
+    gate(anomalies.uri, statistics.uri, io_utils.get_only_uri_in_dir(schema.uri), examples.uri,
+         baseline_profile.uri if baseline_profile is not None else None, profile.uri,
+         DriftLimits(categorical_drift_limit, numeric_drift_limit, prevalence_drift_limit, drift_blocks_training))

@@ -40,6 +40,7 @@ SECTIONS = (
     ("ood", "Out-of-distribution score"),
     ("training", "Training curves"),
     ("ingestion", "Ingestion"),
+    ("drift", "Drift from the last span that passed the data gate"),
 )
 
 
@@ -236,6 +237,26 @@ def _ingestion_section(ingestion: dict) -> str:
     return "".join(parts)
 
 
+def _drift_section(drift: dict | None) -> str:
+    if not drift or drift["baseline_span"] is None:
+        return "<p>No earlier span passed the data gate: nothing to compare this span with.</p>"
+    limits = drift["limits"]
+    action = ("a span beyond a limit is refused" if limits["block"] else
+              "a span beyond a limit is reported and trains (drift_blocks_training is off)")
+    parts = [f"<p>This span's train statistics and label prevalence against span {drift['baseline_span']}'s; "
+             f"{action}.</p>"]
+    rows = [f'<tr><td>{html.escape(name)}</td><td>{html.escape(entry["measure"])}</td>'
+            f'{_cell(entry["value"], 3, "bad" if entry["value"] > entry["limit"] else "")}'
+            f'{_cell(entry["limit"], 3)}</tr>' for name, entry in sorted(drift["features"].items())]
+    parts.append(_table(["feature", "measure", "value", "limit"], rows))
+    rows = [f'<tr><td>{label}</td>{_cell(entry["baseline"], 3)}{_cell(entry["span"], 3)}'
+            f'{_cell(entry["change"], 3, "bad" if abs(entry["change"]) > entry["limit"] else "")}'
+            f'{_cell(entry["limit"], 3)}</tr>' for label, entry in drift["prevalence"].items()]
+    parts.append(_table(["label", f"prevalence in span {drift['baseline_span']}", "in this span", "change", "limit"],
+                        rows))
+    return "".join(parts)
+
+
 STYLE = """
 body { font-family: sans-serif; margin: 24px auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 36px; }
@@ -266,6 +287,7 @@ def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str)
         "ood": _ood_section(record, pictures.get("ood")),
         "training": _training_section(record, pictures["training"]),
         "ingestion": _ingestion_section(record.ingestion),
+        "drift": _drift_section(record.summary.get("drift")),
     }
     nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title in SECTIONS)
     sections = "".join(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{bodies[anchor]}</section>'

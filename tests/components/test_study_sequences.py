@@ -20,8 +20,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from sklearn.metrics import roc_auc_score
+from tfx.components.pusher.executor import Executor as PusherExecutor
 from tfx.components.trainer.executor import GenericExecutor
-from tfx.proto import trainer_pb2
+from tfx.proto import pusher_pb2, trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
 
@@ -353,3 +354,72 @@ def test_the_study_evaluator_s_aucs_are_sklearn_s_on_the_study_model_s_outputs_a
     # Alone, the candidate's results carry no model name.
     alone = dict(tfma.load_eval_result(evaluation.uri).slicing_metrics)
     assert alone[(("level", "study"),)]["refined"]["classId:5"]["auc"]
+
+
+def _refined_on_eval_slices(root: Path, model_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and a study model's refined probabilities of the eval split's slices, study by study."""
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
+    labels, refined = [], []
+    for examples in eval_studies(root).values():
+        labels.append([list(e.features.feature["label"].int64_list.value) for e in examples])
+        refined.append(serve(examples=tf.constant([e.SerializeToString() for e in examples]))[
+            REFINED_PROBABILITIES].numpy())
+    return np.concatenate(labels), np.concatenate(refined)
+
+
+def _push(model, blessing, destination: Path):
+    """TFX's Pusher executor, as the pipeline configures it."""
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(destination.parent / f"{destination.name}-pushed")
+    PusherExecutor().Do(
+        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_BLESSING_KEY: [blessing]},
+        {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
+        {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(destination))))})
+    return pushed
+
+
+def test_a_candidate_worse_than_the_baseline_beyond_the_demo_s_tolerances_is_not_blessed_and_not_pushed(
+        built, study_model, tmp_path):
+    """The no-regression gate with the tolerances the demo preset ships with (the floors are set apart: the test
+    above gates on them): a study model whose context stage was never trained, against the trained one, loses more
+    AUC or log loss than the tolerances allow by sklearn's figures, and the StudyEvaluator does not bless it, naming
+    change thresholds only; the Pusher publishes nothing. The trained model against itself is blessed and pushed."""
+    root, ensemble_dir, sequences = built
+    shipped = preset("demo")
+    regression_only = dataclasses.replace(shipped, auc_floors={name: 0.0 for name in LABELS},
+                                          max_weighted_log_loss=100.0, study_auc_floor=0.0)
+    written = records(sequences, "train")[0]
+    worse = standard_artifacts.Model()
+    worse.uri = str(tmp_path / "worse")
+    StudyScoringModule(tf.saved_model.load(ensemble_dir), randomised(build_context_model(
+        values(written, context.EMBEDDING_SIZE)[0], units=8, seed=1), seed=2), {"kind": "study"}).save(
+        path_utils.serving_model_path(worse.uri, is_old_model=False))
+
+    labels, candidate = _refined_on_eval_slices(root, path_utils.serving_model_path(worse.uri))
+    _, baseline = _refined_on_eval_slices(root, path_utils.serving_model_path(study_model.uri))
+    defined = [i for i in range(NUM_LABELS) if 0 < labels[:, i].sum() < len(labels)]
+    auc_loss = {LABELS[i]: roc_auc_score(labels[:, i], baseline[:, i]) - roc_auc_score(labels[:, i], candidate[:, i])
+                for i in defined}
+    log_loss_gain = weighted_log_loss(labels, candidate) - weighted_log_loss(labels, baseline)
+    beyond = {label for label, loss in auc_loss.items() if loss > shipped.auc_regression_tolerance}
+    assert beyond or log_loss_gain > shipped.log_loss_regression_tolerance, (auc_loss, log_loss_gain)
+
+    evaluation, blessing = run_study_evaluator(root, worse, study_model, regression_only, tmp_path / "worse-eval")
+    assert (Path(blessing.uri) / "NOT_BLESSED").exists() and blessing.get_int_custom_property("blessed") == 0
+    failures = [f for v in tfma.load_validation_result(evaluation.uri).metric_validations_per_slice
+                for f in v.failures]
+    assert failures and all(f.metric_threshold.HasField("change_threshold") for f in failures)
+    failed_aucs = {LABELS[f.metric_key.sub_key.class_id.value] for f in failures if f.metric_key.name == "auc"}
+    # TFMA's AUC is a 10,000-bucket approximation: a label within 0.002 of the tolerance may fall either way.
+    assert {label for label in beyond if auc_loss[label] > shipped.auc_regression_tolerance + 0.002} <= failed_aucs
+    assert failed_aucs <= {label for label, loss in auc_loss.items()
+                           if loss > shipped.auc_regression_tolerance - 0.002}
+    serving = tmp_path / "serving"
+    pushed = _push(worse, blessing, serving)
+    assert pushed.get_int_custom_property("pushed") == 0 and not serving.exists()
+
+    evaluation, blessing = run_study_evaluator(root, study_model, study_model, regression_only, tmp_path / "same")
+    assert (Path(blessing.uri) / "BLESSED").exists()
+    pushed = _push(study_model, blessing, serving)
+    assert pushed.get_int_custom_property("pushed") == 1 and len(list(serving.iterdir())) == 1

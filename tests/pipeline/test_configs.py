@@ -10,9 +10,9 @@ from pipeline.configs import CONTAINER_IMAGE, PRESETS, beam_args_with_workers_im
 from pipeline.pipeline import create_pipeline
 
 COMPONENTS = {"DicomExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-              "latest_transform_cache_resolver", "Transform", "latest_blessed_model_resolver", "trainer_a",
-              "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer",
-              "StudyEvaluator", "Pusher"}
+              "latest_span_profile_resolver", "latest_transform_cache_resolver", "Transform",
+              "latest_blessed_model_resolver", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator",
+              "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher"}
 
 
 def test_overrides_are_parsed_to_each_field_type():
@@ -59,7 +59,8 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
     assert set(by_id) == expected and len(pipeline.components) == len(expected)
     assert {node.id for node in by_id["Transform"].upstream_nodes} == {
         training_examples, "ImportSchemaGen", "latest_transform_cache_resolver", "DataGate"}
-    assert {node.id for node in by_id["DataGate"].upstream_nodes} == {"ExampleValidator"}
+    assert {node.id for node in by_id["DataGate"].upstream_nodes} == {
+        "ExampleValidator", "StatisticsGen", "ImportSchemaGen", "DicomExampleGen", "latest_span_profile_resolver"}
     for trainer in ("trainer_a", "trainer_b", "trainer_c"):
         assert {node.id for node in by_id[trainer].upstream_nodes} == {
             training_examples, "Transform", "latest_blessed_model_resolver"}

@@ -20,9 +20,10 @@ COMMITTED = ROOT / DEFAULT_OUTPUT
 # The latest-blessed-model resolver compiles to two KFP resolver tasks (its model and its blessing query).
 BASELINE_MODEL_TASK = "latest_blessed_model_resolver-model-resolver"
 BASELINE_TASKS = {"latest_blessed_model_resolver-model-blessing-resolver", BASELINE_MODEL_TASK}
-TASKS = {"DicomExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-         "latest_transform_cache_resolver", "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble",
-         "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher", *BASELINE_TASKS}
+RESOLVERS = {"latest_transform_cache_resolver", "latest_span_profile_resolver"}
+TASKS = {"DicomExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate", *RESOLVERS,
+         "Transform", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen",
+         "context_trainer", "StudyEvaluator", "Pusher", *BASELINE_TASKS}
 
 
 def test_committed_pipeline_yaml_equals_a_fresh_compile(tmp_path):
@@ -51,7 +52,11 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
         "DicomExampleGen", "context_trainer", BASELINE_MODEL_TASK}
     # Nothing trains before the DataGate passed the span; the schema is the committed file, where the image has it.
     assert set(spec.root.dag.tasks["Transform"].dependent_tasks) >= {"DataGate", "ImportSchemaGen"}
-    assert set(spec.root.dag.tasks["DataGate"].dependent_tasks) == {"ExampleValidator"}
+    # The gate reads the anomalies, and measures drift from the profile that the last gate which passed wrote.
+    assert set(spec.root.dag.tasks["DataGate"].dependent_tasks) == {
+        "ExampleValidator", "StatisticsGen", "ImportSchemaGen", "DicomExampleGen", "latest_span_profile_resolver"}
+    assert spec.root.dag.tasks["DataGate"].inputs.artifacts["baseline_profile"].task_output_artifact.producer_task == (
+        "latest_span_profile_resolver")
     schema_file = spec.root.dag.tasks["ImportSchemaGen"].inputs.parameters["schema_file"]
     assert schema_file.runtime_value.constant_value.string_value == IMAGE_SCHEMA_FILE
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -76,7 +81,7 @@ def _resources(spec_path: Path) -> dict:
 
 def test_every_task_of_the_committed_spec_requests_cpu_and_memory_and_the_members_tasks_accelerators():
     resources = _resources(COMMITTED)
-    assert set(resources) == TASKS - BASELINE_TASKS - {"latest_transform_cache_resolver"}
+    assert set(resources) == TASKS - BASELINE_TASKS - RESOLVERS
     for task, request in resources.items():
         # Requests equal limits (guaranteed), and every task asks for at least a core and a GB.
         assert request.cpu_request == request.cpu_limit >= 1, task

@@ -50,12 +50,13 @@ from tests.pipeline_helpers import BEAM_ARGS
 
 pytestmark = pytest.mark.e2e
 
-NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-         "latest_transform_cache_resolver", "Transform", "latest_blessed_model_resolver", "trainer_a",
-         "trainer_b", "trainer_c", "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer", "StudyEvaluator",
-         "Pusher"]
+NODES = ["DicomExampleGen", "span_window_resolver", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+         "latest_span_profile_resolver", "DataGate", "latest_transform_cache_resolver", "Transform",
+         "latest_blessed_model_resolver", "trainer_a", "trainer_b", "trainer_c", "Ensemble", "Evaluator",
+         "StudySequenceGen", "context_trainer", "StudyEvaluator", "Pusher"]
 TRAINERS = ["trainer_a", "trainer_b", "trainer_c"]
-RESOLVERS = {"span_window_resolver", "latest_transform_cache_resolver", "latest_blessed_model_resolver"}
+RESOLVERS = {"span_window_resolver", "latest_transform_cache_resolver", "latest_blessed_model_resolver",
+             "latest_span_profile_resolver"}
 # Above chance with room below what a model that learned span 1 scores; against labels that bleeding and clean
 # slices traded, a model that learned scores far below 0.5. The eval split's 11 studies (about 60 slices) give an
 # AUC a standard error near 0.07: at 0.65, a run whose study model scored 0.614 (members 0.61 to 0.71) failed.
@@ -268,6 +269,13 @@ def test_each_span_ran_once_in_order_and_the_decisions_were_recorded(spans):
     for decision in decisions.values():
         assert {"span", "blessed", "reason", "metrics", "pushed_to"} <= set(decision)
     assert spans["decided_while_span_2_was_incomplete"] == {1}
+    # Span 1 had nothing to compare with; span 2 was compared with span 1 (the same source: no drift beyond the
+    # demo's limits, and a label permutation keeps each label's prevalence over the span).
+    assert decisions[1]["drift"]["baseline_span"] is None
+    drift = decisions[2]["drift"]
+    assert drift["baseline_span"] == 1 and drift["over"] == [], drift
+    assert {"intercept_group", "image_size", "pixel_spacing_mm"} <= set(drift["features"])
+    assert all(entry["change"] == pytest.approx(0, abs=1e-3) for entry in drift["prevalence"].values())
     # The restarted watcher took span 2's lost decision from the metadata store and ran nothing.
     assert spans["restart_failures"] == 0
     after_restart = spans["console"].lines[spans["lines_before_restart"]:]
@@ -441,7 +449,7 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     page = PageReader()
     page.feed((out / "index.html").read_text())
     assert list(page.sections) == ["decision", "models", "studies", "curves", "calibration", "confusion", "slices",
-                                   "ood", "training", "ingestion"]
+                                   "ood", "training", "ingestion", "drift"]
     assert "http" not in (out / "index.html").read_text()  # nothing loaded from the network
     for section in ("models", "curves", "calibration", "training"):
         assert page.sections[section]["images"], section
