@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 PREAMBLE_LENGTH = 128
 DICM = b"DICM"
@@ -43,6 +45,10 @@ MAX_PIXEL_SPACING_MM = 10.0  # a head CT pixel is about 0.5 mm
 MAX_IMAGE_SIDE = 4096
 # JPEG start-of-frame markers (ITU T.81 B.1.1.3: C0-CF but C4, C8, CC; JPEG-LS: F7), each followed by its
 # length, the sample precision, then the number of lines and of samples per line.
+# A deflated data set (Deflated Explicit VR Little Endian) is inflated whole before it is parsed, and deflate reaches
+# about 1000:1: a 1 MB file can inflate to 1 GB. A slice of MAX_IMAGE_SIDE a side at 16 bits, with room for its tags.
+MAX_INFLATED_BYTES = 2 * MAX_IMAGE_SIDE**2 + (1 << 20)
+_INFLATE_CHUNK = 1 << 16
 _SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
 _J2K_SIZ = b"\xff\x4f\xff\x51"  # SOC then SIZ (ISO 15444-1 A.5.1): Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, ...
 
@@ -116,11 +122,38 @@ def _open(source: str | os.PathLike | bytes, defer_pixels: bool = False) -> pydi
         raise DicomRejected("not_dicom", "empty file")
     if raw_head[PREAMBLE_LENGTH:] != DICM:
         raise DicomRejected("not_dicom", "no 'DICM' marker after the 128-byte preamble: not a DICOM file")
+    _check_inflated_size(source)
     try:
         return pydicom.dcmread(stream, defer_size=DEFER_BYTES if defer_pixels else None)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
         raise DicomRejected("truncated", f"the DICOM data set ends or breaks before it is complete ({error})") \
             from error
+
+
+def _check_inflated_size(source: str | os.PathLike | bytes) -> None:
+    """A deflated data set that inflates past MAX_INFLATED_BYTES is rejected before pydicom inflates it whole: it is
+    inflated here a chunk at a time, the output counted and dropped."""
+    with (io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")) as f:
+        try:
+            pydicom.filereader.read_preamble(f, False)
+            # pydicom's public read_file_meta_info takes a path only; this is what it calls on the open file.
+            meta = pydicom.filereader._read_file_meta_info(f)  # noqa: SLF001
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
+            return  # dcmread gives the reason
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        pending = f.read(_INFLATE_CHUNK)
+        while pending and inflated <= MAX_INFLATED_BYTES:
+            try:
+                inflated += len(inflater.decompress(pending, MAX_INFLATED_BYTES + 1 - inflated))
+            except zlib.error:
+                return  # not deflate: dcmread gives the reason
+            pending = inflater.unconsumed_tail or f.read(_INFLATE_CHUNK)
+    if inflated > MAX_INFLATED_BYTES:
+        raise DicomRejected("inflated_too_large", f"the deflated data set inflates to more than "
+                                                  f"{MAX_INFLATED_BYTES:,} bytes; a CT slice has at most "
+                                                  f"{MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE} 16-bit pixels")
 
 
 def stored_pixels(ds: pydicom.Dataset) -> np.ndarray:

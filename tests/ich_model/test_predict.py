@@ -326,7 +326,8 @@ def test_decompression_bombs_in_a_batch_are_skipped_with_their_reason_and_the_re
     predictions = predict([folder], model_dir, batch_size=2, progress=False)
     assert sorted(predictions.image_ids) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in files)
     assert sorted((Path(s.path).name, s.reason) for s in predictions.skipped) == [
-        ("bomb-jpeg2000.dcm", "size_mismatch"), ("bomb-jpeg2000_header_too.dcm", "image_too_large"),
+        ("bomb-deflate.dcm", "inflated_too_large"), ("bomb-jpeg2000.dcm", "size_mismatch"),
+        ("bomb-jpeg2000_header_too.dcm", "image_too_large"),
         ("bomb-jpeg_ls.dcm", "size_mismatch"), ("bomb-rle.dcm", "image_too_large")]
 
 
