@@ -179,6 +179,8 @@ def gate(anomalies_uri: str, statistics_uri: str, schema_path: str, examples_uri
     check_anomalies(anomalies_uri)
     report = _read_json(os.path.join(examples_uri, REPORT_FILE))  # the ingestion report of the span
     label_counts, span = report[LABEL_COUNTS], int(report.get("span") or 0)
+    if baseline_uri and _read_json(os.path.join(baseline_uri, DRIFT_FILE)).get("examples") == examples_uri:
+        baseline_uri = None  # the same Examples: a run stopped after the gate and run again, ingestion cached
     drift = (measure_drift(statistics_uri, schema_path, label_counts, baseline_uri, limits) if baseline_uri else
              {"baseline_span": None, "features": {}, "prevalence": {}, "over": [], "limits": asdict(limits)})
     if drift["over"] and limits.block:
@@ -188,5 +190,5 @@ def gate(anomalies_uri: str, statistics_uri: str, schema_path: str, examples_uri
     tf.io.gfile.copy(os.path.join(_split_folder(statistics_uri, TRAIN_SPLIT), STATISTICS_FILE),
                      os.path.join(train, STATISTICS_FILE), overwrite=True)
     _write_json(os.path.join(profile_uri, COUNTS_FILE), label_counts)
-    _write_json(os.path.join(profile_uri, DRIFT_FILE), {**drift, "span": span})
+    _write_json(os.path.join(profile_uri, DRIFT_FILE), {**drift, "span": span, "examples": examples_uri})
     return drift

@@ -148,6 +148,12 @@ def test_drift_beyond_limits_that_block_refuses_the_span_and_writes_no_profile(s
     assert gate_span(spans["alike"], tmp_path / "alike", spans["profile"], blocking)["over"] == []
 
 
+def test_an_earlier_pass_of_the_same_span_is_no_baseline(spans, tmp_path):
+    """A run stopped after the gate and run again (its ingestion cached) finds the profile of the same Examples."""
+    drift = gate_span(spans["first"], tmp_path / "again", spans["profile"], DEMO_LIMITS)
+    assert drift["baseline_span"] is None and drift["over"] == []
+
+
 def test_prevalence_sums_every_split():
     counts = {"train": {"examples": 8, **{label: 2 for label in LABELS}},
               "eval": {"examples": 2, **{label: 0 for label in LABELS}}}
