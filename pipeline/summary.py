@@ -192,7 +192,8 @@ def drift_line(drift: dict | None) -> str:
     compared = (f"drift from span {drift['baseline_span']} (limits: L-infinity {limits['categorical']:g}, "
                 f"Jensen-Shannon {limits['numeric']:g}, prevalence change {limits['prevalence']:g})")
     if not drift["over"]:
-        largest = max(drift["features"].items(), key=lambda item: item[1]["value"] / item[1]["limit"], default=None)
+        largest = max(drift["features"].items(), key=lambda item: item[1]["value"] / max(item[1]["limit"], 1e-9),
+                      default=None)
         return compared + ": none beyond" + (
             f"; nearest: {largest[0]} {largest[1]['measure']} {largest[1]['value']:.3f}" if largest else "")
     blocked = " (refused)" if limits["block"] else " (reported; drift_blocks_training is off)"

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 from components.dicom_example_gen.executor import LABEL_COUNTS, REPORT_FILE
@@ -126,8 +127,6 @@ def prevalence(label_counts: dict[str, dict[str, int]]) -> dict[str, float]:
 
 def _drift_schema(schema_path: str, limits: DriftLimits) -> schema_pb2.Schema:
     """The committed schema with TFDV's drift comparators on the features that describe a population."""
-    from google.protobuf import text_format
-
     with tf.io.gfile.GFile(schema_path) as f:
         schema = text_format.Parse(f.read(), schema_pb2.Schema())
     for feature in schema.feature:

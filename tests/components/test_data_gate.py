@@ -27,6 +27,7 @@ from ich_model.constants import LABELS
 from ich_model.synth import generate_dataset
 from pipeline.configs import PRESETS
 from pipeline.data_checks import SCHEMA_FILE, statistics_options
+from pipeline.summary import drift_line
 from tests.pipeline_helpers import BEAM_ARGS, read_split, run_example_gen
 
 DEMO = PRESETS["demo"]
@@ -107,6 +108,9 @@ def test_a_span_from_the_same_source_stays_within_the_demo_limits(spans, tmp_pat
     drift = gate_span(spans["alike"], tmp_path / "profile", spans["profile"], DEMO_LIMITS)
     assert drift["baseline_span"] == 0
     assert drift["over"] == [], drift
+    assert drift_line(drift).startswith(
+        f"drift from span 0 (limits: L-infinity {DEMO_LIMITS.categorical:g}, Jensen-Shannon {DEMO_LIMITS.numeric:g}, "
+        f"prevalence change {DEMO_LIMITS.prevalence:g}): none beyond; nearest: ")
     assert set(drift["features"]) == {"intercept_group", "image_size", "pixel_spacing_mm", "rescale_intercept",
                                       "slice_count"}
 
@@ -118,6 +122,8 @@ def test_a_span_from_another_scanner_and_case_mix_is_reported_with_tfdv_s_measur
     # Sizes of 96 against 128 (each give or take a few pixels): nearly every share moved.
     assert drift["features"]["image_size"]["value"] > 0.9 and "image_size: L-infinity" in over
     assert "any prevalence" in over
+    line = drift_line(drift)
+    assert "(reported; drift_blocks_training is off)" in line and all(item in line for item in drift["over"])
     # The figures are TFDV's on the same statistics with the same comparator.
     current = tfdv.load_stats_binary(str(other["statistics"] / "Split-train" / "FeatureStats.pb"))
     previous = tfdv.load_stats_binary(str(first["statistics"] / "Split-train" / "FeatureStats.pb"))
