@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tfx import v1 as tfx
 
+from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate
 from components.dicom_example_gen import DicomExampleGen
 from components.study_evaluator import StudyEvaluator
@@ -89,8 +90,9 @@ def create_components(config: PipelineConfig) -> list:
     study_evaluator = StudyEvaluator(
         examples=example_gen.outputs["examples"], model=context_trainer.outputs["model"],
         baseline_model=baseline.outputs["model"], eval_config=study_eval_config(config), example_split=EVAL_SPLIT)
-    # The Pusher reads the blessing itself and publishes nothing for an unblessed model.
-    pusher = tfx.components.Pusher(
+    # The Pusher reads the blessing itself and publishes nothing for an unblessed model; a version appears in the
+    # serving folder complete, by a rename (components/atomic_pusher).
+    pusher = AtomicPusher(
         model=context_trainer.outputs["model"], model_blessing=study_evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_path)))

@@ -20,12 +20,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from sklearn.metrics import roc_auc_score
-from tfx.components.pusher.executor import Executor as PusherExecutor
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.proto import pusher_pb2, trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
 
+from components.atomic_pusher.executor import Executor as PusherExecutor
 from components.dicom_example_gen import DicomExampleGen
 from components.study_evaluator import executor as evaluator
 from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
@@ -368,7 +368,7 @@ def _refined_on_eval_slices(root: Path, model_dir: str) -> tuple[np.ndarray, np.
 
 
 def _push(model, blessing, destination: Path):
-    """TFX's Pusher executor, as the pipeline configures it."""
+    """The pipeline's Pusher executor (TFX's, publishing by a rename), as the pipeline configures it."""
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(destination.parent / f"{destination.name}-pushed")
     PusherExecutor().Do(
@@ -394,7 +394,7 @@ def test_a_candidate_worse_than_the_baseline_beyond_the_demo_s_tolerances_is_not
     worse.uri = str(tmp_path / "worse")
     StudyScoringModule(tf.saved_model.load(ensemble_dir), randomised(build_context_model(
         values(written, context.EMBEDDING_SIZE)[0], units=8, seed=1), seed=2), {"kind": "study"}).save(
-        path_utils.serving_model_path(worse.uri, is_old_model=False))
+        path_utils.serving_model_dir(worse.uri))
 
     labels, candidate = _refined_on_eval_slices(root, path_utils.serving_model_path(worse.uri))
     _, baseline = _refined_on_eval_slices(root, path_utils.serving_model_path(study_model.uri))
