@@ -32,7 +32,7 @@ from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_
 from ich_model import context
 from ich_model.constants import LABELS, NUM_LABELS
 from ich_model.context_model import REFINED, STUDY, build_context_model, parse_record
-from ich_model.description import read_description
+from ich_model.description import read_description, study_description
 from ich_model.labels import read_rsna_labels
 from ich_model.metrics import weighted_log_loss
 from ich_model.model.presets import build_cascade
@@ -43,6 +43,7 @@ from ich_model.study_serving import (
     SLICE_ORDER,
     STUDY_PROBABILITIES,
     StudyScoringModule,
+    study_outputs,
 )
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image, preset
@@ -392,9 +393,10 @@ def test_a_candidate_worse_than_the_baseline_beyond_the_demo_s_tolerances_is_not
     written = records(sequences, "train")[0]
     worse = standard_artifacts.Model()
     worse.uri = str(tmp_path / "worse")
+    slice_ensemble = read_description(ensemble_dir)
     StudyScoringModule(tf.saved_model.load(ensemble_dir), randomised(build_context_model(
-        values(written, context.EMBEDDING_SIZE)[0], units=8, seed=1), seed=2), {"kind": "study"}).save(
-        path_utils.serving_model_dir(worse.uri))
+        values(written, context.EMBEDDING_SIZE)[0], units=8, seed=1), seed=2), study_description(
+        slice_ensemble, {"settings": {}}, study_outputs(slice_ensemble))).save(path_utils.serving_model_dir(worse.uri))
 
     labels, candidate = _refined_on_eval_slices(root, path_utils.serving_model_path(worse.uri))
     _, baseline = _refined_on_eval_slices(root, path_utils.serving_model_path(study_model.uri))
