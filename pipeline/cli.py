@@ -121,32 +121,12 @@ def _watch(args: argparse.Namespace) -> int:
     return RUN_FAILED if failed else 0
 
 
-SAVED_MODEL = "saved_model.pb"
-
-
-def _model_dir(path: str) -> str:
-    """A SavedModel folder, or a serving folder of pushed versions (`<timestamp>/`): then its newest complete one.
-    TFX's Pusher writes a version's saved_model.pb after every other file, so a version without it is a push that
-    was stopped (a kill, a full disk) and is passed over with a warning."""
-    if os.path.exists(os.path.join(path, SAVED_MODEL)):
-        return path
-    versions = sorted((name for name in os.listdir(path) if name.isdigit()), key=int) if os.path.isdir(path) else []
-    complete = [name for name in versions if os.path.exists(os.path.join(path, name, SAVED_MODEL))]
-    if not complete:
-        raise ValueError(f"--model {path}: neither a SavedModel nor a serving folder of pushed versions"
-                         + (f" (its {len(versions)} version folder(s) have no {SAVED_MODEL}: pushes that were "
-                            f"stopped)" if versions else ""))
-    for name in versions[versions.index(complete[-1]) + 1:]:
-        print(f"warning: {os.path.join(path, name)} has no {SAVED_MODEL} (a push that was stopped); using "
-              f"{complete[-1]}", file=sys.stderr, flush=True)
-    return os.path.join(path, complete[-1])
-
-
 def _predict(args: argparse.Namespace) -> int:
     from ich_model.predict import predict, refuse_overwrite, write_predictions
+    from ich_model.serving_folder import newest_model_dir
 
     refuse_overwrite(args.out, args.format, args.overwrite)
-    model_dir = _model_dir(args.model)
+    model_dir = newest_model_dir(args.model)
     print(f"scoring with {model_dir}", flush=True)
     predictions = predict(args.paths, model_dir, batch_size=args.batch_size, explain_dir=args.explain,
                           explain_threshold=args.explain_threshold)

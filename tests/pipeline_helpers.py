@@ -37,6 +37,22 @@ def run_example_gen(component: DicomExampleGen, out: Path) -> standard_artifacts
     return examples
 
 
+def run_pusher(model, blessing, serving: Path, pushed_uri: Path) -> standard_artifacts.PushedModel:
+    """The pipeline's Pusher executor (components/atomic_pusher) with the serving folder as its destination."""
+    from tfx.proto import pusher_pb2
+
+    from components.atomic_pusher.executor import Executor as PusherExecutor
+
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(pushed_uri)
+    PusherExecutor().Do(
+        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_BLESSING_KEY: [blessing]},
+        {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
+        {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(serving))))})
+    return pushed
+
+
 def split_files(out: Path, split: str) -> list[str]:
     return sorted(glob.glob(str(out / f"Split-{split}" / "*.gz")))
 
@@ -113,3 +129,4 @@ def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
     rng = np.random.default_rng(seed)
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
     return model
+

@@ -21,7 +21,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-SAVED_MODEL = "saved_model.pb"  # TFX's Pusher copies it last
+from ich_model.serving_folder import SAVED_MODEL, is_complete, pushed_versions
+
 FINGERPRINT = "fingerprint.pb"  # written by tf.saved_model.save since TensorFlow 2.12
 
 
@@ -38,11 +39,10 @@ def _fingerprint(model_dir: str) -> bytes | None:
 
 def version_holding(serving_dir: str, fingerprint: bytes | None) -> str | None:
     """The pushed version (its folder) whose SavedModel has `fingerprint`, if any."""
-    if fingerprint is None or not tf.io.gfile.isdir(serving_dir):
+    if fingerprint is None:
         return None
-    for name in sorted(tf.io.gfile.listdir(serving_dir)):
-        name = name.rstrip("/")
-        if name.isdigit() and _fingerprint(os.path.join(serving_dir, name)) == fingerprint:
+    for name in pushed_versions(serving_dir):
+        if _fingerprint(os.path.join(serving_dir, name)) == fingerprint:
             return os.path.join(serving_dir, name)
     return None
 
@@ -70,7 +70,7 @@ class Executor(pusher_executor.Executor):
 
     def _MarkPushed(self, model_push, pushed_destination: str, pushed_version: str | None = None) -> None:  # noqa: N802
         """Called by TFX's Do once the copy is complete: the rename that publishes it."""
-        if not tf.io.gfile.exists(os.path.join(pushed_destination, SAVED_MODEL)):
+        if not is_complete(pushed_destination):
             raise RuntimeError(f"{pushed_destination} has no {SAVED_MODEL} after the copy: not published")
         final = os.path.join(self._serving_dir, os.path.basename(pushed_destination.rstrip("/")))
         tf.io.gfile.makedirs(self._serving_dir)

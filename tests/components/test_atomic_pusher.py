@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from tfx.proto import pusher_pb2
-from tfx.types import standard_artifacts, standard_component_specs
-from tfx.utils import path_utils, proto_utils
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
 
-from components.atomic_pusher.executor import Executor, staging_dir
-from pipeline.cli import SAVED_MODEL, _model_dir
+from components.atomic_pusher.executor import staging_dir
+from ich_model.serving_folder import SAVED_MODEL, newest_model_dir
+from tests.pipeline_helpers import run_pusher
 
 
 def save_model(path: Path, scale: float, padding_bytes: int = 0) -> Path:
@@ -39,16 +39,10 @@ def save_model(path: Path, scale: float, padding_bytes: int = 0) -> Path:
 def push(model_dir: Path, serving: Path, blessed: bool = True, out: Path | None = None):
     """The executor as the pipeline runs it: the model, its blessing, the serving folder as the destination."""
     out = out or model_dir.parent / f"push-{time.monotonic_ns()}"
-    model, blessing, pushed = (standard_artifacts.Model(), standard_artifacts.ModelBlessing(),
-                               standard_artifacts.PushedModel())
-    model.uri, blessing.uri, pushed.uri = str(model_dir), str(out / "blessing"), str(out / "pushed")
+    model, blessing = standard_artifacts.Model(), standard_artifacts.ModelBlessing()
+    model.uri, blessing.uri = str(model_dir), str(out / "blessing")
     blessing.set_int_custom_property("blessed", int(blessed))
-    Executor().Do(
-        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_BLESSING_KEY: [blessing]},
-        {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
-        {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(serving))))})
-    return pushed
+    return run_pusher(model, blessing, serving, out / "pushed")
 
 
 def versions(serving: Path) -> list[str]:
@@ -72,7 +66,7 @@ def test_a_blessed_model_is_published_complete_once_and_an_unblessed_one_not_at_
     second = save_model(tmp_path / "second", 3.0)
     push(second, serving)
     assert len(versions(serving)) == 2
-    loaded = tf.saved_model.load(_model_dir(str(serving)))
+    loaded = tf.saved_model.load(newest_model_dir(str(serving)))
     assert float(loaded.serve(tf.constant([1.0]))[0]) == 3.0
 
 
@@ -87,8 +81,8 @@ def test_a_push_killed_part_way_leaves_the_serving_folder_as_it_was(tmp_path):
         script = textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            sys.path.insert(0, {str(Path(__file__).parent)!r})
-            from test_atomic_pusher import push
+            sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+            from tests.components.test_atomic_pusher import push  # `tests` first: IPython's own comes on sys.path
             push(Path({str(large)!r}), Path({str(serving)!r}), out=Path({str(tmp_path / "killed")!r}))
         """)
         process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
@@ -103,7 +97,7 @@ def test_a_push_killed_part_way_leaves_the_serving_folder_as_it_was(tmp_path):
         [partial] = staging.iterdir()
         assert not (partial / SAVED_MODEL).exists()  # stopped during the copy
         assert versions(serving) == before  # a reader sees only what was there
-        loaded = tf.saved_model.load(_model_dir(str(serving)))
+        loaded = tf.saved_model.load(newest_model_dir(str(serving)))
         assert float(loaded.serve(tf.constant([1.0]))[0]) == 2.0
         # Run again at once (in the same second, TFX would name the same version): the leftover is cleared first, the
         # push completes, one new version, complete.

@@ -21,11 +21,10 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from sklearn.metrics import roc_auc_score
 from tfx.components.trainer.executor import GenericExecutor
-from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import path_utils, proto_utils
 
-from components.atomic_pusher.executor import Executor as PusherExecutor
 from components.dicom_example_gen import DicomExampleGen
 from components.study_evaluator import executor as evaluator
 from components.study_sequences.executor import EXAMPLES_KEY, MODEL_KEY, REPORT_FILE, STUDY_SEQUENCES_KEY, Executor
@@ -55,6 +54,7 @@ from tests.pipeline_helpers import (
     randomised,
     read_split,
     run_example_gen,
+    run_pusher,
     run_transform,
 )
 
@@ -368,18 +368,6 @@ def _refined_on_eval_slices(root: Path, model_dir: str) -> tuple[np.ndarray, np.
     return np.concatenate(labels), np.concatenate(refined)
 
 
-def _push(model, blessing, destination: Path):
-    """The pipeline's Pusher executor (TFX's, publishing by a rename), as the pipeline configures it."""
-    pushed = standard_artifacts.PushedModel()
-    pushed.uri = str(destination.parent / f"{destination.name}-pushed")
-    PusherExecutor().Do(
-        {standard_component_specs.MODEL_KEY: [model], standard_component_specs.MODEL_BLESSING_KEY: [blessing]},
-        {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
-        {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(destination))))})
-    return pushed
-
-
 def test_a_candidate_worse_than_the_baseline_beyond_the_demo_s_tolerances_is_not_blessed_and_not_pushed(
         built, study_model, tmp_path):
     """The no-regression gate with the tolerances the demo preset ships with (the floors are set apart: the test
@@ -418,10 +406,10 @@ def test_a_candidate_worse_than_the_baseline_beyond_the_demo_s_tolerances_is_not
     assert failed_aucs <= {label for label, loss in auc_loss.items()
                            if loss > shipped.auc_regression_tolerance - 0.002}
     serving = tmp_path / "serving"
-    pushed = _push(worse, blessing, serving)
+    pushed = run_pusher(worse, blessing, serving, tmp_path / "worse-pushed")
     assert pushed.get_int_custom_property("pushed") == 0 and not serving.exists()
 
     evaluation, blessing = run_study_evaluator(root, study_model, study_model, regression_only, tmp_path / "same")
     assert (Path(blessing.uri) / "BLESSED").exists()
-    pushed = _push(study_model, blessing, serving)
+    pushed = run_pusher(study_model, blessing, serving, tmp_path / "same-pushed")
     assert pushed.get_int_custom_property("pushed") == 1 and len(list(serving.iterdir())) == 1

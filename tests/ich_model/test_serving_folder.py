@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tfx.utils import io_utils
 
-from pipeline.cli import SAVED_MODEL, _model_dir
+from ich_model.serving_folder import SAVED_MODEL, newest_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +36,18 @@ def test_the_newest_complete_version_is_taken_and_a_stopped_push_is_passed_over(
     assert (serving / "1700000900" / "variables").is_dir()  # most of the model is there, but it cannot load
     with pytest.raises(OSError):
         tf.saved_model.load(str(serving / "1700000900"))
-    chosen = _model_dir(str(serving))
+    chosen = newest_model_dir(str(serving))
     assert chosen == str(serving / "1700000500")
     loaded = tf.saved_model.load(chosen)
     assert float(loaded.serve(tf.constant([3.0]))[0]) == 6.0
     assert "1700000900 has no saved_model.pb (a push that was stopped); using 1700000500" in capsys.readouterr().err
-    assert _model_dir(str(saved_model)) == str(saved_model)  # a SavedModel folder is itself
+    assert newest_model_dir(str(saved_model)) == str(saved_model)  # a SavedModel folder is itself
 
 
 def test_a_serving_folder_of_stopped_pushes_only_is_refused(saved_model, tmp_path):
     serving = tmp_path / "serving"
     push(saved_model, serving, "1700000000", stopped=True)
     with pytest.raises(ValueError, match="1 version folder.* have no saved_model.pb: pushes that were stopped"):
-        _model_dir(str(serving))
+        newest_model_dir(str(serving))
     with pytest.raises(ValueError, match="neither a SavedModel nor a serving folder"):
-        _model_dir(str(tmp_path / "nothing"))
+        newest_model_dir(str(tmp_path / "nothing"))
