@@ -29,6 +29,7 @@ from pathlib import Path
 
 from components.dicom_example_gen.span_folders import parse_span
 from ich_model.dicom import READY_MARKER
+from ich_model.json_lines import TORN_SUFFIX, append_record, read_records, set_aside_torn, write_atomically
 from ich_model.labels import LabelFileError, LabelRow, parse_label_rows
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import SpanRefused, run_local
@@ -36,7 +37,7 @@ from pipeline.summary import finished_span_summary
 from pipeline.writer_lock import pipeline_root_lock
 
 DECISIONS = "decisions.jsonl"
-TORN_DECISIONS = "decisions.jsonl.torn"
+TORN_DECISIONS = DECISIONS + TORN_SUFFIX
 ATTEMPTS = "attempts.json"  # failed runs of the spans that have no decision yet
 # What a decision line takes from the run's summary (pipeline.summary.run_summary), beside its span and times.
 SUMMARY_FIELDS = ("blessed", "reason", "metrics", "study", "pushed_to", "baseline", "evaluation", "study_evaluation",
@@ -86,30 +87,13 @@ def span_status(folder: Path) -> str | None:
     return None
 
 
-def _decision(line: str) -> dict | None:
-    """The decision on one line of the log, or None when the line is not a whole decision."""
-    try:
-        decision = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return decision if isinstance(decision, dict) and isinstance(decision.get("span"), int) else None
+def _is_decision(record: dict) -> bool:
+    return isinstance(record.get("span"), int)
 
 
 def read_decisions(pipeline_root: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """The log's decisions, and its lines that are not one (torn by a crash, or edited by hand). A last line
-    without its newline was cut short while it was written, whatever it holds."""
-    path = Path(pipeline_root) / DECISIONS
-    if not path.exists():
-        return [], []
-    body, _, tail = path.read_text(errors="replace").rpartition("\n")
-    decisions, torn = [], []
-    for line in body.split("\n") if body else []:
-        decision = _decision(line)
-        if decision is not None:
-            decisions.append(decision)
-        elif line.strip():
-            torn.append(line)
-    return decisions, torn + ([tail] if tail else [])
+    """The log's decisions, and its lines that are not one (torn by a crash, or edited by hand)."""
+    return read_records(Path(pipeline_root) / DECISIONS, _is_decision)
 
 
 def recorded_spans(pipeline_root: str | os.PathLike) -> set[int]:
@@ -117,27 +101,20 @@ def recorded_spans(pipeline_root: str | os.PathLike) -> set[int]:
 
 
 def repair_decisions(pipeline_root: str | os.PathLike, echo=print) -> list[str]:
-    """Move the log's torn lines to decisions.jsonl.torn (appended) and rewrite the log atomically with its whole
-    decisions only; returns the torn lines. Their spans have no decision: they are decided again (Watcher._run_span).
-    Only the writer that holds the pipeline root's lock calls this."""
-    decisions, torn = read_decisions(pipeline_root)
-    if not torn:
-        return []
-    root = Path(pipeline_root)
-    with open(root / TORN_DECISIONS, "a") as f:
-        f.writelines(line + "\n" for line in torn)
-    _write_atomically(root / DECISIONS, "".join(json.dumps(decision, sort_keys=True) + "\n" for decision in decisions))
-    echo(f"warning: {len(torn)} line(s) of {root / DECISIONS} were not whole decisions (a crash while one was "
-         f"written?); moved to {root / TORN_DECISIONS}; their spans are decided again", flush=True)
+    """Move the log's torn lines to decisions.jsonl.torn and keep its whole decisions; returns the torn lines.
+    Their spans have no decision: they are decided again (Watcher._run_span). Only the writer that holds the
+    pipeline root's lock calls this."""
+    path = Path(pipeline_root) / DECISIONS
+    torn = set_aside_torn(path, _is_decision)
+    if torn:
+        echo(f"warning: {len(torn)} line(s) of {path} were not whole decisions (a crash while one was written?); "
+             f"moved to {Path(pipeline_root) / TORN_DECISIONS}; their spans are decided again", flush=True)
     return torn
 
 
 def record_decision(pipeline_root: str | os.PathLike, decision: dict) -> None:
     """Append one JSON line; flushed to disk before the span counts as done."""
-    with open(Path(pipeline_root) / DECISIONS, "a") as f:
-        f.write(json.dumps(decision, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_record(Path(pipeline_root) / DECISIONS, decision)
 
 
 def read_attempts(pipeline_root: str | os.PathLike) -> dict[int, dict]:
@@ -150,15 +127,8 @@ def read_attempts(pipeline_root: str | os.PathLike) -> dict[int, dict]:
 
 def _write_attempts(pipeline_root: str | os.PathLike, attempts: dict[int, dict]) -> None:
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
-    _write_atomically(Path(pipeline_root) / ATTEMPTS,
+    write_atomically(Path(pipeline_root) / ATTEMPTS,
                       json.dumps({str(span): entry for span, entry in sorted(attempts.items())}, indent=1) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A crash leaves the old file or the new one, never a part of either."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class Watcher:
