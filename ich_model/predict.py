@@ -134,11 +134,12 @@ def _attempt(reader, path: Path, skipped: list[Skipped]):
 
 def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, batch_size: int = 32,
             progress: bool = True, explain_dir: str | os.PathLike | None = None,
-            explain_threshold: float = 0.5) -> Predictions:
+            explain_threshold: float = 0.5, loaded=None) -> Predictions:
     """Score every usable CT slice under `paths` with the SavedModel in `model_dir`: a slice ensemble in batches
     of `batch_size` slices, a study model (ich_model.study_serving) one whole study at a time. With
     `explain_dir`, also write a Grad-CAM picture there for every slice and subtype whose ensemble probability
-    reaches `explain_threshold` (ich_model.explain); the paths are in `Predictions.explained`."""
+    reaches `explain_threshold` (ich_model.explain); the paths are in `Predictions.explained`. `loaded` is the
+    SavedModel of `model_dir` when the caller has it loaded already (`ich serve` keeps it between studies)."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -179,7 +180,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     if not ordered:
         return result  # nothing readable: no model to load
 
-    model = tf.saved_model.load(str(model_dir))
+    model = loaded if loaded is not None else tf.saved_model.load(str(model_dir))
     serve = model.signatures[SERVING_SIGNATURE]
     result.ood_threshold = ood_threshold(model)
     study_model = REFINED_PROBABILITIES in serve.structured_outputs

@@ -147,6 +147,30 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ich_model.dicom_node.service import Peer, Service, read_status
+    from pipeline.writer_lock import lock_holder, pipeline_root_lock
+
+    if args.status:
+        status = read_status(args.spool, running=lock_holder(args.spool) is not None)
+        print(json.dumps(status, indent=1))
+        return 0
+    if args.model is None:
+        raise ValueError("--model is required (the serving folder that the Pusher publishes into)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold {args.threshold}: a probability, 0 to 1")
+    service = Service(args.model, args.spool, [Peer.parse(text) for text in args.allow or []],
+                      ae_title=args.ae_title, port=args.port, bind=args.bind, study_timeout=args.study_timeout,
+                      threshold=args.threshold,
+                      forward=None if args.forward is None else Peer.parse(args.forward, with_port=True),
+                      tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
+    with pipeline_root_lock(args.spool, "ich serve", what="spool"):
+        service.serve_forever()
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
@@ -253,6 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain-threshold", type=float, default=0.5,
                          help="probability at which a subtype is called positive for --explain (default 0.5)")
     predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser(
+        "serve", help="a DICOM node: receive CT studies, triage each with the newest pushed model, send back an SR",
+        description="A DICOM Storage SCP (CT Image Storage in every transfer syntax that ich predict reads, and "
+                    "C-ECHO). Each instance is on disk in the spool before its C-STORE is answered. A study is "
+                    "scored when its associations are closed and no instance came for --study-timeout seconds, "
+                    "with the newest complete version in the serving folder; the result is a Comprehensive 3D SR "
+                    "in <spool>/reports/, a line in <spool>/results.jsonl and, with --forward, the SR sent on. "
+                    "Runs until stopped (Ctrl-C or SIGTERM); a restart scores what was spooled and not scored.")
+    serve.add_argument("--spool", required=True, help="where instances, reports and results.jsonl are kept")
+    serve.add_argument("--model", help="the serving folder of pushed versions (or one SavedModel)")
+    serve.add_argument("--port", type=int, default=11112, help="TCP port (default 11112; 0 picks a free one)")
+    serve.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all)")
+    serve.add_argument("--ae-title", default="ICH", help="this node's AE title (default ICH); senders must call it")
+    serve.add_argument("--allow", action="append", metavar="AE@HOST",
+                       help="a sender that may associate (repeatable; * for any AE title or any host); others are "
+                            "rejected at association")
+    serve.add_argument("--forward", metavar="AE@HOST:PORT", help="send each structured report there (C-STORE)")
+    serve.add_argument("--study-timeout", type=float, default=30.0,
+                       help="seconds without a new instance after which a study is complete (default 30)")
+    serve.add_argument("--threshold", type=float, default=0.5,
+                       help="operating threshold on the study's probability of any hemorrhage for the finding "
+                            "'suspected intracranial hemorrhage' (default 0.5)")
+    serve.add_argument("--tls-cert", help="PEM certificate: associations over TLS only (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--status", action="store_true",
+                       help="print how many studies of --spool are waiting, scoring and done, then exit")
+    serve.set_defaults(handler=_serve)
 
     watch = commands.add_parser(
         "watch", help="retrain when a new span folder of labelled scans is complete",

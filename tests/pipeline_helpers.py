@@ -130,3 +130,18 @@ def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
     return model
 
+
+def export_study_model(ensemble_dir: str | Path, out: str | Path, units: int = 8, seed: int = 4) -> tf.keras.Model:
+    """A study model as the context Trainer exports it (its slice ensemble and a context model), the context model
+    untrained with every weight drawn at random so that it acts; returns the context model."""
+    from ich_model.context_model import build_context_model
+    from ich_model.description import read_description, study_description
+    from ich_model.study_serving import StudyScoringModule, study_outputs
+
+    ensemble = tf.saved_model.load(str(ensemble_dir))
+    embedding = int(np.prod(ensemble.signatures["serving_default"].structured_outputs["embedding"].shape[1:]))
+    context_model = randomised(build_context_model(embedding, units=units, seed=1), seed=seed)
+    slice_ensemble = read_description(ensemble_dir)
+    StudyScoringModule(ensemble, context_model, study_description(slice_ensemble, {"settings": {}}, study_outputs(
+        slice_ensemble))).save(str(out))
+    return context_model
