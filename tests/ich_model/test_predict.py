@@ -193,21 +193,15 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
     study's slices (taken from the ExampleGen, in another order), the wide rows the slice ensemble's beside them,
     `_studies.csv` the study head's beside the slice maximum; Grad-CAM still reads the members."""
     from ich_model import context
-    from ich_model.context_model import GAPS, MASK, REFINED, STUDY, build_context_model
-    from ich_model.description import read_description, study_description
+    from ich_model.context_model import GAPS, MASK, REFINED, STUDY
     from ich_model.predict import predict
-    from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES, StudyScoringModule, study_outputs
+    from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
     from pipeline.cli import main
-    from tests.pipeline_helpers import randomised
+    from tests.pipeline_helpers import export_study_model
 
     root, _, ensemble_dir, _ = scored
     ensemble = tf.saved_model.load(str(ensemble_dir))
-    embedding = int(np.prod(ensemble.signatures[SERVING_SIGNATURE](examples=tf.constant(
-        [read_split(root / "examples", "train")[0].SerializeToString()]))["embedding"].shape[1:]))  # [1, M, D]
-    context_model = randomised(build_context_model(embedding, units=8, seed=1), seed=4)
-    slice_ensemble = read_description(ensemble_dir)
-    StudyScoringModule(ensemble, context_model, study_description(slice_ensemble, {"settings": {}}, study_outputs(
-        slice_ensemble))).save(str(tmp_path / "study"))
+    context_model = export_study_model(ensemble_dir, tmp_path / "study")
     serve = tf.saved_model.load(str(tmp_path / "study")).signatures[SERVING_SIGNATURE]
     by_study: dict[str, list] = {}
     for example in read_split(root / "examples", "eval") + read_split(root / "examples", "train"):
