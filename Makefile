@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-lock
 PYTHON310 := $(shell python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null \
 	|| ls -d $$HOME/.pyenv/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V | tail -n 1)
 
-.PHONY: setup run test lint unit e2e compile report bench lock clean
+.PHONY: setup run test lint pacs unit e2e compile report bench lock clean
 
 setup: $(STAMP)
 
@@ -68,8 +68,18 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # Each test file in a pytest process of its own, two at a time, the e2e file first (tests/suite.py says why).
-test: setup lint
+test: setup lint pacs
 	$(PY) -m tests.suite
+
+# Debian's Orthanc, the real PACS that ich serve's tests forward reports to; without it (no root, no sudo, no
+# Debian) that test is skipped with the reason.
+pacs:
+	@command -v Orthanc >/dev/null || { \
+	  echo "installing Debian's orthanc (the PACS of ich serve's tests)"; \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+	      --no-install-recommends orthanc >/dev/null; } \
+	    || echo "warning: could not install orthanc (apt-get install orthanc as root); its test is skipped" >&2; }
 
 unit: setup
 	$(VENV)/bin/pytest -m "not e2e"

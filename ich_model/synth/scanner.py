@@ -204,3 +204,23 @@ def _write_slice(path: Path, header: SeriesHeader, image_id: str, position: tupl
     ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
 
+
+
+def as_scanner_writes(images: Path, out: Path, tags: dict[str, str] | None = None) -> dict[str, list[Path]]:
+    """The synthetic slices under `images` written again into `out/<study UID>/` as a scanner writes them: DICOM
+    UIDs (numbers derived from each `ID_<hex>`) where RSNA's anonymisation left IDs, and `tags` (a patient's name,
+    say) set on every slice; study UID -> its files. What `ich serve`'s tests and benchmark send."""
+    studies: dict[str, list[Path]] = {}
+    with pydicom.config.disable_value_validation():
+        for path in sorted(Path(images).glob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                setattr(ds, keyword, generate_uid(entropy_srcs=[str(getattr(ds, keyword))]))
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            for keyword, value in (tags or {}).items():
+                setattr(ds, keyword, value)
+            target = Path(out) / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
+            studies.setdefault(ds.StudyInstanceUID, []).append(target)
+    return dict(sorted(studies.items()))

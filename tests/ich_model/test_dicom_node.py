@@ -33,6 +33,7 @@ from ich_model.dicom_node.service import CANNOT_UNDERSTAND, NOT_A_CT_SLICE, SUCC
 from ich_model.dicom_node.spool import RESULTS, STUDIES
 from ich_model.predict import predict
 from ich_model.synth import IMAGES_DIR, generate_dataset
+from ich_model.synth.scanner import as_scanner_writes
 from tests.pipeline_helpers import export_ensemble, export_study_model, run_example_gen, run_transform
 
 SCANNER, NODE = "SCANNER", "ICH"
@@ -52,7 +53,7 @@ def node(tmp_path_factory):
     ensemble_dir = export_ensemble(root / "transform", [_tiny(seed) for seed in (1, 2, 3)], root)
     serving = root / "serving"
     export_study_model(ensemble_dir, serving / "1700000000")
-    studies = as_scanner_writes(root / "rsna" / IMAGES_DIR, root / "studies")
+    studies = as_scanner_writes(root / "rsna" / IMAGES_DIR, root / "studies", PATIENT_TAGS)
     return serving, studies
 
 
@@ -60,25 +61,6 @@ def _tiny(seed: int):
     from ich_model.model.presets import build_cascade
 
     return build_cascade("tiny", seed=seed)
-
-
-def as_scanner_writes(images: Path, out: Path) -> dict[str, list[Path]]:
-    """The synthetic slices with DICOM UIDs (RSNA writes `ID_<hex>` in UID tags; a scanner writes numbers) and a
-    patient's identifying tags; study UID -> its files."""
-    studies: dict[str, list[Path]] = {}
-    with pydicom.config.disable_value_validation():
-        for path in sorted(images.glob("*.dcm")):
-            ds = pydicom.dcmread(path)
-            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-                setattr(ds, keyword, generate_uid(entropy_srcs=[str(getattr(ds, keyword))]))
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            for keyword, value in PATIENT_TAGS.items():
-                setattr(ds, keyword, value)
-            folder = out / ds.StudyInstanceUID
-            folder.mkdir(parents=True, exist_ok=True)
-            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-            studies.setdefault(ds.StudyInstanceUID, []).append(folder / f"{ds.SOPInstanceUID}.dcm")
-    return dict(sorted(studies.items()))
 
 
 class Destination:
@@ -373,6 +355,108 @@ def test_a_killed_service_loses_no_stored_instance_and_scores_each_study_once_on
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
     assert sum("instances scored" in line for line in lines) == len(sent)
+
+
+def test_eight_senders_at_once_lose_no_instance_and_every_study_is_scored_once(node, tmp_path):
+    """8 senders at the same time, each with 5 studies of 32 slices (one association per study)."""
+    serving, _ = node
+    generate_dataset(tmp_path / "rsna", patients=40, slices_per_study=32, seed=31, size=64, positive_fraction=0.5,
+                     progress=False)
+    studies = list(as_scanner_writes(tmp_path / "rsna" / IMAGES_DIR, tmp_path / "studies").items())[:40]
+    assert len(studies) == 40 and {len(files) for _, files in studies} == {32}  # a patient may have two studies
+    running = Service(serving, tmp_path / "spool", [Peer.parse(f"{SCANNER}@127.0.0.1")], port=0, bind="127.0.0.1",
+                      study_timeout=TIMEOUT, echo=lambda message, **_: None)
+    running.start()
+    statuses: list[int | None] = []
+    try:
+        senders = [threading.Thread(target=lambda mine: [statuses.extend(send(files, running.port))
+                                                         for _, files in mine], args=(studies[i::8],))
+                   for i in range(8)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        results = wait_for_results(running.spool.root, len(studies), deadline=300)
+        time.sleep(2 * TIMEOUT + 0.5)
+        results = wait_for_results(running.spool.root, len(studies))
+    finally:
+        running.stop()
+    assert statuses == [SUCCESS] * 40 * 32
+    assert len(list((running.spool.root / STUDIES).rglob("*.dcm"))) == 40 * 32
+    assert len(results) == 40 and sorted(r["study_uid"] for r in results) == sorted(uid for uid, _ in studies)
+    assert {r["instances"] for r in results} == {32} and {r["version"] for r in results} == {1}
+
+
+class Orthanc:
+    """Debian's Orthanc on loopback, a real PACS: its DICOM port receives, its REST API (on loopback) lists what it
+    stored."""
+
+    def __init__(self, folder: Path):
+        import socket
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                ports.append(probe.getsockname()[1])
+        self.dicom_port, self.http_port = ports
+        config = folder / "orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "test-pacs", "DicomAet": "PACS", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+            "HttpServerEnabled": True, "Plugins": []}))
+        self.process = subprocess.Popen([ORTHANC, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.close()
+        raise AssertionError("Orthanc did not start: " + self.process.stderr.read().decode(errors="replace")[-2000:])
+
+    def get(self, path: str):
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def stored_sop_instance_uids(self) -> set[str]:
+        return {self.get(f"/instances/{instance}/simplified-tags")["SOPInstanceUID"]
+                for instance in self.get("/instances")}
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+ORTHANC = shutil.which("Orthanc")
+
+
+@pytest.mark.skipif(ORTHANC is None, reason="Debian's orthanc is not installed (make test installs it where it can: "
+                                            "apt-get install orthanc)")
+def test_reports_are_forwarded_to_a_real_pacs(node, tmp_path):
+    serving, studies = node
+    pacs = Orthanc(tmp_path)
+    log: list[str] = []
+    running = Service(serving, tmp_path / "spool", [Peer.parse(f"{SCANNER}@127.0.0.1")], port=0, bind="127.0.0.1",
+                      study_timeout=TIMEOUT, forward=Peer("PACS", "127.0.0.1", pacs.dicom_port),
+                      echo=lambda message, **_: log.append(message))
+    running.start()
+    try:
+        sent = list(studies.items())[:2]
+        for _, files in sent:
+            assert send(files, running.port) == [SUCCESS] * len(files)
+        results = wait_for_results(running.spool.root, len(sent))
+        assert [r["forwarded"] for r in results] == ["ok", "ok"]
+        assert pacs.stored_sop_instance_uids() == {r["report_sop_instance_uid"] for r in results}
+        [study] = [s for s in pacs.get("/studies?expand") if s["MainDicomTags"]["StudyInstanceUID"] == sent[0][0]]
+        assert study["PatientMainDicomTags"]["PatientID"] == PATIENT_TAGS["PatientID"]  # filed with its patient
+    finally:
+        running.stop()
+        pacs.close()
 
 
 def test_the_allow_list_and_destinations_are_parsed_or_refused():
