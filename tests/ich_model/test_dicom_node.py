@@ -259,6 +259,58 @@ def _offered_mr(port: int) -> str:
         association.release()
 
 
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 (the cryptography package, which the lock holds for Google's clients)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ich serve test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert, key_file = folder / "node.pem", folder / "node.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert, key_file
+
+
+def test_with_tls_a_study_is_stored_over_tls_and_a_plain_association_is_not_served(node, tmp_path):
+    import ssl
+
+    serving, studies = node
+    cert, key = _self_signed(tmp_path)
+    running = Service(serving, tmp_path / "spool", [Peer.parse(f"{SCANNER}@127.0.0.1")], port=0, bind="127.0.0.1",
+                      study_timeout=TIMEOUT, tls=(str(cert), str(key)), echo=lambda message, **_: None)
+    running.start()
+    try:
+        study_uid, files = list(studies.items())[-1]
+        assert send(files[:1], running.port) == [None]  # no TLS: no association
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title=SCANNER)
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        association = ae.associate("127.0.0.1", running.port, ae_title=NODE, tls_args=(client, "127.0.0.1"))
+        assert association.is_established
+        try:
+            assert [int(association.send_c_store(path).Status) for path in files] == [SUCCESS] * len(files)
+        finally:
+            association.release()
+        [result] = wait_for_results(running.spool.root, 1)
+        assert result["study_uid"] == study_uid and result["instances"] == len(files)
+    finally:
+        running.stop()
+
+
 def _send_raw(path: Path, port: int) -> int:
     """C-STORE a file's bytes as they are, without pynetdicom decoding them first (a corrupt data set): only its
     file meta is read, the data set is streamed from the file."""
