@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - after the path is set
 
-# In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use.
-BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality")
+# In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use, and
+# whose published model serve sends studies to.
+BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve")
 
 
 def _goal(met: bool | None) -> str:
@@ -98,6 +99,20 @@ def _inference(r: dict) -> list[str]:
             f"{_goal(cost <= r['goal_cost_ratio'])} |" for b, cost in r["ensemble_cost_vs_member"].items()]
 
 
+def _serve(r: dict) -> list[str]:
+    load = f"{r['senders']} senders x {r['studies'] // r['senders']} studies x {r['slices_per_study']} slices"
+    lines = [f"| serve | {load}: every instance stored, every study scored once | "
+             f"{r['all_stored'] and r['scored_once']} | yes | {_goal(r['all_stored'] and r['scored_once'])} |",
+             f"| serve | studies per minute; last instance to result p50 / p95 (timeout {r['study_timeout_s']:g} s) | "
+             f"{r['studies_per_minute']:.1f}; {r['latency_p50_s']:.1f} s / {r['latency_p95_s']:.1f} s | | |",
+             f"| serve | scoring cost per study vs ich predict's | {r['serve_cost_vs_predict']:.2f}x | "
+             f"<= {r['goal_cost_ratio']}x | {_goal(r['serve_cost_vs_predict'] <= r['goal_cost_ratio'])} |"]
+    if r["rss_growth"] is not None:
+        lines.append(f"| serve | resident memory, last quarter's peak vs first quarter's | {r['rss_growth']:+.1%} | "
+                     f"<= {r['goal_memory_growth']:.0%} | {_goal(r['rss_growth'] <= r['goal_memory_growth'])} |")
+    return lines
+
+
 def _macro_and_loss(row: dict) -> str:
     return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
 
@@ -144,7 +159,8 @@ def _quality(r: dict) -> list[str]:
 
 
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
-             "input": _input, "scale": _scale, "inference": _inference, "quality": _quality}
+             "input": _input, "scale": _scale, "inference": _inference, "quality": _quality,
+             "serve": _serve}
 
 
 def _auc_table(r: dict) -> list[str]:
