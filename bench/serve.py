@@ -99,7 +99,8 @@ def main() -> None:
     print(f"generating {count} studies of {args.slices} slices at {args.size} px", flush=True)
     generate_dataset(args.work / "rsna", patients=count, slices_per_study=args.slices, seed=2026, size=args.size,
                      positive_fraction=0.5, progress=False)
-    studies = list(as_scanner_writes(args.work / "rsna" / IMAGES_DIR, args.work / "studies").values())
+    # A patient may have two studies: the first `count` of them.
+    studies = list(as_scanner_writes(args.work / "rsna" / IMAGES_DIR, args.work / "studies").values())[:count]
     shutil.rmtree(args.work / "rsna")
 
     print(f"ich predict on each study, model {model_dir}", flush=True)
