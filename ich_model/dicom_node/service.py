@@ -110,9 +110,8 @@ class Service:
         self._lock = threading.Lock()
         self._associations: dict[int, _Association] = {}
         self._arrivals: dict[str, float] = {}  # study key -> wall-clock time of its newest instance
-        self._study_uids: dict[str, str] = {}
+        self._latest: dict[str, dict] = {}  # study key -> its newest result, read from the log once at start
         self._scoring: str | None = None
-        self._done = 0
         self._model_dir: str | None = None
         self._model = None
         self._model_kind = "unknown"
@@ -128,14 +127,12 @@ class Service:
         if torn:
             self.echo(f"warning: {len(torn)} line(s) of the results log were not whole results (a crash while one "
                       "was written); set aside, their studies are scored again", flush=True)
-        results = self._latest_results()
-        for study in self.spool.studies():
-            if study.instances and results.get(study.key, {}).get("instances_digest") != study.digest:
-                self._arrivals[study.key] = study.newest_arrival  # spooled before a stop, never scored
+        self._latest = self.spool.latest_results()
+        for study in self.spool.unscored(self._latest):
+            self._arrivals[study.key] = study.newest_arrival  # spooled before a stop, never scored
         if self._arrivals:
             self.echo(f"{len(self._arrivals)} spooled studies have no result yet: they are scored when their "
                       f"timeout has passed", flush=True)
-        self._done = len(results)
         try:
             self._load_newest_model()  # now, not when the first study is waiting for it
         except (ValueError, OSError) as error:
@@ -212,7 +209,6 @@ class Service:
             association.counts["stored" if stored else "duplicate"] += 1
             if stored:
                 self._arrivals[key] = time.time()
-                self._study_uids[key] = ct.study_uid
         return SUCCESS
 
     def _on_closed(self, event) -> None:
@@ -271,20 +267,17 @@ class Service:
                 self._scoring = None
             return
         study = self.spool.study(key)
-        if self._latest_results().get(key, {}).get("instances_digest") == study.digest:
-            result = None  # its instances came while it was scored: the result holds them already
-        else:
+        # Passed over when its newest result holds these very instances (they came while it was being scored).
+        if self._latest.get(key, {}).get("instances_digest") != study.digest:
             try:
-                result = self._score_study(study)
+                self._score_study(study)
             except Exception as error:  # noqa: BLE001 - one study's failure never stops the service
                 self.echo(f"error: study {key} could not be scored: {type(error).__name__}: {error}", flush=True)
-                result = None
         with self._lock:
             self._scoring = None
-            self._done += result is not None
         self._write_status()
 
-    def _score_study(self, study: SpooledStudy) -> dict | None:
+    def _score_study(self, study: SpooledStudy) -> None:
         from ich_model.predict import predict
 
         started = time.time()
@@ -292,14 +285,14 @@ class Service:
         if not predictions.image_ids:
             self.echo(f"error: study {study.key}: none of its {len(study.instances)} instances could be scored",
                       flush=True)
-            return None
+            return
         study_uid = predictions.study_uids[0]
         heads = predictions.study_heads
         probabilities = heads[study_uid] if heads is not None else predictions.studies()[study_uid]
         result = StudyResult(probabilities, predictions.image_ids, predictions.answer[:, LABELS.index(ANY)],
                              self.threshold)
-        previous = [r for r in self.spool.results() if r["study"] == study.key]
-        version = 1 + max((r["version"] for r in previous), default=0)
+        previous = self._latest.get(study.key)
+        version = 1 if previous is None else previous["version"] + 1
         with pydicom.config.disable_value_validation():  # RSNA-style IDs in UID tags, as the reader allows
             headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in study.instances]
             earlier = pydicom.dcmread(self.spool.report_path(study.key, version - 1)) if previous else None
@@ -321,12 +314,13 @@ class Service:
             "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         self.spool.record_result(record)
+        with self._lock:
+            self._latest[study.key] = record
         finding = "suspected hemorrhage" if result.suspected else "no hemorrhage suspected"
         self.echo(f"study {study.key}: {len(study.instances)} instances scored in {finished - started:.1f} s, "
                   f"{record['seconds_after_last_instance']:.1f} s after its last instance: {finding} (any "
                   f"{record['probabilities'][ANY]:.3f}, threshold {self.threshold:g}); report v{version}"
                   + ("" if forwarded is None else f", forwarded: {forwarded}"), flush=True)
-        return record
 
     def _send(self, report) -> str:
         """C-STORE the report to the destination; 'ok' or what went wrong (the result is kept either way)."""
@@ -344,16 +338,11 @@ class Service:
 
     # --- status ---
 
-    def _latest_results(self) -> dict[str, dict]:
-        latest = {}
-        for record in self.spool.results():
-            latest[record["study"]] = record
-        return latest
-
     def status(self) -> dict:
         with self._lock:
             return {"pid": os.getpid(), "ae_title": self.ae_title, "port": self.port,
-                    "waiting": len(self._arrivals), "scoring": int(self._scoring is not None), "done": self._done,
+                    "waiting": len(self._arrivals), "scoring": int(self._scoring is not None),
+                    "done": len(self._latest),
                     "open_associations": len(self._associations),
                     "model": None if self._model_dir is None else os.path.basename(self._model_dir),
                     "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -384,6 +373,5 @@ def read_status(spool: str | os.PathLike, running: bool) -> dict:
     if running and path.exists():
         return {"running": True, **json.loads(path.read_text())}
     spooled = Spool(root)
-    latest = {record["study"]: record["instances_digest"] for record in spooled.results()}
-    waiting = sum(1 for study in spooled.studies() if study.instances and latest.get(study.key) != study.digest)
-    return {"running": running, "waiting": waiting, "scoring": 0, "done": len(latest)}
+    latest = spooled.latest_results()
+    return {"running": running, "waiting": len(spooled.unscored(latest)), "scoring": 0, "done": len(latest)}

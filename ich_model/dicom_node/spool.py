@@ -107,6 +107,15 @@ class Spool:
     def results(self) -> list[dict]:
         return read_records(self.root / RESULTS, _is_result)[0]
 
+    def latest_results(self) -> dict[str, dict]:
+        """Each scored study's newest result, by study key."""
+        return {record["study"]: record for record in self.results()}
+
+    def unscored(self, latest: dict[str, dict]) -> list[SpooledStudy]:
+        """The studies whose instances have no result in `latest` (never scored, or instances came after it)."""
+        return [study for study in self.studies()
+                if study.instances and latest.get(study.key, {}).get("instances_digest") != study.digest]
+
     def repair_results(self) -> list[str]:
         """Set aside the results log's torn lines (a crash while one was written): their studies are scored again."""
         return set_aside_torn(self.root / RESULTS, _is_result)
