@@ -3,6 +3,7 @@ quality benchmarks read (bench/pipeline.py's demo run)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -24,6 +25,17 @@ def write_results(path: Path, results: dict) -> None:
     stamped = {**results, MEASURED_AT: f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"}
     path.write_text(json.dumps(stamped, indent=2) + "\n")
     print(f"results: {path}")
+
+
+def tree_rss(process) -> int:
+    """Resident bytes of a process (a psutil.Process) and all its descendants (0 for those that ended meanwhile)."""
+    import psutil
+
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
 
 
 def with_sd(row: dict, key: str, digits: int) -> str:

@@ -16,7 +16,6 @@ the full RSNA stage-2 training set (752,803 slices) are projected, on this machi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import results_path, tree_rss, write_results  # noqa: E402 - after the path is set
 
 RSNA_SLICES = 752_803
 # RSNA stage-2 training slices: the share positive per subtype (bench/input.py), for the positive folders' size.
@@ -64,17 +63,6 @@ def subset(full: Path, out: Path, patients: int) -> int:
             if row[0].rsplit("_", 1)[0] in kept:
                 writer.writerow(row)
     return len(chosen)
-
-
-def tree_rss(process) -> int:
-    """Resident bytes of a process and all its descendants (0 for those that ended meanwhile)."""
-    import psutil
-
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += member.memory_info().rss
-    return total
 
 
 def run_measured(command: list[str], log: Path) -> dict[str, int]:

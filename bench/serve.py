@@ -8,7 +8,7 @@ The studies are the synthetic generator's at the demo size, written as a scanner
 `ich predict`'s cost per study: the model loaded once, then each study scored by `predict()` on its files, as a
 whole study at a time (the study model's signature reads one study per call). Then `ich serve` in its own
 process, with a study timeout of --study-timeout seconds, receives every study from --senders pynetdicom clients
-at once (one association per study); the figures come from its results.jsonl and its resident memory (VmRSS),
+at once (one association per study); the figures come from its results.jsonl and its resident memory (RSS),
 sampled every half second. Goal: the service's scoring cost per study at most 1.2x `ich predict`'s, and memory
 flat over the run (the last quarter's peak within 10% of the first quarter's, after the first study).
 """
@@ -29,7 +29,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import results_path, tree_rss, write_results  # noqa: E402 - after the path is set
 
 GOAL_COST_RATIO = 1.2
 GOAL_MEMORY_GROWTH = 0.10
@@ -50,13 +50,6 @@ def send_study(files: list[Path], port: int) -> list[int]:
         return [int(association.send_c_store(path).Status) for path in files]
     finally:
         association.release()
-
-
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def results_of(spool: Path) -> list[dict]:
@@ -83,6 +76,7 @@ def main() -> None:
 
     import shutil
 
+    import psutil
     import tensorflow as tf
 
     from ich_model.predict import predict
@@ -125,6 +119,7 @@ def main() -> None:
             break
     if port is None:
         raise SystemExit("ich serve did not start")
+    service = psutil.Process(process.pid)
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
     memory: list[tuple[float, float, int]] = []  # (seconds, MB, results so far)
     started = time.monotonic()
@@ -134,7 +129,7 @@ def main() -> None:
     for sender in senders:
         sender.start()
     while len(results_of(spool)) < count:
-        memory.append((time.monotonic() - started, resident_mb(process.pid), len(results_of(spool))))
+        memory.append((time.monotonic() - started, tree_rss(service) / 2**20, len(results_of(spool))))
         if process.poll() is not None:
             raise SystemExit(f"ich serve ended with status {process.returncode}")
         time.sleep(0.5)
