@@ -21,7 +21,7 @@ from ich_model.model.presets import build_cascade
 from ich_model.preprocessing import preprocess_dicom, resize_to_model_input
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset, plan_studies, render_study
 
-TRAIN_STEPS = 200  # at 100 steps one run in CI had not yet moved the heat off the rest of the head
+TRAIN_STEPS = 200  # enough for the heat to leave the rest of the head on a loaded machine too
 BATCH_SIZE = 16
 HELD_OUT = {"patients": 10, "slices_per_study": 12, "seed": 11, "positive_fraction": 1.0}
 MIN_LESION_PIXELS = 20  # at 256x256: smaller lesions are a few pixels of a 16x16 map's cell
@@ -95,7 +95,8 @@ def test_grad_cam_heat_for_the_true_subtype_is_on_the_lesion_after_training(lesi
     images, labels = images_and_labels(root / "train")
     prevalence = labels.mean(axis=0)
     recipe = MEMBERS["a"]
-    tf.keras.utils.set_random_seed(recipe.seed)  # the augmentation's draws too, so that a failure can be rerun
+    # The augmentation's and the sampler's draws too; threaded CPU kernels still differ in the last digits.
+    tf.keras.utils.set_random_seed(recipe.seed)
     model = compile_member(build_cascade("tiny", prior=prevalence, seed=recipe.seed), recipe, TRAIN_STEPS)
     untrained = heat_ratios(model, found)
     batches = training_batches(tf.data.Dataset.from_tensor_slices((images, labels)), recipe, prevalence, BATCH_SIZE)
