@@ -15,6 +15,8 @@ Every export (a member's and the ensemble's) holds `assets/model_description.jso
                              share of eval split slices flagged (ich_model.ood.OodModel.description)
     slice_ensemble, context  (kind study) the description of the slice ensemble it holds, and the study-context
                              model's settings, steps and eval figures (ich_model/context_trainer.py)
+    operating_points         (kind study; optional) per level and label the threshold chosen on the eval split for
+                             the target sensitivity, and what it gives there (ich_model/operating_points.py)
 
 `rebuild_member` makes the Keras network of a member from its description (`NetworkSpec.from_config`, as
 keras-hub's `from_config` rebuilds a backbone from `get_config`) and gives it the exported weights, matched by
@@ -118,14 +120,19 @@ def ensemble_description(members: dict[str, dict], ood: dict | None = None) -> d
     return description
 
 
-def study_description(ensemble: dict, context_entry: dict, outputs: dict[str, list]) -> dict:
+def study_description(ensemble: dict, context_entry: dict, outputs: dict[str, list],
+                      operating_points: dict | None = None) -> dict:
     """The description of a study model: the slice ensemble it holds (`ensemble`, that export's description), the
-    context model (`context_entry`) and the study signature's `outputs` (name -> shape)."""
+    context model (`context_entry`), the study signature's `outputs` (name -> shape) and, where they were chosen,
+    its `operating_points` (ich_model.operating_points.OperatingPoints.description)."""
     if ensemble.get("kind") != ENSEMBLE:
         raise DescriptionError(f"a study model holds a slice ensemble, not a {ensemble.get('kind')!r} export")
-    return {"format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION, "project_version": project_version(),
-            "kind": STUDY, "labels": list(LABELS), "input": ensemble["input"], "outputs": outputs,
-            "slice_ensemble": ensemble, "context": context_entry}
+    description = {"format": DESCRIPTION_FORMAT, "version": DESCRIPTION_VERSION, "project_version": project_version(),
+                   "kind": STUDY, "labels": list(LABELS), "input": ensemble["input"], "outputs": outputs,
+                   "slice_ensemble": ensemble, "context": context_entry}
+    if operating_points is not None:
+        description["operating_points"] = operating_points
+    return description
 
 
 def write_description(export_dir: str | os.PathLike, description: dict) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ich_model.constants import BATCH_SIZE
+from ich_model.operating_points import SLICE_LEVEL, STUDY_LEVEL
 
 PRECISIONS = ("float32", "mixed")
 
@@ -98,6 +99,10 @@ class ContextSettings(_CustomConfig):
     units: int = 64  # per GRU direction
     learning_rate: float = 1e-3
     seed: int = 0
+    # The sensitivity each label's operating point reaches on the eval split, per slice and per study
+    # (ich_model/operating_points.py): a triage user states what share of bleeds to find, not a probability.
+    slice_sensitivity_target: float = 0.9
+    study_sensitivity_target: float = 0.95
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "units"):
@@ -105,3 +110,11 @@ class ContextSettings(_CustomConfig):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("slice_sensitivity_target", "study_sensitivity_target"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a share of positives in (0, 1], got {getattr(self, name)}")
+
+    @property
+    def sensitivity_targets(self) -> dict[str, float]:
+        """The target per level, as ich_model.operating_points takes them."""
+        return {SLICE_LEVEL: self.slice_sensitivity_target, STUDY_LEVEL: self.study_sensitivity_target}
