@@ -6,6 +6,8 @@ ich_model.examples), slices placed in their study the same way, and scored by th
 reason and skipped. With an ensemble that ships an OOD model (ich_model/ood.py), each slice also gets its
 out-of-distribution score and flag, and each study the median of its slices' scores and whether that median is
 above the threshold: the median, so that a few unusual slices (skull base, vertex) do not flag a normal study.
+Slices and studies are flagged per label at the model's operating points (ich_model/operating_points.py; the
+default threshold for a model exported without them).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from ich_model.dicom import (
     read_slice,
 )
 from ich_model.examples import place_slices, slice_to_example
+from ich_model.operating_points import LEVELS, SLICE_LEVEL, STUDY_LEVEL, flags, thresholds
 
 FORMATS = ("rsna", "wide", "json")
+FLAGGED_COLUMNS = tuple(f"{label}_flagged" for label in LABELS)
 
 
 def dicom_candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -94,6 +98,11 @@ class Predictions:
     # With a study model (else None): the refined probabilities [N, 6] and, per study, its study head's [6].
     refined: np.ndarray | None = None
     study_heads: dict[str, np.ndarray] | None = None
+    # The model's operating points per level ([6] thresholds in label order), and whether it chose them (False:
+    # the default threshold stands in, as for a model exported before operating points).
+    operating_thresholds: dict[str, np.ndarray] = field(default_factory=lambda: {
+        level: thresholds({}, level) for level in LEVELS})
+    operating_points_chosen: bool = False
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     explained: list[Path] = field(default_factory=list)  # Grad-CAM pictures written
@@ -109,6 +118,18 @@ class Predictions:
         for study, probabilities in zip(self.study_uids, self.probabilities, strict=True):
             rows[study].append(probabilities)
         return {study: np.max(values, axis=0) for study, values in sorted(rows.items())}
+
+    def study_answer(self) -> dict[str, np.ndarray]:
+        """Per study, its probabilities to act on: a study model's study head, else the slice maximum."""
+        return self.studies() if self.study_heads is None else dict(self.study_heads)
+
+    def slice_flags(self) -> np.ndarray:
+        """[N, 6]: the labels each slice is flagged for at the slice operating points."""
+        return flags(self.answer, self.operating_thresholds[SLICE_LEVEL])
+
+    def study_flags(self) -> dict[str, np.ndarray]:
+        """Per study, [6]: the labels it is flagged for at the study operating points."""
+        return {study: flags(p, self.operating_thresholds[STUDY_LEVEL]) for study, p in self.study_answer().items()}
 
     def study_ood(self) -> dict[str, tuple[float, bool]] | None:
         """Per study, the median of its slices' OOD scores and whether it is above the threshold (None without an
@@ -130,6 +151,19 @@ def _attempt(reader, path: Path, skipped: list[Skipped]):
     except Exception as error:  # noqa: BLE001 - whatever a broken file makes a decoder raise is a skip
         skipped.append(Skipped(printable_path(path), "unreadable", f"{type(error).__name__}: {error}"))
     return None
+
+
+def model_thresholds(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], bool]:
+    """The operating points of the export at `model_dir` per level, and whether it chose them (an export without a
+    description, or whose description has none, gets the default threshold)."""
+    from ich_model.description import DescriptionError, read_description
+
+    try:
+        description = read_description(model_dir)
+    except DescriptionError:
+        description = {}
+    return ({level: thresholds(description, level) for level in LEVELS},
+            "operating_points" in description)
 
 
 def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, batch_size: int = 32,
@@ -183,6 +217,7 @@ def predict(paths: Iterable[str | os.PathLike], model_dir: str | os.PathLike, ba
     model = loaded if loaded is not None else tf.saved_model.load(str(model_dir))
     serve = model.signatures[SERVING_SIGNATURE]
     result.ood_threshold = ood_threshold(model)
+    result.operating_thresholds, result.operating_points_chosen = model_thresholds(model_dir)
     study_model = REFINED_PROBABILITIES in serve.structured_outputs
     # The study signature reads one whole study per call; a slice ensemble reads any batch of slices.
     batches = studies if study_model else [ordered[start:start + batch_size]
@@ -240,9 +275,11 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
     `<name>_studies.csv`); returns the files written. The slices' probabilities are the model's answer
     (Predictions.answer): a study model's refined ones, whose slice ensemble's own go beside them
     (`<label>_slice_only`, `slice_only_probabilities`) and whose study head's give each study's probabilities
-    (beside the slice maximum, `<label>_max`, `slice_max`). With an OOD model, the slices (except in Kaggle's `rsna`
-    rows) carry `ood_score` and `out_of_distribution`, the studies `ood_score_median` and `out_of_distribution`;
-    without one, those fields are absent."""
+    (beside the slice maximum, `<label>_max`, `slice_max`). Slices (except in Kaggle's `rsna` rows) and studies
+    carry what the operating points flag (`<label>_flagged` 0/1 in CSV, `flagged`: the labels in JSON, whose
+    `operating_points` gives the thresholds). With an OOD model, the slices (except in `rsna` rows) carry
+    `ood_score` and `out_of_distribution`, the studies `ood_score_median` and `out_of_distribution`; without one,
+    those fields are absent."""
     from ich_model.serving import OOD_SCORE, OUT_OF_DISTRIBUTION
 
     if output_format not in FORMATS:
@@ -250,6 +287,7 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     studies, study_ood, heads = predictions.studies(), predictions.study_ood(), predictions.study_heads
+    slice_flags, study_flags = predictions.slice_flags(), predictions.study_flags()
     slice_only = ([None] * len(predictions.image_ids) if predictions.refined is None else
                   [p.round(6).tolist() for p in predictions.probabilities])
     study_score = f"{OOD_SCORE}_median"
@@ -259,17 +297,21 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
     if output_format == "json":
         out.write_text(json.dumps({
             "labels": list(LABELS),
+            "operating_points": {"chosen_by_model": predictions.operating_points_chosen,
+                                 **{level: dict(zip(LABELS, values.round(6).tolist(), strict=True))
+                                    for level, values in predictions.operating_thresholds.items()}},
             **({} if study_ood is None else {"ood_threshold": predictions.ood_threshold}),
             "slices": [{"image_id": image_id, "study_uid": study, "probabilities": p.round(6).tolist(),
                         **({} if alone is None else {"slice_only_probabilities": alone}),
-                        "spread": s.round(6).tolist(),
+                        "spread": s.round(6).tolist(), "flagged": _flagged_labels(flagged),
                         **dict(ood)}
-                       for image_id, study, p, alone, s, ood in zip(
+                       for image_id, study, p, alone, s, flagged, ood in zip(
                            predictions.image_ids, predictions.study_uids, predictions.answer, slice_only,
-                           predictions.spread, slice_ood, strict=True)],
+                           predictions.spread, slice_flags, slice_ood, strict=True)],
             "studies": {study: {**(dict(zip(LABELS, p.round(6).tolist(), strict=True)) if heads is None else {
                                     **dict(zip(LABELS, heads[study].round(6).tolist(), strict=True)),
                                     "slice_max": dict(zip(LABELS, p.round(6).tolist(), strict=True))}),
+                                "flagged": _flagged_labels(study_flags[study]),
                                 **({} if study_ood is None else {study_score: round(study_ood[study][0], 6),
                                                                  OUT_OF_DISTRIBUTION: study_ood[study][1]})}
                         for study, p in studies.items()},
@@ -286,26 +328,30 @@ def write_predictions(predictions: Predictions, out: str | os.PathLike, output_f
         else:
             writer.writerow(["image_id", "study_uid", *LABELS,
                              *([] if predictions.refined is None else [f"{label}_slice_only" for label in LABELS]),
-                             *(f"{label}_spread" for label in LABELS),
+                             *(f"{label}_spread" for label in LABELS), *FLAGGED_COLUMNS,
                              *([] if study_ood is None else [OOD_SCORE, OUT_OF_DISTRIBUTION])])
-            for image_id, study, p, alone, s, ood in zip(predictions.image_ids, predictions.study_uids,
-                                                         predictions.answer, slice_only, predictions.spread,
-                                                         slice_ood, strict=True):
+            for image_id, study, p, alone, s, flagged, ood in zip(
+                    predictions.image_ids, predictions.study_uids, predictions.answer, slice_only,
+                    predictions.spread, slice_flags, slice_ood, strict=True):
                 writer.writerow([image_id, study, *(f"{v:.6f}" for v in p),
                                  *([] if alone is None else (f"{v:.6f}" for v in alone)), *(f"{v:.6f}" for v in s),
-                                 *(_csv_value(value) for _, value in ood)])
+                                 *map(_csv_value, map(bool, flagged)), *(_csv_value(value) for _, value in ood)])
     studies_out = output_paths(out, output_format)[1]
     with open(studies_out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["study_uid", *([] if heads is None else LABELS), *(f"{label}_max" for label in LABELS),
-                         *([] if study_ood is None else [study_score, OUT_OF_DISTRIBUTION])])
+                         *FLAGGED_COLUMNS, *([] if study_ood is None else [study_score, OUT_OF_DISTRIBUTION])])
         writer.writerows([study, *([] if heads is None else (f"{v:.6f}" for v in heads[study])),
-                          *(f"{v:.6f}" for v in p),
+                          *(f"{v:.6f}" for v in p), *map(_csv_value, map(bool, study_flags[study])),
                           *([] if study_ood is None else map(_csv_value, study_ood[study]))]
                          for study, p in studies.items())
     return [out, studies_out]
 
 
+def _flagged_labels(flagged: np.ndarray) -> list[str]:
+    return [label for label, flag in zip(LABELS, flagged, strict=True) if flag]
+
+
 def _csv_value(value: float | bool) -> str:
-    """An OOD field in a CSV cell: a flag as 0/1, a score with six decimals."""
+    """A flag or an OOD score in a CSV cell: a flag as 0/1, a score with six decimals."""
     return str(int(value)) if isinstance(value, bool) else f"{value:.6f}"

@@ -122,6 +122,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ich_model.constants import ANY, LABELS
+    from ich_model.operating_points import STUDY_LEVEL
     from ich_model.predict import predict, refuse_overwrite, write_predictions
     from ich_model.serving_folder import newest_model_dir
 
@@ -141,6 +143,11 @@ def _predict(args: argparse.Namespace) -> int:
     rate = slices / predictions.seconds if predictions.seconds else 0.0
     print(f"scored {slices} slices of {len(predictions.studies())} studies in {predictions.seconds:.1f} s "
           f"({rate:.1f} slices/s); skipped {len(predictions.skipped)} files; wrote {', '.join(map(str, written))}")
+    any_index, flagged = LABELS.index(ANY), predictions.study_flags()
+    threshold = predictions.operating_thresholds[STUDY_LEVEL][any_index]
+    print(f"flagged for any hemorrhage: {sum(f[any_index] for f in flagged.values())} of {len(flagged)} studies at "
+          + (f"the model's study operating point ({threshold:.4g})" if predictions.operating_points_chosen else
+             f"the default threshold {threshold:g} (the model has no operating points)"))
     if args.explain:
         print(f"wrote {len(predictions.explained)} Grad-CAM pictures to {args.explain} (slices and subtypes with "
               f"probability >= {args.explain_threshold:g})")
@@ -159,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("--model is required (the serving folder that the Pusher publishes into)")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold}: a probability, 0 to 1")
     service = Service(args.model, args.spool, [Peer.parse(text) for text in args.allow or []],
                       ae_title=args.ae_title, port=args.port, bind=args.bind, study_timeout=args.study_timeout,
@@ -297,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--forward", metavar="AE@HOST:PORT", help="send each structured report there (C-STORE)")
     serve.add_argument("--study-timeout", type=float, default=30.0,
                        help="seconds without a new instance after which a study is complete (default 30)")
-    serve.add_argument("--threshold", type=float, default=0.5,
+    serve.add_argument("--threshold", type=float,
                        help="operating threshold on the study's probability of any hemorrhage for the finding "
-                            "'suspected intracranial hemorrhage' (default 0.5)")
+                            "'suspected intracranial hemorrhage' (default: the model's study operating point for "
+                            "any, chosen on its eval split; 0.5 for a model without operating points)")
     serve.add_argument("--tls-cert", help="PEM certificate: associations over TLS only (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--status", action="store_true",

@@ -10,8 +10,10 @@ Nothing here gates: the published model is the study model.
 `study_eval_config`: the same metrics for the study model's `refined` output beside the slice ensemble's
 `slice_only`, per slice (rows of `level` "slice") and per study (`level` "study", where `refined` is the study
 head and `slice_only` the slices' maximum), with the study figures a triage user reads (sensitivity at 90% and 95%
-specificity, specificity at 95% sensitivity). The gates (floors, a ceiling and no regression against the last
-blessed model) are on `refined` at the slice level, and a floor on the study head's `any` AUC.
+specificity, specificity at 95% sensitivity) and, on `flagged`, the sensitivity, specificity and counts at the
+model's own operating points (chosen on the eval split: ich_model/operating_points.py). The gates (floors, a
+ceiling and no regression against the last blessed model) are on `refined` at the slice level, and a floor on the
+study head's `any` AUC.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import tensorflow_model_analysis as tfma
 from components.study_evaluator.executor import (
     BASELINE_PREFIX,
     CANDIDATE_PREFIX,
+    FLAGGED,
     LEVEL,
     REFINED,
+    ROW_OUTPUTS,
     SLICE_LEVEL,
     STUDY_LEVEL,
     prediction_key,
@@ -142,6 +146,13 @@ def _triage_metrics() -> list[tfma.MetricConfig]:
     ]
 
 
+def _flagged_metrics() -> list[tfma.MetricConfig]:
+    """What the model's own operating points give: its flags (0 or 1) counted against the labels."""
+    flagged = '{"thresholds": [0.5]}'  # a flag is 1.0 or 0.0
+    return [tfma.MetricConfig(class_name=name, config=flagged) for name in (
+        "Recall", "Specificity", "TruePositives", "FalsePositives", "TrueNegatives", "FalseNegatives")]
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     # Only the scored outputs have a label; FlaggedShare reads no label, so OUT_OF_DISTRIBUTION needs no entry.
     label_keys = {output: LABEL for output in MODEL_OUTPUTS}
@@ -162,8 +173,8 @@ def study_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     overall slice, which would mix slices with studies."""
     def spec(name: str, prefix: str, is_baseline: bool = False) -> tfma.ModelSpec:
         return tfma.ModelSpec(name=name, is_baseline=is_baseline,
-                              prediction_keys={output: prediction_key(prefix, output) for output in STUDY_OUTPUTS},
-                              label_keys={output: LABEL for output in STUDY_OUTPUTS})
+                              prediction_keys={output: prediction_key(prefix, output) for output in ROW_OUTPUTS},
+                              label_keys={output: LABEL for output in ROW_OUTPUTS})
 
     every_label = _class_ids(range(len(LABELS)))
     return tfma.EvalConfig(
@@ -173,6 +184,7 @@ def study_eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         metrics_specs=[
             *_report_specs(list(STUDY_OUTPUTS), config.operating_threshold),
             tfma.MetricsSpec(output_names=list(STUDY_OUTPUTS), binarize=every_label, metrics=_triage_metrics()),
+            tfma.MetricsSpec(output_names=[FLAGGED], binarize=every_label, metrics=_flagged_metrics()),
             *blessing_specs(config),
         ],
     )

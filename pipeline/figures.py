@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
-from components.study_evaluator.executor import LEVEL, REFINED, SLICE_LEVEL, SLICE_ONLY, STUDY_LEVEL
+from components.study_evaluator.executor import FLAGGED, LEVEL, REFINED, SLICE_LEVEL, SLICE_ONLY, STUDY_LEVEL
 from ich_model.constants import LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
+from ich_model.operating_points import LEVELS, wilson_interval
 from ich_model.serving import PROBABILITIES
 from pipeline.evaluation import MODEL_OUTPUTS, SENSITIVITY_AT_SPECIFICITY, SPECIFICITY_AT_SENSITIVITY
 
@@ -99,6 +100,28 @@ def study_figures(study_slicing_metrics: list) -> dict[str, dict]:
             figures[name][triage] = {label: metric_value(metrics.get(class_key(i), {}), triage)
                                      for i, label in enumerate(LABELS)}
         figures[name]["studies"] = metric_value(metrics.get(class_key(0), {}), "example_count")
+    return figures
+
+
+def operating_point_figures(study_slicing_metrics: list, points: dict | None) -> dict | None:
+    """What the study model's operating points give on the eval split, from TFMA's counts of its `flagged` output:
+    per level and label the threshold (from `points`, the model description's operating_points), the counts, and
+    sensitivity and specificity with their Wilson 95% intervals. None for a model without operating points."""
+    if not points:
+        return None
+    figures = {"target_sensitivity": points["target_sensitivity"], "chosen_on": points["chosen_on"]}
+    for level in LEVELS:
+        metrics = level_slice(study_slicing_metrics, level).get(FLAGGED, {})
+        figures[level] = {}
+        for index, label in enumerate(LABELS):
+            tp, fn, fp, tn = (int(metric_value(metrics.get(class_key(index), {}), name) or 0) for name in COUNTS)
+            figures[level][label] = {
+                "threshold": points[level][label]["threshold"], "true_positives": tp, "false_negatives": fn,
+                "false_positives": fp, "true_negatives": tn,
+                "sensitivity": tp / (tp + fn) if tp + fn else None,
+                "sensitivity_interval": wilson_interval(tp, tp + fn),
+                "specificity": tn / (tn + fp) if tn + fp else None,
+                "specificity_interval": wilson_interval(tn, tn + fp)}
     return figures
 
 

@@ -4,8 +4,9 @@
 their artifacts and returns the `last_run.json` document: per model (`ensemble`, `member_a`, ..., and `context`,
 the study model's refined output) the per-slice figures of pipeline.figures (each label's AUC, the macro AUC over
 the defined ones, the undefined labels, the weighted log loss); `study`, the per-study figures of the study head
-and of the slice ensemble's maximum; `blessed` and `reason` (the StudyEvaluator's), `pushed_to`, and `drift`
-(the DataGate's comparison of the span with the last one that passed it).
+and of the slice ensemble's maximum; `operating_points`, what the study model's thresholds give per slice and per
+study (pipeline.figures.operating_point_figures); `blessed` and `reason` (the StudyEvaluator's), `pushed_to`, and
+`drift` (the DataGate's comparison of the span with the last one that passed it).
 `format_summary` renders it as the closing tables.
 `latest_evaluation` gives the same with TFMA's loaded result and the run, for `ich report`; `latest_execution`,
 `execution_artifacts` and `output_artifact` find what another node of a run read and wrote (the report, the
@@ -21,17 +22,21 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
 from components.data_gate.executor import DRIFT_FILE
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
+from ich_model.description import read_description
 from ich_model.metrics import WEIGHTED_LOG_LOSS
+from ich_model.operating_points import LEVELS
 from pipeline.figures import (
     MACRO_AUC,
     TRIAGE,
     class_key,
     defined_auc,
     evaluation_figures,
+    operating_point_figures,
     study_figures,
     undefined_note,
 )
@@ -166,8 +171,11 @@ def latest_evaluation(store: metadata_store.MetadataStore, pipeline_name: str
     pushed_to = None
     if pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
+    study_model = path_utils.serving_model_path(study_inputs["model"][0].uri)
     summary = {"metrics": evaluation_figures(result.slicing_metrics, study_result.slicing_metrics),
-               "study": study_figures(study_result.slicing_metrics), "blessed": blessed, "reason": reason,
+               "study": study_figures(study_result.slicing_metrics),
+               "operating_points": operating_point_figures(study_result.slicing_metrics, read_description(
+                   study_model).get("operating_points")), "blessed": blessed, "reason": reason,
                "pushed_to": pushed_to, "evaluation": evaluation.uri, "study_evaluation": study_evaluation.uri,
                "baseline": baseline[0].uri if baseline else None, "drift": span_drift(store, pipeline_name, run)}
     return summary, result, study_result, run
@@ -238,6 +246,20 @@ def _header_line(headers: list[str], widths: list[int]) -> str:
     return "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
 
 
+def _share_text(share: float | None, interval: list | tuple | None) -> str:
+    return "n/a" if share is None else f"{share:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def operating_point_line(points: dict, level: str) -> str:
+    """One level's operating point for `any` (the triage question) and what it gave on the eval split."""
+    point = points[level][ANY]
+    threshold = "none (no positive)" if point["threshold"] is None else f"{point['threshold']:.4g}"
+    return (f"operating point per {level} for {ANY} (target sensitivity {points['target_sensitivity'][level]:g}, "
+            f"chosen on the {points['chosen_on']}): threshold {threshold}, sensitivity "
+            f"{_share_text(point['sensitivity'], point['sensitivity_interval'])}, specificity "
+            f"{_share_text(point['specificity'], point['specificity_interval'])}")
+
+
 def format_summary(summary: dict) -> str:
     """Fixed-width tables: per slice, one row per model, AUC per label, macro AUC and weighted log loss, and the
     labels whose AUC is undefined; per study, the study head and the slice maximum; then the decision."""
@@ -260,6 +282,10 @@ def format_summary(summary: dict) -> str:
         for model, figures in summary["study"].items():
             lines.append(_row(model, [*(figures.get(column) for column in columns[:-1]),
                                       *(figures[name][ANY] for name in TRIAGE)], study_widths))
+    points = summary.get("operating_points")
+    if points:
+        lines.append("")
+        lines += [operating_point_line(points, level) for level in LEVELS]
     lines.append("")
     lines.append(drift_line(summary.get("drift")))
     lines.append(f"compared with: {summary.get('baseline') or 'no blessed model yet'}")

@@ -13,7 +13,7 @@ from tfx.utils import path_utils, proto_utils
 from components.dicom_example_gen.component import DicomExampleGen
 from components.dicom_example_gen.executor import Executor
 from components.ensemble import Ensemble
-from ich_model.constants import NUM_LABELS
+from ich_model.constants import LABELS, NUM_LABELS
 from ich_model.description import member_description
 from ich_model.members import MEMBERS
 from ich_model.model.network import NetworkSpec
@@ -123,6 +123,16 @@ def export_ensemble(transform_dir: Path, members: list, out: Path, spec: Network
     return path_utils.serving_model_path(ensemble.uri)
 
 
+def operating_points_at(slice_thresholds, study_thresholds) -> dict:
+    """A study model description's operating points with the given thresholds ([6] each, in label order)."""
+    from ich_model.operating_points import DEFAULT_THRESHOLD, SLICE_LEVEL, STUDY_LEVEL
+
+    return {"chosen_on": "the tests' choice", "default_threshold": DEFAULT_THRESHOLD,
+            "target_sensitivity": {SLICE_LEVEL: 0.9, STUDY_LEVEL: 0.95},
+            **{level: {label: {"threshold": float(t)} for label, t in zip(LABELS, values, strict=True)}
+               for level, values in ((SLICE_LEVEL, slice_thresholds), (STUDY_LEVEL, study_thresholds))}}
+
+
 def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
     """Every weight of `model` drawn at random, so that every layer acts (the study-context model's corrections
     start at zero, which would hide its GRUs)."""
@@ -131,9 +141,11 @@ def randomised(model: tf.keras.Model, seed: int) -> tf.keras.Model:
     return model
 
 
-def export_study_model(ensemble_dir: str | Path, out: str | Path, units: int = 8, seed: int = 4) -> tf.keras.Model:
-    """A study model as the context Trainer exports it (its slice ensemble and a context model), the context model
-    untrained with every weight drawn at random so that it acts; returns the context model."""
+def export_study_model(ensemble_dir: str | Path, out: str | Path, units: int = 8, seed: int = 4,
+                       operating_points: dict | None = None) -> tf.keras.Model:
+    """A study model as the context Trainer exports it (its slice ensemble and a context model, and
+    `operating_points` in its description when given), the context model untrained with every weight drawn at
+    random so that it acts; returns the context model."""
     from ich_model.context_model import build_context_model
     from ich_model.description import read_description, study_description
     from ich_model.study_serving import StudyScoringModule, study_outputs
@@ -143,5 +155,5 @@ def export_study_model(ensemble_dir: str | Path, out: str | Path, units: int = 8
     context_model = randomised(build_context_model(embedding, units=units, seed=1), seed=seed)
     slice_ensemble = read_description(ensemble_dir)
     StudyScoringModule(ensemble, context_model, study_description(slice_ensemble, {"settings": {}}, study_outputs(
-        slice_ensemble))).save(str(out))
+        slice_ensemble), operating_points)).save(str(out))
     return context_model

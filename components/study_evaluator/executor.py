@@ -4,6 +4,9 @@
         --> one row per slice and one per study --> TFMA (model-agnostic) --> EvalResult, validation --> blessing
 
 A study's slices (pixels included) are held together only while its models run, one study at a time per worker.
+Each row also carries what each model flags at its own operating points (its description's; the default threshold
+for a model without them), so that TFMA reports the sensitivity and specificity that `ich predict` and `ich serve`
+act on.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tfx_bsl.tfxio import tf_example_record
 
 from ich_model.description import STUDY, read_description
 from ich_model.examples import IMAGE_SIZE, INTERCEPT_GROUP, LABEL, RELATIVE_POSITION, SPAN, STUDY_UID
+from ich_model.operating_points import SLICE_LEVEL, STUDY_LEVEL, flags, thresholds
 from ich_model.preprocessing import POSITION_BAND, position_band
 from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE
 from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
@@ -36,11 +40,12 @@ EVALUATION_KEY = "evaluation"
 BLESSING_KEY = "blessing"
 
 # The rows TFMA reads. `level` tells a slice's row from a study's; each model's outputs are under its prefix.
-LEVEL = "level"
-SLICE_LEVEL, STUDY_LEVEL = "slice", "study"
+LEVEL = "level"  # SLICE_LEVEL or STUDY_LEVEL
 REFINED = "refined"  # the context model's per-slice output on a slice row, its study head on a study row
 SLICE_ONLY = "slice_only"  # the slice ensemble's output; on a study row, its maximum over the study's slices
 OUTPUTS = (REFINED, SLICE_ONLY)
+FLAGGED = "flagged"  # 1.0 per label where `refined` reaches the model's operating point of the row's level
+ROW_OUTPUTS = (*OUTPUTS, FLAGGED)
 CANDIDATE_PREFIX, BASELINE_PREFIX = "", "baseline_"
 PASSED_ON = (INTERCEPT_GROUP, IMAGE_SIZE, SPAN)  # slicing features copied from the slice Examples
 METRICS_NAMESPACE = "StudyEvaluator"
@@ -62,18 +67,21 @@ def _text(value: str) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
 
 
-def outputs_on_study(model, kind: str, records: list[bytes]) -> dict[str, np.ndarray]:
+def outputs_on_study(model, description: dict, records: list[bytes]) -> dict[str, np.ndarray]:
     """One model's outputs on one study's serialized slice Examples: REFINED [N, 6] and SLICE_ONLY [N, 6] per
-    slice, and their study figures under `study_` ([6]). A slice ensemble (an earlier release's published
-    model) has no context: its refined output is its slice output."""
+    slice, FLAGGED [N, 6] at its slice operating points, and their study figures under `study_` ([6]; flagged at
+    its study operating points). A slice ensemble (an earlier release's published model) has no context: its
+    refined output is its slice output."""
     outputs = model.signatures[SERVING_SIGNATURE](examples=tf.constant(records))
     slice_only = outputs[PROBABILITIES].numpy()
-    if kind == STUDY:
+    if description["kind"] == STUDY:
         refined, study = outputs[REFINED_PROBABILITIES].numpy(), outputs[STUDY_PROBABILITIES].numpy()
     else:
         refined, study = slice_only, slice_only.max(axis=0)
     return {REFINED: refined, SLICE_ONLY: slice_only,
-            f"study_{REFINED}": study, f"study_{SLICE_ONLY}": slice_only.max(axis=0)}
+            FLAGGED: flags(refined, thresholds(description, SLICE_LEVEL)).astype(np.float32),
+            f"study_{REFINED}": study, f"study_{SLICE_ONLY}": slice_only.max(axis=0),
+            f"study_{FLAGGED}": flags(study, thresholds(description, STUDY_LEVEL)).astype(np.float32)}
 
 
 def study_rows(records: list[bytes], outputs_by_prefix: dict[str, dict[str, np.ndarray]]) -> list[tf.train.Example]:
@@ -89,13 +97,13 @@ def study_rows(records: list[bytes], outputs_by_prefix: dict[str, dict[str, np.n
         row = {LEVEL: _text(SLICE_LEVEL), LABEL: _ints(labels[index]), POSITION_BAND: _text(bands[index].decode())}
         row.update({name: feature[name] for name in PASSED_ON if name in feature})
         for prefix, outputs in outputs_by_prefix.items():
-            row.update({prediction_key(prefix, name): _floats(outputs[name][index]) for name in OUTPUTS})
+            row.update({prediction_key(prefix, name): _floats(outputs[name][index]) for name in ROW_OUTPUTS})
         rows.append(tf.train.Example(features=tf.train.Features(feature=row)))
     study = {LEVEL: _text(STUDY_LEVEL), LABEL: _ints(labels.max(axis=0))}
     if SPAN in slices[0]:
         study[SPAN] = slices[0][SPAN]
     for prefix, outputs in outputs_by_prefix.items():
-        study.update({prediction_key(prefix, name): _floats(outputs[f"study_{name}"]) for name in OUTPUTS})
+        study.update({prediction_key(prefix, name): _floats(outputs[f"study_{name}"]) for name in ROW_OUTPUTS})
     rows.append(tf.train.Example(features=tf.train.Features(feature=study)))
     return rows
 
@@ -114,7 +122,7 @@ class _ScoreStudies(beam.DoFn):
         self._unlabelled = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "unlabelled_slices")
 
     def setup(self):
-        self._models = {prefix: (tf.saved_model.load(path), read_description(path)["kind"])
+        self._models = {prefix: (tf.saved_model.load(path), read_description(path))
                         for prefix, path in self._serving_dirs.items()}
 
     def process(self, element):
@@ -124,7 +132,8 @@ class _ScoreStudies(beam.DoFn):
         if not labelled:
             return
         self._studies.inc()
-        outputs = {prefix: outputs_on_study(model, kind, labelled) for prefix, (model, kind) in self._models.items()}
+        outputs = {prefix: outputs_on_study(model, description, labelled)
+                   for prefix, (model, description) in self._models.items()}
         for row in study_rows(labelled, outputs):
             yield row.SerializeToString()
 

@@ -40,6 +40,7 @@ from ich_model.dicom import DicomRejected, read_slice
 from ich_model.dicom_node.report import StudyResult, structured_report
 from ich_model.dicom_node.spool import STUDIES, Spool, SpooledStudy, study_key
 from ich_model.json_lines import write_atomically
+from ich_model.operating_points import STUDY_LEVEL
 
 STATUS_FILE = "status.json"
 SUCCESS, NOT_A_CT_SLICE, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC000
@@ -99,7 +100,7 @@ class _Association:
 class Service:
     def __init__(self, serving_dir: str | os.PathLike, spool: str | os.PathLike, allow: list[Peer], *,
                  ae_title: str = "ICH", port: int = 11112, bind: str = "0.0.0.0", study_timeout: float = 30.0,
-                 threshold: float = 0.5, forward: Peer | None = None, tls: tuple[str, str] | None = None,
+                 threshold: float | None = None, forward: Peer | None = None, tls: tuple[str, str] | None = None,
                  echo=print):
         if not allow:
             raise ValueError("no --allow entry: name the senders (AE@HOST) that may store studies here")
@@ -289,8 +290,11 @@ class Service:
         study_uid = predictions.study_uids[0]
         heads = predictions.study_heads
         probabilities = heads[study_uid] if heads is not None else predictions.studies()[study_uid]
+        # Unless told otherwise, the model's own study operating point for `any` (chosen on its eval split).
+        threshold = (float(predictions.operating_thresholds[STUDY_LEVEL][LABELS.index(ANY)])
+                     if self.threshold is None else self.threshold)
         result = StudyResult(probabilities, predictions.image_ids, predictions.answer[:, LABELS.index(ANY)],
-                             self.threshold)
+                             threshold)
         previous = self._latest.get(study.key)
         version = 1 if previous is None else previous["version"] + 1
         with pydicom.config.disable_value_validation():  # RSNA-style IDs in UID tags, as the reader allows
@@ -307,7 +311,7 @@ class Service:
             "instances_digest": study.digest, "scored_slices": len(predictions.image_ids),
             "skipped": [vars(s) for s in predictions.skipped], "model": model_version, "model_kind": kind,
             "probabilities": {label: round(float(p), 6) for label, p in zip(LABELS, probabilities, strict=True)},
-            "threshold": self.threshold, "suspected": result.suspected, "key_slices": result.key_slices(),
+            "threshold": threshold, "suspected": result.suspected, "key_slices": result.key_slices(),
             "report": str(path.relative_to(self.spool.root)), "report_sop_instance_uid": str(report.SOPInstanceUID),
             "forwarded": forwarded, "scoring_seconds": round(finished - started, 3),
             "seconds_after_last_instance": round(finished - study.newest_arrival, 3),
@@ -319,7 +323,7 @@ class Service:
         finding = "suspected hemorrhage" if result.suspected else "no hemorrhage suspected"
         self.echo(f"study {study.key}: {len(study.instances)} instances scored in {finished - started:.1f} s, "
                   f"{record['seconds_after_last_instance']:.1f} s after its last instance: {finding} (any "
-                  f"{record['probabilities'][ANY]:.3f}, threshold {self.threshold:g}); report v{version}"
+                  f"{record['probabilities'][ANY]:.3f}, threshold {threshold:.4g}); report v{version}"
                   + ("" if forwarded is None else f", forwarded: {forwarded}"), flush=True)
 
     def _send(self, report) -> str:

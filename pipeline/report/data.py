@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tfx.utils import path_utils
@@ -71,6 +71,7 @@ class RunRecord:
     ingestion: dict  # the ExampleGen's ingestion report
     threshold: float | None
     ood: dict | None  # the evaluated ensemble's description["ood"], or None for a model without the score
+    study_plots: list = field(default_factory=list)  # TFMA plots of the study model, as study_metrics
 
 
 def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
@@ -100,7 +101,8 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
-                     study_result.slicing_metrics, trainers, ingestion, _operating_threshold(result.config), ood)
+                     study_result.slicing_metrics, trainers, ingestion, _operating_threshold(result.config), ood,
+                     study_result.plots)
 
 
 def flagged_shares(slicing_metrics: list) -> list[tuple[tuple, float | None]]:

@@ -11,6 +11,7 @@ from components.study_evaluator.executor import REFINED, SLICE_LEVEL
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.members import CHECKPOINT_METRIC
 from ich_model.metrics import WEIGHTED_LOG_LOSS
+from ich_model.operating_points import LEVELS, STUDY_LEVEL
 from ich_model.serving import PROBABILITIES
 from pipeline.figures import (
     CONTEXT,
@@ -33,6 +34,7 @@ SECTIONS = (
     ("decision", "Blessing decision"),
     ("models", "Ensemble against its members and the study model"),
     ("studies", "Study level"),
+    ("operating", "Operating points"),
     ("curves", "ROC and precision-recall curves"),
     ("calibration", "Calibration"),
     ("confusion", "Confusion counts at the operating threshold"),
@@ -128,6 +130,42 @@ def _studies_section(record: RunRecord) -> str:
             + _table(["AUC", STUDY_HEAD, SLICE_MAX], rows)
             + f"<p>Operating points for <code>{ANY}</code>, the triage question:</p>"
             + _table([ANY, STUDY_HEAD, SLICE_MAX], triage))
+
+
+def _share_cell(share: float | None, interval) -> str:
+    text = "n/a" if share is None else f"{share:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f'<td class="num">{text}</td>'
+
+
+def _operating_section(record: RunRecord, image: str | None) -> str:
+    """Per label and level, the study model's threshold and what it gives on the eval split; the ROC per study."""
+    points = record.summary.get("operating_points")
+    curves = "" if image is None else f'<img src="{image}" alt="ROC per study with the study operating points">'
+    if not points:
+        return ("<p>The study model of this run has no operating points (exported before they were chosen).</p>"
+                + curves)
+    rows = []
+    for label in LABELS:
+        cells = []
+        for level in LEVELS:
+            point = points[level][label]
+            threshold, found = point["threshold"], point["true_positives"]
+            positives = found + point["false_negatives"]
+            cells += [f'<td class="num">{"none" if threshold is None else f"{threshold:.4g}"}</td>',
+                      f'<td class="num">{found} of {positives}</td>',
+                      _share_cell(point["sensitivity"], point["sensitivity_interval"]),
+                      _share_cell(point["specificity"], point["specificity_interval"])]
+        rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    targets = points["target_sensitivity"]
+    headers = ["label", *(f"{level} {name}" for level in LEVELS for name in (
+        "threshold", "found", "sensitivity [95% CI]", "specificity [95% CI]"))]
+    return (f"<p>A slice or a study is flagged for a label when the study model's probability reaches the label's "
+            f"threshold. Each threshold is the highest that finds at least {targets[SLICE_LEVEL]:.0%} of the "
+            f"positive slices or {targets[STUDY_LEVEL]:.0%} of the positive studies of the {points['chosen_on']}; "
+            "the figures are measured there too (TFMA's counts of the flags), so the sensitivity meets its target "
+            "by construction and the Wilson intervals say how far it may be on new studies of this number. "
+            "<code>none</code>: the split held no positive, and the default threshold stands in.</p>"
+            + _table(headers, rows) + curves)
 
 
 def _confusion_section(record: RunRecord) -> str:
@@ -273,12 +311,13 @@ nav a { margin-right: 12px; }
 
 
 def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str) -> str:
-    """The page, with `pictures` (roc, pr, calibration, models, training, ood) as the names of the PNG files
-    beside it (ood: None for a model without the score)."""
+    """The page, with `pictures` (roc, pr, calibration, models, training, ood, study_roc) as the names of the PNG
+    files beside it (ood: None for a model without the score; study_roc: None without study plots)."""
     bodies = {
         "decision": _decision_section(record),
         "models": _models_section(record, pictures["models"]),
         "studies": _studies_section(record),
+        "operating": _operating_section(record, pictures.get("study_roc")),
         "curves": f'<img src="{pictures["roc"]}" alt="ROC curves">'
                   f'<img src="{pictures["pr"]}" alt="precision-recall curves">',
         "calibration": f'<img src="{pictures["calibration"]}" alt="calibration plots">',

@@ -1,6 +1,6 @@
 """The report's pictures (matplotlib, PNG files in the output folder), drawn from a RunRecord: ROC and
 precision-recall curves, calibration, AUC per model, training curves, the eval split's out-of-distribution
-scores. Each function returns the file's name."""
+scores, the ROC per study with the operating points. Each function returns the file's name."""
 
 from __future__ import annotations
 
@@ -8,10 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
+from components.study_evaluator.executor import REFINED, SLICE_ONLY
 from ich_model.constants import ABBREVIATIONS, LABELS
+from ich_model.operating_points import STUDY_LEVEL
 from ich_model.serving import PROBABILITIES
 from pipeline.evaluation import MODEL_OUTPUTS
-from pipeline.figures import ENSEMBLE, MACRO_AUC, class_key, model_name, overall_slice
+from pipeline.figures import (
+    ENSEMBLE,
+    MACRO_AUC,
+    SLICE_MAX,
+    STUDY_HEAD,
+    class_key,
+    level_slice,
+    model_name,
+    overall_slice,
+)
 from pipeline.report.data import CALIBRATION_BINS, RunRecord, calibration_bins, curve_points
 
 
@@ -60,6 +71,30 @@ def plot_curves(record: RunRecord, out_dir: Path) -> tuple[str, str]:
         axes[0].legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
         names.append(_save(plt, figure, out_dir / f"{kind}.png"))
     return names[0], names[1]
+
+
+def plot_study_roc(record: RunRecord, out_dir: Path) -> str | None:
+    """study_roc.png: per label, the ROC over the eval studies of the study head and of the slice maximum, with the
+    study model's study operating point marked (None for a run without study plots)."""
+    studies = level_slice(record.study_plots, STUDY_LEVEL)
+    if not studies:
+        return None
+    plt = _pyplot()
+    points = record.summary.get("operating_points") or {}
+    figure, axes = _label_grid(plt, "ROC per study (label: any slice positive); dot: the study operating point")
+    for index, (label, ax) in enumerate(zip(LABELS, axes, strict=True)):
+        for output, name, width in ((REFINED, STUDY_HEAD, 2.2), (SLICE_ONLY, SLICE_MAX, 0.9)):
+            plot = studies.get(output, {}).get(class_key(index), {})
+            if plot:
+                curve = curve_points(plot)
+                ax.plot(curve["fpr"], curve["recall"], linewidth=width, label=name)
+        point = points.get(STUDY_LEVEL, {}).get(label)
+        if point and point["sensitivity"] is not None and point["specificity"] is not None:
+            ax.scatter([1 - point["specificity"]], [point["sensitivity"]], color="black", zorder=3, s=30)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+        ax.set(title=label, xlabel="false-positive rate", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
+    axes[0].legend(fontsize=8, loc="lower right")
+    return _save(plt, figure, out_dir / "study_roc.png")
 
 
 def plot_calibration(record: RunRecord, out_dir: Path) -> str:
@@ -166,4 +201,4 @@ def plot_all(record: RunRecord, out_dir: Path) -> dict[str, str | None]:
     roc, pr = plot_curves(record, out_dir)
     return {"roc": roc, "pr": pr, "calibration": plot_calibration(record, out_dir),
             "models": plot_models(record, out_dir), "training": plot_training(record, out_dir),
-            "ood": plot_ood_scores(record, out_dir)}
+            "ood": plot_ood_scores(record, out_dir), "study_roc": plot_study_roc(record, out_dir)}

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import recall_score, roc_auc_score, roc_curve
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
@@ -268,6 +268,35 @@ def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_find
     assert figures["slice_refined"] == pytest.approx(weighted_log_loss(labels, np.concatenate(refined)), abs=1e-4)
     assert figures["slice_only"] == pytest.approx(weighted_log_loss(labels, np.concatenate(slice_only)), abs=1e-4)
 
+    # Its operating points, against sklearn's ROC of the exported model's own outputs on the eval studies: each
+    # reaches its target at the lowest false-positive rate that any threshold reaching it has.
+    points = description["operating_points"]
+    assert points["target_sensitivity"] == {"slice": 0.9, "study": 0.95}
+    per_study = [(serve(examples=tf.constant([e.SerializeToString() for e in examples])), examples)
+                 for examples in eval_studies(root).values()]
+    outputs = {"slice": (np.array(labels), np.concatenate(refined)),
+               "study": (np.array([np.max([e.features.feature["label"].int64_list.value for e in examples], axis=0)
+                                   for _, examples in per_study]),
+                         np.stack([served[STUDY_PROBABILITIES].numpy() for served, _ in per_study]))}
+    checked = []
+    for level, (truth, scores) in outputs.items():
+        for index, label in enumerate(LABELS):
+            point = points[level][label]
+            assert point["positives"] == truth[:, index].sum()
+            if not truth[:, index].any():
+                assert point["threshold"] is None
+                continue
+            flagged = scores[:, index] >= point["threshold"]
+            sensitivity = flagged[truth[:, index] == 1].mean()
+            assert sensitivity == pytest.approx(point["sensitivity"]) and sensitivity >= points[
+                "target_sensitivity"][level]
+            if not truth[:, index].all():
+                fpr, tpr, _ = roc_curve(truth[:, index], scores[:, index])
+                assert flagged[truth[:, index] == 0].mean() == pytest.approx(
+                    fpr[tpr >= points["target_sensitivity"][level]].min())
+            checked.append((level, label))
+    assert {("slice", "any"), ("study", "any")} <= set(checked) and len(checked) >= 4  # this eval split's positives
+
 
 def without_label(examples_dir: Path, label: str, out: Path) -> Path:
     """A copy of the Examples whose eval split holds no positive of `label`."""
@@ -334,6 +363,21 @@ def test_the_study_evaluator_s_aucs_are_sklearn_s_on_the_study_model_s_outputs_a
                         roc_auc_score(labels[:, index], scores[:, index]), abs=2e-3)
                     compared += 1
     assert compared >= 8
+    # TFMA's sensitivity and specificity at the candidate's operating points: sklearn's on its outputs flagged with
+    # the thresholds of its description; the baseline (a slice ensemble, without operating points) flags at 0.5.
+    points = read_description(path_utils.serving_model_path(study_model.uri))["operating_points"]
+    for model_name, column in (("candidate", 1), ("baseline", 2)):
+        result = dict(tfma.load_eval_result(evaluation.uri, model_name=model_name).slicing_metrics)
+        for level in ("slice", "study"):
+            labels, scores = np.concatenate(rows[level][0]), np.concatenate(rows[level][column])
+            metrics = result[(("level", level),)][evaluator.FLAGGED]
+            for index, label in enumerate(LABELS):
+                threshold = points[level][label]["threshold"] if model_name == "candidate" else 0.5
+                flagged = scores[:, index] >= (0.5 if threshold is None else threshold)
+                for name, positive in (("recall", 1), ("specificity", 0)):
+                    if (labels[:, index] == positive).any():
+                        assert metrics[f"classId:{index}"][name]["doubleValue"] == pytest.approx(recall_score(
+                            labels[:, index] == positive, flagged == positive)), (model_name, level, label, name)
     assert (Path(blessing.uri) / "BLESSED").exists() and blessing.get_int_custom_property("blessed") == 1
     assert blessing.get_string_custom_property("current_model") == study_model.uri
 

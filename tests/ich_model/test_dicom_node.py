@@ -34,10 +34,17 @@ from ich_model.dicom_node.spool import RESULTS, STUDIES
 from ich_model.predict import predict
 from ich_model.synth import IMAGES_DIR, generate_dataset
 from ich_model.synth.scanner import as_scanner_writes
-from tests.pipeline_helpers import export_ensemble, export_study_model, run_example_gen, run_transform
+from tests.pipeline_helpers import (
+    export_ensemble,
+    export_study_model,
+    operating_points_at,
+    run_example_gen,
+    run_transform,
+)
 
 SCANNER, NODE = "SCANNER", "ICH"
 TIMEOUT = 1.0  # --study-timeout of the tests' service
+ANY_THRESHOLD = 0.37  # the study operating point for `any` in the served model's description
 PATIENT_TAGS = {"PatientName": "TESTPATIENT^NODE", "PatientID": "MRN-00012345", "AccessionNumber": "ACC0042"}
 
 
@@ -52,7 +59,8 @@ def node(tmp_path_factory):
     run_transform(root / "examples", root / "transform", root / "tft-tmp")
     ensemble_dir = export_ensemble(root / "transform", [_tiny(seed) for seed in (1, 2, 3)], root)
     serving = root / "serving"
-    export_study_model(ensemble_dir, serving / "1700000000")
+    export_study_model(ensemble_dir, serving / "1700000000", operating_points=operating_points_at(
+        [0.5] * len(LABELS), [0.5] * (len(LABELS) - 1) + [ANY_THRESHOLD]))
     studies = as_scanner_writes(root / "rsna" / IMAGES_DIR, root / "studies", PATIENT_TAGS)
     return serving, studies
 
@@ -148,7 +156,10 @@ def test_a_sent_study_comes_back_as_a_report_of_exactly_its_instances_with_ich_p
             assert result["probabilities"][label] == pytest.approx(float(probability), abs=2e-6)
         suspected = [item for item in _content(report) if item.ValueType == "CODE"
                      and item.ConceptNameCodeSequence[0].CodeValue == SUSPECTED.value]
-        assert suspected[0].ConceptCodeSequence[0].CodeMeaning == ("Yes" if head[LABELS.index(ANY)] >= 0.5 else "No")
+        # Without --threshold, the finding is at the model's study operating point for `any`.
+        assert result["threshold"] == pytest.approx(ANY_THRESHOLD)
+        assert suspected[0].ConceptCodeSequence[0].CodeMeaning == ("Yes" if head[LABELS.index(ANY)] >= ANY_THRESHOLD
+                                                                   else "No")
         any_by_slice = dict(zip(expected.image_ids, expected.answer[:, LABELS.index(ANY)], strict=True))
         top = sorted(any_by_slice, key=lambda uid: -any_by_slice[uid])[:3]
         assert result["key_slices"] == top

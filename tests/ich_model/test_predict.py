@@ -191,13 +191,15 @@ def test_explain_writes_one_titled_picture_per_slice_and_subtype_called_positive
 def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_head(scored, tmp_path):
     """The published study model: the RSNA rows hold the refined probabilities the study signature gives for the
     study's slices (taken from the ExampleGen, in another order), the wide rows the slice ensemble's beside them,
-    `_studies.csv` the study head's beside the slice maximum; Grad-CAM still reads the members."""
+    `_studies.csv` the study head's beside the slice maximum; slices and studies are flagged at the operating points
+    of the model's description; Grad-CAM still reads the members."""
     from ich_model import context
     from ich_model.context_model import GAPS, MASK, REFINED, STUDY
+    from ich_model.description import read_description, write_description
     from ich_model.predict import predict
     from ich_model.study_serving import REFINED_PROBABILITIES, STUDY_PROBABILITIES
     from pipeline.cli import main
-    from tests.pipeline_helpers import export_study_model
+    from tests.pipeline_helpers import export_study_model, operating_points_at
 
     root, _, ensemble_dir, _ = scored
     ensemble = tf.saved_model.load(str(ensemble_dir))
@@ -226,7 +228,17 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
     np.testing.assert_allclose(alone[REFINED_PROBABILITIES].numpy(), by_hand[REFINED][0].numpy(), atol=1e-5)
     np.testing.assert_allclose(alone[STUDY_PROBABILITIES].numpy(), by_hand[STUDY][0].numpy(), atol=1e-5)
 
-    for output_format in ("rsna", "wide"):
+    # Operating points in its description, per label halfway between the two middle probabilities (slices, studies).
+    def middle(values: list) -> np.ndarray:
+        ordered = np.sort(np.stack(values), axis=0)
+        return (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+
+    slice_thresholds, study_thresholds = middle(list(refined.values())), middle(list(heads.values()))
+    description = read_description(tmp_path / "study")
+    write_description(tmp_path / "study", {**description, "operating_points": operating_points_at(
+        slice_thresholds, study_thresholds)})
+
+    for output_format in ("rsna", "wide", "json"):
         assert main(["predict", str(root / "rsna"), "--model", str(tmp_path / "study"), "--format", output_format,
                      "--out", str(tmp_path / f"{output_format}.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "rsna.csv").read_text().splitlines()))
@@ -234,14 +246,27 @@ def test_a_study_model_scores_whole_studies_with_refined_slices_and_the_study_he
     for row in rows:
         image_id, label = row["ID"].rsplit("_", 1)
         assert float(row["Label"]) == pytest.approx(refined[image_id][LABELS.index(label)], abs=1e-5)
+    flagged_slices = 0
     for row in csv.DictReader((tmp_path / "wide.csv").read_text().splitlines()):
         np.testing.assert_allclose([float(row[label]) for label in LABELS], refined[row["image_id"]], atol=1e-5)
         np.testing.assert_allclose([float(row[f"{label}_slice_only"]) for label in LABELS],
                                    slice_only[row["image_id"]], atol=1e-5)
+        flagged = [row[f"{label}_flagged"] == "1" for label in LABELS]
+        assert flagged == list(refined[row["image_id"]] >= slice_thresholds)
+        flagged_slices += flagged[-1]
+    assert 0 < flagged_slices < len(refined)  # the medians split the slices
     studies = list(csv.DictReader((tmp_path / "wide_studies.csv").read_text().splitlines()))
     assert len(studies) == len(heads)
+    document = json.loads((tmp_path / "json.csv").read_text())
+    assert document["operating_points"]["chosen_by_model"] is True
+    assert document["operating_points"]["study"] == pytest.approx(dict(zip(LABELS, study_thresholds, strict=True)),
+                                                                   abs=1e-6)
     for row in studies:
         np.testing.assert_allclose([float(row[label]) for label in LABELS], heads[row["study_uid"]], atol=1e-5)
+        expected = [label for label, p, t in zip(LABELS, heads[row["study_uid"]], study_thresholds, strict=True)
+                    if p >= t]
+        assert [label for label in LABELS if row[f"{label}_flagged"] == "1"] == expected
+        assert document["studies"][row["study_uid"]]["flagged"] == expected
         ids = [e.features.feature["image_id"].bytes_list.value[0].decode() for e in by_study[row["study_uid"]]]
         np.testing.assert_allclose([float(row[f"{label}_max"]) for label in LABELS],
                                    np.max([slice_only[i] for i in ids], axis=0), atol=1e-5)
