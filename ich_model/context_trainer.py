@@ -26,7 +26,7 @@ from ich_model.context_model import (
 )
 from ich_model.description import read_description, study_description
 from ich_model.examples import STUDY_UID
-from ich_model.operating_points import SLICE_LEVEL, STUDY_LEVEL, OperatingPoints
+from ich_model.operating_points import LEVELS, SLICE_LEVEL, STUDY_LEVEL, OperatingPoints
 from ich_model.settings import ContextSettings
 from ich_model.study_serving import StudyScoringModule, study_outputs
 
@@ -61,7 +61,7 @@ def operating_points(predictions: StudyPredictions, studies: list[str], targets:
 
 
 def _log_operating_points(points: OperatingPoints) -> None:
-    for level in (SLICE_LEVEL, STUDY_LEVEL):
+    for level in LEVELS:
         logging.info("operating points per %s (target sensitivity %.2f on the eval split): %s", level,
                      points.targets[level], ", ".join(
                          f"{name} {'none (no positive)' if p.threshold is None else f'{p.threshold:.4f}'}"

@@ -13,6 +13,7 @@ from tfx.utils import path_utils
 
 from components.dicom_example_gen.executor import REPORT_FILE
 from components.study_evaluator.executor import SLICE_LEVEL
+from ich_model.constants import ANY, LABELS
 from ich_model.description import DescriptionError, read_description
 from ich_model.members import CHECKPOINT_METRIC, CHECKPOINT_METRIC_SE, MEMBERS, kept_evaluation
 from ich_model.metrics import FLAGGED_SHARE
@@ -22,6 +23,7 @@ from pipeline.figures import level_slice, metric_value
 from pipeline.summary import (
     EVALUATOR,
     EXAMPLE_GEN,
+    STUDY_EVALUATOR,
     execution_artifacts,
     latest_evaluation,
     latest_execution,
@@ -31,6 +33,7 @@ from pipeline.summary import (
 from pipeline.training import trainer_id
 
 BASELINE = "baseline"  # TFMA's name for the baseline model in an evaluation with one
+ANY_INDEX = LABELS.index(ANY)
 CALIBRATION_BINS = 10
 Series = dict[str, list[tuple[int, float]]]  # TensorBoard scalars: tag -> [(step, value)], in step order
 
@@ -72,6 +75,62 @@ class RunRecord:
     threshold: float | None
     ood: dict | None  # the evaluated ensemble's description["ood"], or None for a model without the score
     study_plots: list = field(default_factory=list)  # TFMA plots of the study model, as study_metrics
+    example_studies: list[ExampleStudy] = field(default_factory=list)  # a few eval studies, slice by slice
+
+
+@dataclass
+class ExampleStudy:
+    """One eval study's first series along the slice normal: per slice the study model's refined `any` probability,
+    the slice ensemble's and the label; and the study head's `any` probability."""
+
+    refined: np.ndarray
+    slice_only: np.ndarray
+    label: np.ndarray
+    study: float
+
+    @property
+    def positive(self) -> bool:
+        return bool(self.label.any())
+
+
+def example_studies(examples_uri: str, model_dir: str, per_kind: int = 2) -> list[ExampleStudy]:
+    """The first `per_kind` eval studies (in pseudonym order) with a bleed and as many without, scored by the study
+    model. Two passes over the split, so that only the chosen studies' slices are held."""
+    import tensorflow as tf
+
+    from ich_model.examples import LABEL, STUDY_UID
+    from ich_model.serving import PROBABILITIES, SERVING_SIGNATURE
+    from ich_model.study_serving import REFINED_PROBABILITIES, SERIES_INDEX, SLICE_ORDER, STUDY_PROBABILITIES
+
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
+
+    def examples():
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            feature = tf.train.Example.FromString(record.numpy()).features.feature
+            if LABEL in feature:
+                yield feature[STUDY_UID].bytes_list.value[0], feature[LABEL].int64_list.value[ANY_INDEX], record
+
+    bleeds: dict[bytes, bool] = {}
+    for study, label, _ in examples():
+        bleeds[study] = bleeds.get(study, False) or bool(label)
+    chosen = {study for kind in (True, False) for study in sorted(s for s, b in bleeds.items() if b == kind)[
+        :per_kind]}
+    records: dict[bytes, list] = {study: [] for study in sorted(chosen)}
+    for study, _, record in examples():
+        if study in chosen:
+            records[study].append(record)
+    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
+    found = []
+    for study_records in records.values():
+        outputs = {name: value.numpy() for name, value in serve(examples=tf.stack(study_records)).items()}
+        labels = np.array([tf.train.Example.FromString(r.numpy()).features.feature[LABEL].int64_list.value[ANY_INDEX]
+                           for r in study_records])
+        first = np.flatnonzero(outputs[SERIES_INDEX] == 0)
+        along = first[np.argsort(outputs[SLICE_ORDER][first])]
+        found.append(ExampleStudy(outputs[REFINED_PROBABILITIES][along, ANY_INDEX],
+                                  outputs[PROBABILITIES][along, ANY_INDEX], labels[along],
+                                  float(outputs[STUDY_PROBABILITIES][ANY_INDEX])))
+    return sorted(found, key=lambda s: not s.positive)
 
 
 def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
@@ -100,9 +159,12 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     examples = output_artifact(store, pipeline_name, EXAMPLE_GEN, "examples", run)
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
+    study_inputs = execution_artifacts(store, latest_execution(store, pipeline_name, STUDY_EVALUATOR, run))[0]
+    examples_studies = example_studies(study_inputs["examples"][0].uri,
+                                       path_utils.serving_model_path(study_inputs["model"][0].uri))
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
                      study_result.slicing_metrics, trainers, ingestion, _operating_threshold(result.config), ood,
-                     study_result.plots)
+                     study_result.plots, examples_studies)
 
 
 def flagged_shares(slicing_metrics: list) -> list[tuple[tuple, float | None]]:

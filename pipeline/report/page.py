@@ -108,11 +108,13 @@ def _models_section(record: RunRecord, image: str) -> str:
     return note + _table(headers, rows) + f'<img src="{image}" alt="AUC per label, ensemble, members, context">'
 
 
-def _studies_section(record: RunRecord) -> str:
-    """Per study (label: any slice positive): the study head against the slice ensemble's maximum."""
+def _studies_section(record: RunRecord, strips: str | None) -> str:
+    """Per study (label: any slice positive): the study head against the slice ensemble's maximum; example studies
+    slice by slice."""
     study = record.summary.get("study") or {}
     if not study:
         return "<p>This run has no study-level evaluation.</p>"
+    strip = "" if strips is None else f'<img src="{strips}" alt="example studies, probability per slice">'
     rows = []
     for label in LABELS:
         cells = "".join(_cell(study[name].get(label)) for name in (STUDY_HEAD, SLICE_MAX))
@@ -129,7 +131,7 @@ def _studies_section(record: RunRecord) -> str:
             "slice probability.</p>"
             + _table(["AUC", STUDY_HEAD, SLICE_MAX], rows)
             + f"<p>Operating points for <code>{ANY}</code>, the triage question:</p>"
-            + _table([ANY, STUDY_HEAD, SLICE_MAX], triage))
+            + _table([ANY, STUDY_HEAD, SLICE_MAX], triage) + strip)
 
 
 def _share_cell(share: float | None, interval) -> str:
@@ -311,12 +313,13 @@ nav a { margin-right: 12px; }
 
 
 def render_page(record: RunRecord, pictures: dict[str, str], pipeline_root: str) -> str:
-    """The page, with `pictures` (roc, pr, calibration, models, training, ood, study_roc) as the names of the PNG
-    files beside it (ood: None for a model without the score; study_roc: None without study plots)."""
+    """The page, with `pictures` (roc, pr, calibration, models, training, ood, study_roc, study_strips) as the names
+    of the PNG files beside it (ood: None for a model without the score; the study pictures: None for a run
+    without them)."""
     bodies = {
         "decision": _decision_section(record),
         "models": _models_section(record, pictures["models"]),
-        "studies": _studies_section(record),
+        "studies": _studies_section(record, pictures.get("study_strips")),
         "operating": _operating_section(record, pictures.get("study_roc")),
         "curves": f'<img src="{pictures["roc"]}" alt="ROC curves">'
                   f'<img src="{pictures["pr"]}" alt="precision-recall curves">',

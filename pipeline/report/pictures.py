@@ -1,6 +1,7 @@
 """The report's pictures (matplotlib, PNG files in the output folder), drawn from a RunRecord: ROC and
 precision-recall curves, calibration, AUC per model, training curves, the eval split's out-of-distribution
-scores, the ROC per study with the operating points. Each function returns the file's name."""
+scores, the ROC per study with the operating points, example studies slice by slice. Each function returns the
+file's name."""
 
 from __future__ import annotations
 
@@ -95,6 +96,31 @@ def plot_study_roc(record: RunRecord, out_dir: Path) -> str | None:
         ax.set(title=label, xlabel="false-positive rate", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
     axes[0].legend(fontsize=8, loc="lower right")
     return _save(plt, figure, out_dir / "study_roc.png")
+
+
+def plot_study_strips(record: RunRecord, out_dir: Path) -> str | None:
+    """study_strips.png: for a few eval studies, the `any` probability of each slice along the slice normal, the
+    study model's refined one against the slice ensemble's, over the slices labelled as bleeding; the study head's
+    probability beside it (None for a run without example studies)."""
+    studies = record.example_studies
+    if not studies:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(studies), 1, figsize=(12, 2.2 * len(studies)), dpi=96, squeeze=False)
+    figure.suptitle("Example eval studies: probability of any hemorrhage per slice along the slice normal")
+    for number, (study, ax) in enumerate(zip(studies, axes[:, 0], strict=True), start=1):
+        slices = np.arange(1, len(study.label) + 1)
+        ax.bar(slices, study.label, width=1.0, color="tab:red", alpha=0.15, label="labelled as bleeding")
+        ax.plot(slices, study.slice_only, color="tab:blue", linestyle="--", marker=".", label="slice ensemble")
+        ax.plot(slices, study.refined, color="tab:orange", linewidth=2, marker="o", markersize=3,
+                label="study model (refined)")
+        ax.axhline(study.study, color="black", linestyle=":", linewidth=1, label="study head")
+        kind = "bleeding" if study.positive else "no bleed"
+        ax.set(title=f"study {number} ({kind}, {len(slices)} slices): study head {study.study:.3f}",
+               xlim=(0.5, len(slices) + 0.5), ylim=(0, 1.02), ylabel="P(any)")
+    axes[0, 0].legend(fontsize=8, loc="upper right", ncol=4)
+    axes[-1, 0].set_xlabel("slice along the normal")
+    return _save(plt, figure, out_dir / "study_strips.png")
 
 
 def plot_calibration(record: RunRecord, out_dir: Path) -> str:
@@ -201,4 +227,5 @@ def plot_all(record: RunRecord, out_dir: Path) -> dict[str, str | None]:
     roc, pr = plot_curves(record, out_dir)
     return {"roc": roc, "pr": pr, "calibration": plot_calibration(record, out_dir),
             "models": plot_models(record, out_dir), "training": plot_training(record, out_dir),
-            "ood": plot_ood_scores(record, out_dir), "study_roc": plot_study_roc(record, out_dir)}
+            "ood": plot_ood_scores(record, out_dir), "study_roc": plot_study_roc(record, out_dir),
+            "study_strips": plot_study_strips(record, out_dir)}

@@ -514,10 +514,10 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
     out = report
     page = PageReader()
     page.feed((out / "index.html").read_text())
-    assert list(page.sections) == ["decision", "models", "studies", "curves", "calibration", "confusion", "slices",
-                                   "ood", "training", "ingestion", "drift"]
+    assert list(page.sections) == ["decision", "models", "studies", "operating", "curves", "calibration",
+                                   "confusion", "slices", "ood", "training", "ingestion", "drift"]
     assert "http" not in (out / "index.html").read_text()  # nothing loaded from the network
-    for section in ("models", "curves", "calibration", "training"):
+    for section in ("models", "studies", "operating", "curves", "calibration", "training"):
         assert page.sections[section]["images"], section
     for section in page.sections.values():
         for src in section["images"]:
@@ -547,6 +547,11 @@ def test_ich_report_on_the_pipeline_root_has_every_section_with_the_run_s_figure
         true_pos, false_neg, false_pos, true_neg = (int(v) for v in confusion[label][1:5])
         assert true_pos + false_neg == labels[:, index].sum(), label
         assert true_pos + false_neg + false_pos + true_neg == len(labels), label
+    # The operating points' counts: per slice, of the eval split's positive slices of each label.
+    operating = {row[0]: row for row in page.sections["operating"]["rows"][1:]}
+    for index, label in enumerate(LABELS):
+        found, positives = (int(v) for v in operating[label][2].split(" of "))
+        assert positives == labels[:, index].sum() and found <= positives, label
     slices = {row[0]: row for row in page.sections["slices"]["rows"][1:]}
     assert int(slices["overall"][1]) == len(labels)
     for feature in SLICE_FEATURES:
