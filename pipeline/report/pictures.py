@@ -118,7 +118,7 @@ def plot_study_strips(record: RunRecord, out_dir: Path) -> str | None:
         kind = "bleeding" if study.positive else "no bleed"
         ax.set(title=f"study {number} ({kind}, {len(slices)} slices): study head {study.study:.3f}",
                xlim=(0.5, len(slices) + 0.5), ylim=(0, 1.02), ylabel="P(any)")
-    axes[0, 0].legend(fontsize=8, loc="upper right", ncol=4)
+    axes[-1, 0].legend(fontsize=8, loc="upper right", ncol=4)  # the last study bleeds least: room for it
     axes[-1, 0].set_xlabel("slice along the normal")
     return _save(plt, figure, out_dir / "study_strips.png")
 
