@@ -125,6 +125,11 @@ def operating_point_figures(study_slicing_metrics: list, points: dict | None) ->
     return figures
 
 
+def share_with_interval(share: float | None, interval) -> str:
+    """A sensitivity or specificity and its interval, as the console and the report show them."""
+    return "n/a" if share is None else f"{share:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def undefined_note(figures_by_model: dict[str, dict]) -> str | None:
     """The sentence that names the labels whose AUC is undefined for some model, for a table's n/a cells."""
     undefined = {label for figures in figures_by_model.values() for label in figures.get(UNDEFINED_AUC, [])}

@@ -37,6 +37,7 @@ from pipeline.figures import (
     defined_auc,
     evaluation_figures,
     operating_point_figures,
+    share_with_interval,
     study_figures,
     undefined_note,
 )
@@ -246,18 +247,14 @@ def _header_line(headers: list[str], widths: list[int]) -> str:
     return "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
 
 
-def _share_text(share: float | None, interval: list | tuple | None) -> str:
-    return "n/a" if share is None else f"{share:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-
-
 def operating_point_line(points: dict, level: str) -> str:
     """One level's operating point for `any` (the triage question) and what it gave on the eval split."""
     point = points[level][ANY]
     threshold = "none (no positive)" if point["threshold"] is None else f"{point['threshold']:.4g}"
     return (f"operating point per {level} for {ANY} (target sensitivity {points['target_sensitivity'][level]:g}, "
             f"chosen on the {points['chosen_on']}): threshold {threshold}, sensitivity "
-            f"{_share_text(point['sensitivity'], point['sensitivity_interval'])}, specificity "
-            f"{_share_text(point['specificity'], point['specificity_interval'])}")
+            f"{share_with_interval(point['sensitivity'], point['sensitivity_interval'])}, specificity "
+            f"{share_with_interval(point['specificity'], point['specificity_interval'])}")
 
 
 def format_summary(summary: dict) -> str:

@@ -160,11 +160,11 @@ def collect(pipeline_root: str, pipeline_name: str) -> RunRecord:
     with open(os.path.join(examples.uri, REPORT_FILE)) as f:
         ingestion = json.load(f)
     study_inputs = execution_artifacts(store, latest_execution(store, pipeline_name, STUDY_EVALUATOR, run))[0]
-    examples_studies = example_studies(study_inputs["examples"][0].uri,
-                                       path_utils.serving_model_path(study_inputs["model"][0].uri))
+    studies = example_studies(study_inputs["examples"][0].uri,
+                              path_utils.serving_model_path(study_inputs["model"][0].uri))
     return RunRecord(pipeline_name, run_id, summary, result.slicing_metrics, result.plots, baseline_metrics,
                      study_result.slicing_metrics, trainers, ingestion, _operating_threshold(result.config), ood,
-                     study_result.plots, examples_studies)
+                     study_result.plots, studies)
 
 
 def flagged_shares(slicing_metrics: list) -> list[tuple[tuple, float | None]]:

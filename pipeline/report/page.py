@@ -25,6 +25,7 @@ from pipeline.figures import (
     metric_value,
     model_figures,
     overall_slice,
+    share_with_interval,
     undefined_note,
 )
 from pipeline.report.data import RunRecord, flagged_shares
@@ -135,8 +136,7 @@ def _studies_section(record: RunRecord, strips: str | None) -> str:
 
 
 def _share_cell(share: float | None, interval) -> str:
-    text = "n/a" if share is None else f"{share:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-    return f'<td class="num">{text}</td>'
+    return f'<td class="num">{share_with_interval(share, interval)}</td>'
 
 
 def _operating_section(record: RunRecord, image: str | None) -> str:
