@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - after the path is set
 
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use, and
-# whose published model serve sends studies to.
-BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve")
+# whose published model serve sends studies to and study scores held-out studies with.
+BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve",
+              "study")
 
 
 def _goal(met: bool | None) -> str:
@@ -113,6 +114,30 @@ def _serve(r: dict) -> list[str]:
     return lines
 
 
+def _study(r: dict) -> list[str]:
+    where = f"{r['studies']} held-out studies of {r['slices_per_study']} slices ({r['slices']} slices)"
+    refined, alone = r["per_slice"]["refined"], r["per_slice"]["slice_only"]
+    head, maximum = r["per_study"]["study_head"]["any"], r["per_study"]["slice_maximum"]["any"]
+    lower = ", ".join(r["labels_lower_per_slice"]) or "none"
+    lines = [f"| study | {where}: study model vs slice ensemble per slice, weighted log loss (labels with a lower "
+             f"AUC) | {refined['weighted_log_loss']:.4f} vs {alone['weighted_log_loss']:.4f}: "
+             f"{r['slice_loss_ratio']:.2f}x ({lower}) | <= {r['slice_loss_ratio_goal']}x, none lower | "
+             f"{_goal(r['slice_goal_met'])} |",
+             f"| study | same: macro AUC per slice, study model vs slice ensemble | {refined['macro_auc']:.3f} vs "
+             f"{alone['macro_auc']:.3f} | | |"]
+    if head["auc"] is not None:
+        lines.append(f"| study | same: `any` AUC per study, study head vs slice maximum (bootstrap 95% intervals) | "
+                     f"{head['auc']:.3f} [{head['interval'][0]:.3f}, {head['interval'][1]:.3f}] vs "
+                     f"{maximum['auc']:.3f} [{maximum['interval'][0]:.3f}, {maximum['interval'][1]:.3f}] | "
+                     f">= {r['study_any_auc_goal']} | {_goal(r['study_goal_met'])} |")
+    for level, points in (r.get("operating_points") or {}).items():
+        point = points["any"]
+        lines.append(f"| study | same: the model's {level} operating point for `any` (target sensitivity "
+                     f"{point['target']:g} on its eval split): sensitivity; specificity here | "
+                     f"{point['sensitivity']:.3f}; {point['specificity']:.3f} | | |")
+    return lines
+
+
 def _macro_and_loss(row: dict) -> str:
     return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
 
@@ -160,7 +185,7 @@ def _quality(r: dict) -> list[str]:
 
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
              "input": _input, "scale": _scale, "inference": _inference, "quality": _quality,
-             "serve": _serve}
+             "serve": _serve, "study": _study}
 
 
 def _auc_table(r: dict) -> list[str]:
