@@ -151,8 +151,13 @@ def test_the_rsna_csv_has_six_rows_per_image_in_rsna_order(scored):
         np.testing.assert_allclose([float(v) for _, v in body[start:start + 6]], expected[image_id][0], atol=1e-5)
     studies = list(csv.reader(outputs["rsna"].with_name(f"{outputs['rsna'].stem}_studies.csv").read_text()
                               .splitlines()))
-    assert studies[0] == ["study_uid", *(f"{label}_max" for label in LABELS), "ood_score_median", OUT_OF_DISTRIBUTION]
+    assert studies[0] == ["study_uid", *(f"{label}_max" for label in LABELS), *(f"{label}_flagged" for label in LABELS),
+                          "ood_score_median", OUT_OF_DISTRIBUTION]
     assert len(studies) - 1 == len({study for *_, study in expected.values()})
+    # A slice ensemble has no operating points: a study is flagged where its slice maximum reaches 0.5.
+    for study, *values in studies[1:]:
+        maximum = np.max([p for p, _, s in expected.values() if s == study], axis=0)
+        assert values[len(LABELS):2 * len(LABELS)] == [str(int(v)) for v in maximum >= 0.5]
 
 
 def test_the_wide_csv_has_one_row_per_slice_with_probabilities_and_spreads(scored):
