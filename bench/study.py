@@ -28,7 +28,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, write_results  # noqa: E402 - after the path is set
+from bench.common import published_model, results_path, write_results  # noqa: E402 - after the path is set
 
 HELD_OUT_SEED = 2028
 SLICE_LOSS_RATIO_GOAL = 0.85
@@ -69,16 +69,12 @@ def main() -> None:
     from ich_model.constants import ANY, LABELS
     from ich_model.description import read_description
     from ich_model.labels import read_rsna_labels
-    from ich_model.operating_points import LEVELS, SLICE_LEVEL, STUDY_LEVEL, flags, thresholds, wilson_interval
+    from ich_model.operating_points import LEVELS, SLICE_LEVEL, STUDY_LEVEL, measure, thresholds
     from ich_model.predict import predict
-    from ich_model.serving_folder import newest_model_dir
     from ich_model.synth import LABELS_CSV, generate_dataset, parse_slices_per_study
     from pipeline.configs import preset
 
-    try:
-        model_dir = newest_model_dir(args.model)
-    except ValueError as error:
-        raise SystemExit(f"{error}\nrun bench/pipeline.py first (it publishes the model), or pass --model") from None
+    model_dir = published_model(args.model)
     description = read_description(model_dir)
     if description["kind"] != "study":
         raise SystemExit(f"{model_dir} is a {description['kind']} export; this benchmark needs a study model")
@@ -109,20 +105,12 @@ def main() -> None:
     points = description.get("operating_points")
     operating = None
     if points:
-        operating = {}
-        for level, truth, scores in ((SLICE_LEVEL, labels, result.refined), (STUDY_LEVEL, study_labels, heads)):
-            flagged = flags(scores, thresholds(description, level))
-            operating[level] = {}
-            for i, label in enumerate(LABELS):
-                positive, found = truth[:, i] == 1, flagged[:, i]
-                tp, tn = int((found & positive).sum()), int((~found & ~positive).sum())
-                operating[level][label] = {
-                    "threshold": points[level][label]["threshold"], "target": points["target_sensitivity"][level],
-                    "positives": int(positive.sum()), "negatives": int((~positive).sum()),
-                    "sensitivity": tp / positive.sum() if positive.any() else None,
-                    "sensitivity_interval": wilson_interval(tp, int(positive.sum())),
-                    "specificity": tn / (~positive).sum() if (~positive).any() else None,
-                    "specificity_interval": wilson_interval(tn, int((~positive).sum()))}
+        operating = {level: {label: {**measure(scores[:, i], truth[:, i], level_thresholds[i]).description(),
+                                     "target": points["target_sensitivity"][level]}
+                             for i, label in enumerate(LABELS)}
+                     for level, truth, scores, level_thresholds in (
+                         (SLICE_LEVEL, labels, result.refined, thresholds(description, SLICE_LEVEL)),
+                         (STUDY_LEVEL, study_labels, heads, thresholds(description, STUDY_LEVEL)))}
     any_auc = per_study["study_head"][ANY]["auc"]
     results = {
         "model": model_dir, "patients": args.patients, "seed": HELD_OUT_SEED, "slices_per_study": args.slices,

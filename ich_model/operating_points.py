@@ -67,6 +67,15 @@ class OperatingPoint:
                                                                                          self.negatives)}
 
 
+def measure(scores, labels, threshold: float | None) -> OperatingPoint:
+    """What `threshold` gives on `scores` against `labels` (0/1); without a threshold, only the class counts."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    if threshold is None:
+        return OperatingPoint(None, int(labels.sum()), int((~labels).sum()), 0, 0)
+    return OperatingPoint(threshold, int(labels.sum()), int((~labels).sum()),
+                          int((scores[labels] >= threshold).sum()), int((scores[~labels] < threshold).sum()))
+
+
 def choose(scores, labels, target_sensitivity: float) -> OperatingPoint:
     """The highest threshold at which at least `target_sensitivity` of the positives score at or above it, moved
     halfway down to the next lower score; no threshold when `labels` holds no positive."""
@@ -75,13 +84,11 @@ def choose(scores, labels, target_sensitivity: float) -> OperatingPoint:
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
     positives = np.sort(scores[labels])[::-1]
     if len(positives) == 0:
-        return OperatingPoint(None, 0, int(len(scores)), 0, 0)
+        return measure(scores, labels, None)
     needed = math.ceil(target_sensitivity * len(positives) - 1e-9)
     kth = positives[needed - 1]
     below = scores[scores < kth]
-    threshold = float((kth + below.max()) / 2 if len(below) else kth / 2)
-    return OperatingPoint(threshold, int(len(positives)), int((~labels).sum()),
-                          int((scores[labels] >= threshold).sum()), int((scores[~labels] < threshold).sum()))
+    return measure(scores, labels, float((kth + below.max()) / 2 if len(below) else kth / 2))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 from components.study_evaluator.executor import FLAGGED, LEVEL, REFINED, SLICE_LEVEL, SLICE_ONLY, STUDY_LEVEL
 from ich_model.constants import LABELS
 from ich_model.metrics import WEIGHTED_LOG_LOSS
-from ich_model.operating_points import LEVELS, wilson_interval
+from ich_model.operating_points import LEVELS, OperatingPoint
 from ich_model.serving import PROBABILITIES
 from pipeline.evaluation import MODEL_OUTPUTS, SENSITIVITY_AT_SPECIFICITY, SPECIFICITY_AT_SENSITIVITY
 
@@ -115,13 +115,9 @@ def operating_point_figures(study_slicing_metrics: list, points: dict | None) ->
         figures[level] = {}
         for index, label in enumerate(LABELS):
             tp, fn, fp, tn = (int(metric_value(metrics.get(class_key(index), {}), name) or 0) for name in COUNTS)
-            figures[level][label] = {
-                "threshold": points[level][label]["threshold"], "true_positives": tp, "false_negatives": fn,
-                "false_positives": fp, "true_negatives": tn,
-                "sensitivity": tp / (tp + fn) if tp + fn else None,
-                "sensitivity_interval": wilson_interval(tp, tp + fn),
-                "specificity": tn / (tn + fp) if tn + fp else None,
-                "specificity_interval": wilson_interval(tn, tn + fp)}
+            point = OperatingPoint(points[level][label]["threshold"], tp + fn, tn + fp, tp, tn)
+            figures[level][label] = {**point.description(), "true_positives": tp, "false_negatives": fn,
+                                     "false_positives": fp, "true_negatives": tn}
     return figures
 
 
