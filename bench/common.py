@@ -27,6 +27,17 @@ def write_results(path: Path, results: dict) -> None:
     print(f"results: {path}")
 
 
+def published_model(serving_dir: str) -> str:
+    """The newest complete version in the serving folder that bench/pipeline.py's run published to; exits saying
+    what to run when there is none."""
+    from ich_model.serving_folder import newest_model_dir
+
+    try:
+        return newest_model_dir(serving_dir)
+    except ValueError as error:
+        raise SystemExit(f"{error}\nrun bench/pipeline.py first (it publishes the model), or pass --model") from None
+
+
 def tree_rss(process) -> int:
     """Resident bytes of a process (a psutil.Process) and all its descendants (0 for those that ended meanwhile)."""
     import psutil

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import results_path, tree_rss, write_results  # noqa: E402 - after the path is set
+from bench.common import published_model, results_path, tree_rss, write_results  # noqa: E402 - after the path is set
 
 GOAL_COST_RATIO = 1.2
 GOAL_MEMORY_GROWTH = 0.10
@@ -80,14 +80,10 @@ def main() -> None:
     import tensorflow as tf
 
     from ich_model.predict import predict
-    from ich_model.serving_folder import newest_model_dir
     from ich_model.synth import IMAGES_DIR, generate_dataset
     from ich_model.synth.scanner import as_scanner_writes
 
-    try:
-        model_dir = newest_model_dir(args.model)
-    except ValueError as error:
-        raise SystemExit(f"{error}\nrun bench/pipeline.py first (it publishes the model), or pass --model") from None
+    model_dir = published_model(args.model)
     count = args.senders * args.studies_per_sender
     shutil.rmtree(args.work, ignore_errors=True)
     print(f"generating {count} studies of {args.slices} slices at {args.size} px", flush=True)

@@ -115,16 +115,16 @@ def example_studies(examples_uri: str, model_dir: str, per_kind: int = 2) -> lis
         bleeds[study] = bleeds.get(study, False) or bool(label)
     chosen = {study for kind in (True, False) for study in sorted(s for s, b in bleeds.items() if b == kind)[
         :per_kind]}
-    records: dict[bytes, list] = {study: [] for study in sorted(chosen)}
-    for study, _, record in examples():
+    records: dict[bytes, list] = {study: [] for study in sorted(chosen)}  # (record, its `any` label)
+    for study, label, record in examples():
         if study in chosen:
-            records[study].append(record)
+            records[study].append((record, label))
     serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
     found = []
     for study_records in records.values():
-        outputs = {name: value.numpy() for name, value in serve(examples=tf.stack(study_records)).items()}
-        labels = np.array([tf.train.Example.FromString(r.numpy()).features.feature[LABEL].int64_list.value[ANY_INDEX]
-                           for r in study_records])
+        outputs = {name: value.numpy() for name, value in serve(
+            examples=tf.stack([record for record, _ in study_records])).items()}
+        labels = np.array([label for _, label in study_records])
         first = np.flatnonzero(outputs[SERIES_INDEX] == 0)
         along = first[np.argsort(outputs[SLICE_ORDER][first])]
         found.append(ExampleStudy(outputs[REFINED_PROBABILITIES][along, ANY_INDEX],
