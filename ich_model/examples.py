@@ -36,6 +36,11 @@ PIXEL_SPACING_MM = "pixel_spacing_mm"
 INTERCEPT_GROUP = "intercept_group"
 IMAGE_SIZE = "image_size"
 SPAN = "span"
+# What describes a span's population (a scanner, a protocol, a site), which the DataGate compares between spans;
+# identifiers, pixels and positions within a study do not. Height and width are compared as the one categorical
+# IMAGE_SIZE: the few sizes that whole studies share make a poor histogram.
+POPULATION_CATEGORICAL = (INTERCEPT_GROUP, IMAGE_SIZE)
+POPULATION_NUMERIC = (PIXEL_SPACING_MM, RESCALE_INTERCEPT, SLICE_COUNT)
 
 
 # How the raw Examples parse, every feature a scalar (the SchemaGen schema may give them shape [1] instead).

@@ -80,12 +80,13 @@ class PipelineConfig:
     statistics_sample_rate: float = 1.0
     # The schema every span is checked against (default: pipeline/schema.pbtxt; pipeline/data_checks.py).
     schema_file: str = ""
-    # Drift of a span from the last one that passed the DataGate (components/data_gate): reported above these
-    # limits, and the span refused when `drift_blocks_training`. L-infinity distance of the value shares of the
-    # intercept groups and image sizes; approximate Jensen-Shannon divergence (0..1) of the histograms of pixel
-    # spacing, rescale intercept and slice count; absolute change of each label's prevalence.
+    # Drift of a span from the training window (the last `span_window` spans that passed the DataGate;
+    # components/data_gate): reported above these limits, and the span refused when `drift_blocks_training`.
+    # L-infinity distance of the value shares of the intercept groups and image sizes; approximate Jensen-Shannon
+    # divergence (0..1) of the histograms of pixel spacing, rescale intercept and slice count; absolute change of
+    # each label's prevalence. Why these values: docs/retraining.md#drift-between-spans.
     drift_categorical_limit: float = 0.25
-    drift_numeric_limit: float = 0.6
+    drift_numeric_limit: float = 0.2
     drift_prevalence_limit: float = 0.1
     drift_blocks_training: bool = False
     # Training (per member; ich_model/settings.py says what each setting does). Where the demo keeps a Trainer

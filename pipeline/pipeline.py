@@ -1,7 +1,7 @@
 """`create_pipeline(config)`: the whole DAG, for LocalDagRunner and for the Kubeflow Pipelines v2 compiler.
 
 DicomExampleGen (one span) -> StatisticsGen -> ExampleValidator (against the committed schema, ImportSchemaGen)
--> DataGate (a span with anomalies stops here; its drift from the last span that passed is measured)
+-> DataGate (a span with anomalies stops here; its drift from the training window is measured)
 -> Transform (over the span window, with the last analyzer cache) -> trainer_a/b/c (warm-started from the latest
 blessed model) -> Ensemble -> StudySequenceGen -> context_trainer (the study model: the ensemble and the
 study-context model) -> StudyEvaluator (on this span's eval split, against
@@ -50,7 +50,7 @@ def create_components(config: PipelineConfig) -> list:
     if config.span_window == 1:
         training_examples = example_gen.outputs["examples"]
     else:
-        window = span_window_resolver(example_gen, config.span_window, end_span=config.span)
+        window = span_window_resolver(example_gen, DATA_GATE, config.span_window, end_span=config.span)
         training_examples = window.outputs[WINDOW]
         resolvers.append(window)
     # The committed schema: it, not the statistics, says what a span must hold. Given it, StatisticsGen keeps no
@@ -63,11 +63,11 @@ def create_components(config: PipelineConfig) -> list:
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     drift_baseline = span_profile_resolver(DATA_GATE)
     data_gate = DataGate(
-        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
-        schema=schema_gen.outputs["schema"], examples=example_gen.outputs["examples"],
-        baseline_profile=drift_baseline.outputs["profile"], categorical_drift_limit=config.drift_categorical_limit,
-        numeric_drift_limit=config.drift_numeric_limit, prevalence_drift_limit=config.drift_prevalence_limit,
-        drift_blocks_training=config.drift_blocks_training).with_id(DATA_GATE)
+        anomalies=example_validator.outputs["anomalies"], schema=schema_gen.outputs["schema"],
+        examples=example_gen.outputs["examples"], baseline_profile=drift_baseline.outputs["profile"],
+        categorical_drift_limit=config.drift_categorical_limit, numeric_drift_limit=config.drift_numeric_limit,
+        prevalence_drift_limit=config.drift_prevalence_limit, drift_blocks_training=config.drift_blocks_training,
+        span_window=config.span_window).with_id(DATA_GATE)
     # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
     # statistics either, since those of the transformed data would be over every image pixel.
     cache = transform_cache_resolver()

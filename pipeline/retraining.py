@@ -1,12 +1,14 @@
 """The parts of the DAG that carry one run over to the next, when each new batch of labelled scans is a span.
 
 - `span_window_resolver` (node SPAN_WINDOW_RESOLVER): the Examples that the Transform and the Trainers read, the
-  newest ingestion of each of the last N spans up to this run's span (N = 0: every span so far). The Evaluator
-  reads this run's span only.
+  newest ingestion of each of the last N spans up to this run's span (N = 0: every span so far) that passed the
+  DataGate; this run's own span is gated by the DataGate before anything trains. The Evaluator reads this run's
+  span only.
 - `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform wrote,
   so that tf.Transform analyses only the spans that it has not seen.
 - `span_profile_resolver` (node SPAN_PROFILE_RESOLVER): the profile that the DataGate wrote for the last span
-  that passed it, which this span's drift is measured against (none on a first run; a refused span has none).
+  that passed it: the counts of the training window, which this span's drift is measured against (none on a
+  first run; a refused span has none).
 - The latest blessed model (pipeline.pipeline.latest_blessed_model_resolver) is both the StudyEvaluator's
   baseline and the model whose members each member warm-starts from.
 
@@ -20,12 +22,13 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
 
-from components.data_gate.component import SpanProfile
+from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
 
 SPAN_WINDOW_RESOLVER = "span_window_resolver"
 TRANSFORM_CACHE_RESOLVER = "latest_transform_cache_resolver"
 SPAN_PROFILE_RESOLVER = "latest_span_profile_resolver"
 WINDOW = "examples"  # the span window resolver's input (every Examples artifact) and output (the window)
+PASSED = "profiles"  # the span window resolver's other input: every profile the DataGate wrote
 
 
 def span_of(artifact) -> int:
@@ -36,8 +39,10 @@ def span_of(artifact) -> int:
 
 class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
     """The newest Examples artifact of each of the last `num_spans` spans up to `end_span` (0: the most recent
-    span), in span order; `num_spans` 0 means every span so far. An older ingestion of a span (its folder
-    changed, or a run without the cache) is left out, so that no slice is read twice."""
+    span), in span order; `num_spans` 0 means every span so far. An earlier span counts only with an ingestion
+    that passed the DataGate (a profile names it): a refused span never trains, in its own run or a later one. An
+    older ingestion of a span (its folder changed, or a run without the cache) is left out, so that no slice is
+    read twice."""
 
     def __init__(self, num_spans: int = 0, end_span: int = 0):
         if num_spans < 0:
@@ -51,24 +56,27 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
             return None
         end = self._end_span or max(span_of(artifact) for artifact in live)
         start = end - self._num_spans + 1 if self._num_spans else None
+        passed = {profile.get_string_custom_property(PASSED_EXAMPLES) for profile in input_dict.get(PASSED, [])}
         newest = {}
         for artifact in live:
             span = span_of(artifact)
-            if span <= end and (start is None or span >= start) and (
+            if span <= end and (start is None or span >= start) and (span == end or artifact.uri in passed) and (
                     span not in newest or artifact.id > newest[span].id):
                 newest[span] = artifact
         return {WINDOW: [newest[span] for span in sorted(newest)]}
 
 
-def span_window_resolver(example_gen, num_spans: int, end_span: int = 0):
-    """The Examples of the last `num_spans` spans (0: all) up to `end_span` (0: the latest), for the Transform
-    and the Trainers. It reads every run's ExampleGen output (a channel by producer: the ExampleGen's own output
-    channel holds this run's artifact only), and runs after this run's ExampleGen."""
+def span_window_resolver(example_gen, data_gate_id: str, num_spans: int, end_span: int = 0):
+    """The Examples of the last `num_spans` spans (0: all) up to `end_span` (0: the latest) that may train, for
+    the Transform and the Trainers. It reads every run's ExampleGen output and every profile of the DataGate
+    (node `data_gate_id`) by producer (a component's own output channel holds its run's artifact only), and runs
+    after this run's ExampleGen."""
     resolver = tfx.dsl.Resolver(
         strategy_class=SpanWindowStrategy,
         config={"num_spans": num_spans, "end_span": end_span},
         **{WINDOW: tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
-                                   producer_component_id=example_gen.id, output_key="examples")},
+                                   producer_component_id=example_gen.id, output_key="examples"),
+           PASSED: tfx.dsl.Channel(type=SpanProfile, producer_component_id=data_gate_id, output_key="profile")},
     ).with_id(SPAN_WINDOW_RESOLVER)
     resolver.add_upstream_node(example_gen)
     return resolver

@@ -6,7 +6,7 @@ the study model's refined output) the per-slice figures of pipeline.figures (eac
 the defined ones, the undefined labels, the weighted log loss); `study`, the per-study figures of the study head
 and of the slice ensemble's maximum; `operating_points`, what the study model's thresholds give per slice and per
 study (pipeline.figures.operating_point_figures); `blessed` and `reason` (the StudyEvaluator's), `pushed_to`, and
-`drift` (the DataGate's comparison of the span with the last one that passed it).
+`drift` (the DataGate's comparison of the span with the training window).
 `format_summary` renders it as the closing tables.
 `latest_evaluation` gives the same with TFMA's loaded result and the run, for `ich report`; `latest_execution`,
 `execution_artifacts` and `output_artifact` find what another node of a run read and wrote (the report, the
@@ -24,7 +24,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
-from components.data_gate.executor import DRIFT_FILE
+from components.data_gate.executor import DRIFT_FILE, name_spans
 from components.dicom_example_gen import DicomExampleGen
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.description import read_description
@@ -195,10 +195,10 @@ def span_drift(store: metadata_store.MetadataStore, pipeline_name: str, run: int
 
 def drift_line(drift: dict | None) -> str:
     """One line: what the span was compared with and every measure beyond its limit."""
-    if not drift or drift["baseline_span"] is None:
+    if not drift or not drift.get("baseline_spans"):
         return "drift: no earlier span passed the data gate; nothing to compare with"
     limits = drift["limits"]
-    compared = (f"drift from span {drift['baseline_span']} (limits: L-infinity {limits['categorical']:g}, "
+    compared = (f"drift from {name_spans(drift['baseline_spans'])} (limits: L-infinity {limits['categorical']:g}, "
                 f"Jensen-Shannon {limits['numeric']:g}, prevalence change {limits['prevalence']:g})")
     if not drift["over"]:
         largest = max(drift["features"].items(), key=lambda item: item[1]["value"] / max(item[1]["limit"], 1e-9),

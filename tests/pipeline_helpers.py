@@ -24,9 +24,12 @@ from pipeline.configs import beam_args_with_workers_image
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-def run_example_gen(component: DicomExampleGen, out: Path) -> standard_artifacts.Examples:
-    """DicomExampleGen's executor on the component's own execution properties."""
+def run_example_gen(component: DicomExampleGen, out: Path, span: int | None = None) -> standard_artifacts.Examples:
+    """DicomExampleGen's executor on the component's own execution properties (and a span number, as TFX's
+    driver sets it for a span pattern)."""
     exec_properties = dict(component.exec_properties)
+    if span is not None:
+        exec_properties["span"] = span
     for key, value in exec_properties.items():
         if hasattr(value, "DESCRIPTOR"):
             exec_properties[key] = proto_utils.proto_to_json(value)

@@ -33,7 +33,15 @@ from tfx.utils import proto_utils
 from components.dicom_example_gen.tfrecord_sink import write_split_records
 from ich_model.constants import LABELS, NUM_LABELS, SUBTYPES
 from ich_model.dicom import DicomRejected, list_input_files, printable_path, read_header, read_slice
-from ich_model.examples import LABEL, TRAIN_SPLIT, place_slices, positives_uri, slice_to_example
+from ich_model.examples import (
+    LABEL,
+    POPULATION_CATEGORICAL,
+    POPULATION_NUMERIC,
+    TRAIN_SPLIT,
+    place_slices,
+    positives_uri,
+    slice_to_example,
+)
 from ich_model.labels import LabelFileError, LabelProblem, merge_image_rows, parse_label_rows
 from ich_model.pseudonyms import pseudonymised, root_salt
 
@@ -54,6 +62,7 @@ LABEL_PROBLEM = "label_problem"  # a malformed CSV row, or an image whose labels
 INPUT_FILES = "input_files"
 INGESTED = "ingested"
 LABEL_COUNTS = "label_counts"  # per split: Examples and positives of each label (the DataGate's prevalence)
+POPULATION = "population"  # per split: how many Examples hold each value of each population feature (its drift)
 
 
 def custom_config_values(exec_properties: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +249,40 @@ class _SumLabels(beam.CombineFn):
         return counts
 
 
+class _CountPopulation(beam.CombineFn):
+    """Per population feature, how many Examples of a split hold each value (a NaN or absent value is not
+    counted): exact counts that the DataGate can add up over spans, where statistics' histograms cannot be."""
+
+    def create_accumulator(self):
+        return {name: Counter() for name in (*POPULATION_CATEGORICAL, *POPULATION_NUMERIC)}
+
+    def add_input(self, counts, example):
+        for name, counter in counts.items():
+            feature = example.features.feature[name]
+            values = (feature.bytes_list.value if name in POPULATION_CATEGORICAL else
+                      feature.float_list.value or feature.int64_list.value)
+            for value in values:
+                if isinstance(value, bytes):
+                    counter[value.decode("utf-8", "replace")] += 1
+                elif value == value:  # not NaN
+                    counter[value] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for counts in accumulators:
+            for name, counter in counts.items():
+                merged[name].update(counter)
+        return merged
+
+    def extract_output(self, counts):
+        return {name: sorted(counter.items()) for name, counter in counts.items()}
+
+
+def _population_event(split: str):
+    return lambda counts: _event(POPULATION, split, "", json.dumps(counts))
+
+
 def _label_counts_event(split: str):
     def event(counts) -> str:
         positives = dict(zip(LABELS, counts[1:], strict=True))
@@ -261,10 +304,11 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
     """The ingestion report: counts by reason and every rejected file, missing file and label problem."""
     report: dict[str, Any] = {"input_files": 0, "ingested": 0, "rejected": {}, "warnings": {},
                               "missing_files": 0, "label_problems": {}, "rejected_files": [],
-                              "missing_file_ids": [], "label_problem_details": [], LABEL_COUNTS: {}}
+                              "missing_file_ids": [], "label_problem_details": [], LABEL_COUNTS: {},
+                              POPULATION: {}}
     rejected, warnings, problems = Counter(), Counter(), Counter()
     # Each sink its own file prefix: a Beam text sink deletes the files that match its prefix before it writes.
-    paths = [path for prefix in ("events", LABEL_COUNTS)
+    paths = [path for prefix in ("events", LABEL_COUNTS, POPULATION)
              for path in sorted(tf.io.gfile.glob(os.path.join(events_dir, f"{prefix}*.jsonl")))]
     for path in paths:
         with tf.io.gfile.GFile(path) as f:
@@ -284,8 +328,8 @@ def summarize_events(events_dir: str) -> dict[str, Any]:
                 elif kind == LABEL_PROBLEM:
                     problems[event["reason"]] += 1
                     report["label_problem_details"].append(event["message"])
-                elif kind == LABEL_COUNTS:
-                    report[LABEL_COUNTS][event["reason"]] = json.loads(event["message"])
+                elif kind in (LABEL_COUNTS, POPULATION):
+                    report[kind][event["reason"]] = json.loads(event["message"])
     report["rejected"] = dict(sorted(rejected.items()))
     report["warnings"] = dict(sorted(warnings.items()))
     report["label_problems"] = dict(sorted(problems.items()))
@@ -338,6 +382,11 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                      | f"LabelCountsEvent[{name}]" >> beam.Map(_label_counts_event(name))
                      | f"WriteLabelCounts[{name}]" >> beam.io.WriteToText(
                          os.path.join(events_dir, f"{LABEL_COUNTS}-{name}"), file_name_suffix=".jsonl"))
+                _ = (split
+                     | f"Population[{name}]" >> beam.CombineGlobally(_CountPopulation())
+                     | f"PopulationEvent[{name}]" >> beam.Map(_population_event(name))
+                     | f"WritePopulation[{name}]" >> beam.io.WriteToText(
+                         os.path.join(events_dir, f"{POPULATION}-{name}"), file_name_suffix=".jsonl"))
         tf.io.gfile.rmtree(os.path.join(examples.uri, WRITE_TEMP_DIR))  # emptied by the writers' final moves
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
         examples_utils.set_file_format(examples, "tfrecords_gzip")

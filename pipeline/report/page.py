@@ -7,6 +7,7 @@ import html
 import json
 import os
 
+from components.data_gate.executor import name_spans
 from components.study_evaluator.executor import REFINED, SLICE_LEVEL
 from ich_model.constants import ABBREVIATIONS, ANY, LABELS
 from ich_model.members import CHECKPOINT_METRIC
@@ -43,7 +44,7 @@ SECTIONS = (
     ("ood", "Out-of-distribution score"),
     ("training", "Training curves"),
     ("ingestion", "Ingestion"),
-    ("drift", "Drift from the last span that passed the data gate"),
+    ("drift", "Drift from the training window"),
 )
 
 
@@ -278,12 +279,14 @@ def _ingestion_section(ingestion: dict) -> str:
 
 
 def _drift_section(drift: dict | None) -> str:
-    if not drift or drift["baseline_span"] is None:
+    if not drift or not drift.get("baseline_spans"):
         return "<p>No earlier span passed the data gate: nothing to compare this span with.</p>"
+    baseline = name_spans(drift["baseline_spans"])
     limits = drift["limits"]
     action = ("a span beyond a limit is refused" if limits["block"] else
               "a span beyond a limit is reported and trains (drift_blocks_training is off)")
-    parts = [f"<p>This span's train statistics and label prevalence against span {drift['baseline_span']}'s; "
+    parts = [f"<p>This span's population (every split) and label prevalence against the training window's "
+             f"({baseline}: the last spans that passed the data gate); "
              f"{action}.</p>"]
     rows = [f'<tr><td>{html.escape(name)}</td><td>{html.escape(entry["measure"])}</td>'
             f'{_cell(entry["value"], 3, "bad" if entry["value"] > entry["limit"] else "")}'
@@ -292,7 +295,7 @@ def _drift_section(drift: dict | None) -> str:
     rows = [f'<tr><td>{label}</td>{_cell(entry["baseline"], 3)}{_cell(entry["span"], 3)}'
             f'{_cell(entry["change"], 3, "bad" if abs(entry["change"]) > entry["limit"] else "")}'
             f'{_cell(entry["limit"], 3)}</tr>' for label, entry in drift["prevalence"].items()]
-    parts.append(_table(["label", f"prevalence in span {drift['baseline_span']}", "in this span", "change", "limit"],
+    parts.append(_table(["label", f"prevalence in {baseline}", "in this span", "change", "limit"],
                         rows))
     return "".join(parts)
 

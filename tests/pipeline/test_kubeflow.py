@@ -52,9 +52,11 @@ def test_pipeline_yaml_is_a_valid_pipeline_spec_that_kfp_loads():
         "DicomExampleGen", "context_trainer", BASELINE_MODEL_TASK}
     # Nothing trains before the DataGate passed the span; the schema is the committed file, where the image has it.
     assert set(spec.root.dag.tasks["Transform"].dependent_tasks) >= {"DataGate", "ImportSchemaGen"}
-    # The gate reads the anomalies, and measures drift from the profile that the last gate which passed wrote.
+    # The gate reads the anomalies, and measures drift from the window's counts in the profile that the last gate
+    # which passed wrote (with `span_window` 1 on Kubeflow, the last span that passed).
     assert set(spec.root.dag.tasks["DataGate"].dependent_tasks) == {
-        "ExampleValidator", "StatisticsGen", "ImportSchemaGen", "DicomExampleGen", "latest_span_profile_resolver"}
+        "ExampleValidator", "ImportSchemaGen", "DicomExampleGen", "latest_span_profile_resolver"}
+    assert spec.root.dag.tasks["DataGate"].inputs.parameters["span_window"].runtime_value.constant_value.int_value == 1
     assert spec.root.dag.tasks["DataGate"].inputs.artifacts["baseline_profile"].task_output_artifact.producer_task == (
         "latest_span_profile_resolver")
     schema_file = spec.root.dag.tasks["ImportSchemaGen"].inputs.parameters["schema_file"]

@@ -166,9 +166,9 @@ class Console:
             time.sleep(0.5)
 
 
-def kill_watcher_during(overrides: dict[str, str], node: str, after_s: float = 5.0) -> list[str]:
+def kill_watcher_during(overrides: dict[str, str], node: str, after_s: float = 5.0, until=None) -> list[str]:
     """`ich watch` in a process of its own, killed with SIGKILL (process group and all) `after_s` seconds after it
-    starts `node`; its console lines."""
+    starts `node`, or as soon as `until()` holds once it has; its console lines."""
     command = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
                "watch", "--input-base", overrides["input_base"], "--pipeline-root", overrides["pipeline_root"],
                "--interval", "0.5", *(f"--set={name}={value}" for name, value in overrides.items()
@@ -180,15 +180,31 @@ def kill_watcher_during(overrides: dict[str, str], node: str, after_s: float = 5
         for line in process.stdout:
             lines.append(line.rstrip())
             if line.rstrip().endswith(f"] {node} ..."):
-                time.sleep(after_s)
+                if until is None:
+                    time.sleep(after_s)
+                else:
+                    deadline = time.monotonic() + 300
+                    while not until() and process.poll() is None and time.monotonic() < deadline:
+                        time.sleep(0.02)
                 break
         else:
             raise AssertionError("the watcher process ended before " + node + " started:\n" + "\n".join(lines))
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, "\n".join(lines)
     return lines
+
+
+def execution_running(config, node: str) -> bool:
+    """Whether the metadata store holds an execution of `node` as RUNNING (read when no run writes to it)."""
+    return any(execution.last_known_state == metadata_store_pb2.Execution.RUNNING
+               for execution in _runs(_store(config), config, node))
+
+
+def complete_versions(serving: Path) -> dict[str, bool]:
+    """Each entry of the serving folder and whether it holds a whole SavedModel."""
+    return {entry.name: (entry / "saved_model.pb").is_file() for entry in serving.iterdir()} if serving.exists() else {}
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +229,15 @@ def spans(tmp_path_factory):
     # A watcher killed (-9) while span 1's first member trains; the one started below runs span 1 again.
     killed = {"console": kill_watcher_during(overrides, "trainer_a"),
               "decided": recorded_spans(config.pipeline_root), "serving": Path(config.serving_path).exists()}
+    # Another, killed (-9) as soon as span 1's Pusher has its output folder (TFX makes it once the execution is
+    # registered, before the executor starts; the metadata store is not read while a run writes it): the watcher
+    # started below runs span 1 a third time.
+    pushed = Path(config.pipeline_root) / "Pusher" / "pushed_model"
+    killed_push = {"console": kill_watcher_during(overrides, "Pusher",
+                                                  until=lambda: pushed.is_dir() and any(pushed.iterdir()))}
+    killed_push.update(pusher_left_running=execution_running(config, "Pusher"),
+                       decided=recorded_spans(config.pipeline_root),
+                       serving=complete_versions(Path(config.serving_path)))
     good_csv = {}
 
     def keep(text: str) -> str:
@@ -236,11 +261,12 @@ def spans(tmp_path_factory):
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
-    state = {"config": config, "console": console, "identifiers": identifiers, "killed": killed}
+    state = {"config": config, "console": console, "identifiers": identifiers, "killed": killed,
+             "killed_push": killed_push}
     try:
         console.wait_for(lambda: 1 in recorded_spans(config.pipeline_root), "span 1's decision")
         state["after_span_1"] = json.loads((Path(config.pipeline_root) / LAST_RUN).read_text())
-        state["versions_after_span_1"] = sorted(os.listdir(config.serving_path))
+        state["versions_after_span_1"] = complete_versions(Path(config.serving_path))
         console.wait_for(lambda: any(line.startswith("span 2: waiting") for line in console.lines),
                          "span 2 to be reported incomplete", timeout=60)
         time.sleep(2)  # a few more polls
@@ -282,12 +308,15 @@ def _store(config) -> metadata_store.MetadataStore:
 
 
 def _executions(store, config, node: str) -> list:
-    """The node's executions that did something (COMPLETE or CACHED), oldest first."""
+    """The node's executions that ran to the end (COMPLETE; not those taken from the cache), oldest first."""
+    return [e for e in _runs(store, config, node) if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+
+
+def _runs(store, config, node: str) -> list:
+    """Every execution of the node, whatever its state, oldest first."""
     context = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{node}")
     assert context is not None, f"{node} never ran"
-    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-    return sorted((e for e in store.get_executions_by_context(context.id) if e.last_known_state in done),
-                  key=lambda e: e.id)
+    return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
 
 
 def _artifacts(store, execution, key: str, event_type=metadata_store_pb2.Event.INPUT) -> list:
@@ -304,9 +333,9 @@ def test_each_span_ran_once_in_order_and_the_decisions_were_recorded(spans):
     assert spans["decided_while_span_2_was_incomplete"] == {1}
     # Span 1 had nothing to compare with; span 2 was compared with span 1 (the same source: no drift beyond the
     # demo's limits), each label's prevalence as span 2's Examples hold it.
-    assert decisions[1]["drift"]["baseline_span"] is None
+    assert decisions[1]["drift"]["baseline_spans"] == []
     drift = decisions[2]["drift"]
-    assert drift["baseline_span"] == 1 and drift["over"] == [], drift
+    assert drift["baseline_spans"] == [1] and drift["over"] == [], drift
     assert {"intercept_group", "image_size", "pixel_spacing_mm"} <= set(drift["features"])
     store = _store(spans["config"])
     span_2 = _artifacts(store, _executions(store, spans["config"], "DicomExampleGen")[-1], "examples",
@@ -336,8 +365,7 @@ def test_a_watcher_killed_while_span_1_trained_ran_it_again_from_the_cache_and_p
     store = _store(config)
 
     def runs(node: str) -> list:
-        context = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{node}")
-        return sorted(store.get_executions_by_context(context.id), key=lambda e: e.id)
+        return _runs(store, config, node)
 
     trainer_a = runs("trainer_a")
     assert trainer_a[0].last_known_state == metadata_store_pb2.Execution.RUNNING  # where the kill left it
@@ -350,7 +378,31 @@ def test_a_watcher_killed_while_span_1_trained_ran_it_again_from_the_cache_and_p
                    for e in (first, again) for key in ("examples" if node == "DicomExampleGen" else "statistics",)]
         assert outputs[0] == outputs[1], node
     assert spans["decisions"][1]["blessed"] and len(spans["versions_after_span_1"]) == 1
-    assert spans["decisions"][1]["drift"]["baseline_span"] is None  # not compared with its own first pass
+    assert spans["decisions"][1]["drift"]["baseline_spans"] == []  # not compared with its own first pass
+
+
+def test_a_run_killed_during_its_pusher_ran_again_from_the_cache_and_pushed_once(spans):
+    """kill -9 of `ich watch` while span 1's Pusher ran: no decision, and the serving folder held only whole
+    models; the next watcher took every upstream output from the cache, pushed, and span 1 has one version."""
+    config, killed = spans["config"], spans["killed_push"]
+    assert any(line.endswith("] Pusher ...") for line in killed["console"])
+    assert killed["pusher_left_running"] and killed["decided"] == set()
+    assert all(killed["serving"].values()), killed["serving"]  # nothing half-written, whether or not it copied
+    store = _store(config)
+    pusher = _runs(store, config, "Pusher")
+    assert [e.last_known_state for e in pusher[:2]] == [metadata_store_pb2.Execution.RUNNING,
+                                                        metadata_store_pb2.Execution.COMPLETE]
+    for node in ("Transform", *TRAINERS, "Ensemble", "Evaluator", "StudySequenceGen", "context_trainer",
+                 "StudyEvaluator"):
+        # Span 1's last run (before span 2's) took them from the cache, the same outputs as the killed run's.
+        *earlier, last = [e for e in _runs(store, config, node) if e.id < pusher[1].id]
+        assert last.last_known_state == metadata_store_pb2.Execution.CACHED, node
+        outputs = [sorted(event.artifact_id for event in store.get_events_by_execution_ids([e.id])
+                          if event.type == metadata_store_pb2.Event.OUTPUT) for e in (earlier[-1], last)]
+        assert outputs[0] and outputs[0] == outputs[1], node
+    versions = spans["versions_after_span_1"]
+    assert len(versions) == 1 and all(versions.values()), versions
+    assert Path(spans["decisions"][1]["pushed_to"]).name in versions
 
 
 def test_span_1_was_trained_from_scratch_blessed_and_pushed(spans):

@@ -15,11 +15,12 @@ import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
+from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
 from components.dicom_example_gen.span_folders import span_folder
 from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.data_checks import IDENTIFIERS
-from pipeline.retraining import WINDOW, SpanWindowStrategy
+from pipeline.retraining import PASSED, WINDOW, SpanWindowStrategy
 from pipeline.watch import (
     ATTEMPTS,
     DECISIONS,
@@ -138,23 +139,42 @@ def test_a_second_writer_process_cannot_take_the_lock_until_the_first_is_gone(tm
 def examples(artifact_id: int, span: int, live: bool = True):
     artifact = standard_artifacts.Examples()
     artifact.id = artifact_id
+    artifact.uri = f"/root/DicomExampleGen/examples/{artifact_id}"
     artifact.set_int_custom_property("span", span)
     artifact.mlmd_artifact.state = metadata_store_pb2.Artifact.LIVE if live else metadata_store_pb2.Artifact.ABANDONED
     return artifact
 
 
-def test_the_span_window_takes_the_newest_ingestion_of_each_span_in_range():
-    ingested = [examples(1, 1), examples(2, 2), examples(3, 3), examples(4, 2), examples(5, 4, live=False),
-                examples(6, 5)]
+def passed(*ingested):
+    """The DataGate's profiles of Examples that passed it."""
+    profiles = []
+    for artifact in ingested:
+        profile = SpanProfile()
+        profile.set_string_custom_property(PASSED_EXAMPLES, artifact.uri)
+        profiles.append(profile)
+    return profiles
 
-    def window(**kwargs):
-        resolved = SpanWindowStrategy(**kwargs).resolve_artifacts(None, {WINDOW: ingested})
+
+def test_the_span_window_takes_the_newest_ingestion_that_passed_of_each_span_in_range():
+    ingested = [examples(1, 1), examples(2, 2), examples(3, 3), examples(4, 2), examples(5, 4, live=False),
+                examples(6, 5), examples(7, 6), examples(8, 7)]
+
+    def window(profiles, **kwargs):
+        resolved = SpanWindowStrategy(**kwargs).resolve_artifacts(None, {WINDOW: ingested, PASSED: profiles})
         return [artifact.id for artifact in resolved[WINDOW]]
 
-    assert window() == [1, 4, 3, 6]  # every span so far; span 2's newer ingestion; span 4's failed one left out
-    assert window(num_spans=2) == [6]  # spans 4 and 5: 4 has no live artifact
-    assert window(num_spans=2, end_span=3) == [4, 3]
-    assert window(num_spans=1, end_span=1) == [1]
+    every_one = passed(*ingested)
+    assert window(every_one) == [1, 4, 3, 6, 7, 8]  # every span; span 2's newer ingestion; span 4's failed one out
+    assert window(every_one, num_spans=2) == [7, 8]
+    assert window(every_one, num_spans=2, end_span=3) == [4, 3]
+    assert window(every_one, num_spans=1, end_span=1) == [1]
+    # Span 6 was refused by the DataGate, and span 2's newer ingestion too: neither trains in a later run. The
+    # run's own span (the last) always comes: its DataGate runs before anything trains.
+    refused = passed(*(artifact for artifact in ingested if artifact.id not in (4, 7, 8)))
+    assert window(refused) == [1, 2, 3, 6, 8]
+    assert window(refused, num_spans=3) == [6, 8]
+    assert window(refused, num_spans=2, end_span=6) == [6, 7]
+    assert window([]) == [8]  # a first run, or a root whose earlier spans were all refused
     assert SpanWindowStrategy().resolve_artifacts(None, {WINDOW: []}) is None
     with pytest.raises(ValueError, match="span_window"):
         SpanWindowStrategy(num_spans=-1)
