@@ -21,7 +21,13 @@ from components.study_evaluator import StudyEvaluator
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image
 from pipeline.data_checks import SCHEMA_FILE, statistics_options
 from pipeline.evaluation import EVAL_SPLIT, eval_config, study_eval_config
-from pipeline.retraining import WINDOW, span_profile_resolver, span_window_resolver, transform_cache_resolver
+from pipeline.retraining import (
+    WINDOW,
+    FinishedRunLatestBlessedModelStrategy,
+    span_profile_resolver,
+    span_window_resolver,
+    transform_cache_resolver,
+)
 from pipeline.summary import DATA_GATE
 from pipeline.training import ensemble_of, member_trainers, study_stage
 
@@ -29,17 +35,21 @@ PREPROCESSING_FN = "ich_model.preprocessing.preprocessing_fn"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
 
 
-def latest_blessed_model_resolver():
-    """The model that was last blessed (none on a first run, when the change thresholds are skipped): a study
-    model, or a slice ensemble that an earlier release published."""
+def latest_blessed_model_resolver(pipeline_name: str | None):
+    """The model that a finished run of `pipeline_name` last blessed (none on a first run, when the change
+    thresholds are skipped): a study model, or a slice ensemble that an earlier release published. Of any run when
+    `pipeline_name` is None (Kubeflow; pipeline/retraining.py)."""
+    strategy = ({"strategy_class": tfx.dsl.experimental.LatestBlessedModelStrategy} if pipeline_name is None else
+                {"strategy_class": FinishedRunLatestBlessedModelStrategy, "config": {"pipeline_name": pipeline_name}})
     return tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        **strategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(BASELINE_RESOLVER)
 
 
-def create_components(config: PipelineConfig) -> list:
+def create_components(config: PipelineConfig, local: bool = False) -> list:
+    """The DAG's nodes; `local` for LocalDagRunner, whose resolvers can read the metadata store's runs."""
     # One span per run: the one the config names, else the latest (TFX's default for `{SPAN}` patterns).
     this_span = tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
         start_span_number=config.span, end_span_number=config.span)) if config.span else None
@@ -70,12 +80,13 @@ def create_components(config: PipelineConfig) -> list:
         span_window=config.span_window).with_id(DATA_GATE)
     # materialize=False: the images are computed in the input pipelines (see ich_model/preprocessing.py); no
     # statistics either, since those of the transformed data would be over every image pixel.
-    cache = transform_cache_resolver()
+    history_of = config.pipeline_name if local else None  # resolvers that take only finished runs' outputs
+    cache = transform_cache_resolver(history_of)
     transform = tfx.components.Transform(
         examples=training_examples, schema=schema_gen.outputs["schema"], analyzer_cache=cache.outputs["cache"],
         preprocessing_fn=PREPROCESSING_FN, materialize=False, disable_statistics=True)
     transform.add_upstream_node(data_gate)  # nothing trains on a span that the gate refused
-    baseline = latest_blessed_model_resolver()
+    baseline = latest_blessed_model_resolver(history_of)
     trainers = member_trainers(training_examples, transform.outputs["transform_graph"], config.trainer_settings,
                                base_model=baseline.outputs["model"])
     # The OOD model is fitted on this span's train split and calibrated on its eval split, the slices the
@@ -106,7 +117,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=create_components(config),
+        components=create_components(config, local=metadata_connection_config is not None),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args_with_workers_image(config.beam_pipeline_args),

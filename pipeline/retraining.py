@@ -4,16 +4,24 @@
   newest ingestion of each of the last N spans up to this run's span (N = 0: every span so far) that passed the
   DataGate; this run's own span is gated by the DataGate before anything trains. The Evaluator reads this run's
   span only.
-- `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform wrote,
-  so that tf.Transform analyses only the spans that it has not seen.
+- `transform_cache_resolver` (node TRANSFORM_CACHE_RESOLVER): the analyzer cache that the last Transform of a
+  finished run wrote, so that tf.Transform analyses only the spans that it has not seen.
 - `span_profile_resolver` (node SPAN_PROFILE_RESOLVER): the profile that the DataGate wrote for the last span
   that passed it: the counts of the training window, which this span's drift is measured against (none on a
   first run; a refused span has none).
-- The latest blessed model (pipeline.pipeline.latest_blessed_model_resolver) is both the StudyEvaluator's
-  baseline and the model whose members each member warm-starts from.
+- The latest blessed model of a finished run (pipeline.pipeline.latest_blessed_model_resolver) is both the
+  StudyEvaluator's baseline and the model whose members each member warm-starts from.
+
+A finished run is one whose Pusher completed (having pushed or not). A run stopped before that (a kill, a crash)
+leaves outputs that the next run must not take as history: its blessed but unpushed model as the baseline and warm
+start, its analyzer cache. Taking them would change the inputs of the Transform and the Trainers, so that the run
+again retrains instead of finishing from the cache, against a model that never served. Locally the resolvers
+filter by the metadata store's record of runs (`FinishedRunLatestArtifactStrategy`,
+`FinishedRunLatestBlessedModelStrategy`).
 
 Kubeflow Pipelines v2 compiles only the latest-artifact and latest-blessed-model strategies, so a compiled
-pipeline cannot hold the span window: it trains on its run's span (`span_window` 1).
+pipeline cannot hold the span window: it trains on its run's span (`span_window` 1), and its resolvers take the
+latest artifacts of any run.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
 
+from components.atomic_pusher.component import PUSHER_ID
 from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
 
 SPAN_WINDOW_RESOLVER = "span_window_resolver"
@@ -63,7 +72,60 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
             if span <= end and (start is None or span >= start) and (span == end or artifact.uri in passed) and (
                     span not in newest or artifact.id > newest[span].id):
                 newest[span] = artifact
-        return {WINDOW: [newest[span] for span in sorted(newest)]}
+        # A resolver's outputs are its inputs' keys: the profiles pass through as they came.
+        return {WINDOW: [newest[span] for span in sorted(newest)], PASSED: input_dict.get(PASSED, [])}
+
+
+def finished_runs(store, pipeline_name: str) -> set[int]:
+    """The pipeline runs (metadata store context IDs) whose Pusher completed or was taken from the cache."""
+    node = store.get_context_by_type_and_name("node", f"{pipeline_name}.{PUSHER_ID}")
+    if node is None:
+        return set()
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+    return {context.id for execution in store.get_executions_by_context(node.id)
+            if execution.last_known_state in done
+            for context in store.get_contexts_by_execution(execution.id) if context.type == "pipeline_run"}
+
+
+def from_finished_runs(store, pipeline_name: str, artifacts: list) -> list:
+    """The artifacts that an execution of a finished run output (made there, or taken from the cache there)."""
+    if not artifacts:
+        return []
+    runs = finished_runs(store, pipeline_name)
+    producers: dict[int, set[int]] = {}
+    for event in store.get_events_by_artifact_ids([artifact.id for artifact in artifacts]):
+        if event.type == metadata_store_pb2.Event.OUTPUT:
+            producers.setdefault(event.artifact_id, set()).add(event.execution_id)
+    in_finished_run = {execution for executions in producers.values() for execution in executions
+                       if any(context.type == "pipeline_run" and context.id in runs
+                              for context in store.get_contexts_by_execution(execution))}
+    return [artifact for artifact in artifacts if producers.get(artifact.id, set()) & in_finished_run]
+
+
+class FinishedRunLatestArtifactStrategy(tfx.dsl.experimental.LatestArtifactStrategy):
+    """TFX's latest-artifact strategy over the artifacts of finished runs only."""
+
+    def __init__(self, pipeline_name: str):
+        super().__init__()
+        self._pipeline_name = pipeline_name
+
+    def resolve_artifacts(self, store, input_dict):
+        return super().resolve_artifacts(store, {key: from_finished_runs(store, self._pipeline_name, artifacts)
+                                                 for key, artifacts in input_dict.items()})
+
+
+class FinishedRunLatestBlessedModelStrategy(tfx.dsl.experimental.LatestBlessedModelStrategy):
+    """TFX's latest-blessed-model strategy over the models of finished runs only."""
+
+    def __init__(self, pipeline_name: str):
+        super().__init__()
+        self._pipeline_name = pipeline_name
+
+    def resolve_artifacts(self, store, input_dict):
+        return super().resolve_artifacts(store, {
+            key: from_finished_runs(store, self._pipeline_name, artifacts)
+            if artifacts and isinstance(artifacts[0], tfx.types.standard_artifacts.Model) else artifacts
+            for key, artifacts in input_dict.items()})
 
 
 def span_window_resolver(example_gen, data_gate_id: str, num_spans: int, end_span: int = 0):
@@ -82,11 +144,13 @@ def span_window_resolver(example_gen, data_gate_id: str, num_spans: int, end_spa
     return resolver
 
 
-def transform_cache_resolver():
-    """The analyzer cache of the last Transform (none on a first run)."""
+def transform_cache_resolver(pipeline_name: str | None):
+    """The analyzer cache of the last Transform of a finished run of `pipeline_name` (none on a first run); of
+    any run when `pipeline_name` is None (Kubeflow)."""
+    strategy = ({"strategy_class": tfx.dsl.experimental.LatestArtifactStrategy} if pipeline_name is None else
+                {"strategy_class": FinishedRunLatestArtifactStrategy, "config": {"pipeline_name": pipeline_name}})
     return tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-        cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
+        **strategy, cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
     ).with_id(TRANSFORM_CACHE_RESOLVER)
 
 

@@ -5,6 +5,8 @@ from tfx.dsl.components.base import executor_spec
 
 from components.atomic_pusher.executor import Executor
 
+PUSHER_ID = "Pusher"  # its node id: a run whose Pusher completed is a finished run (pipeline/retraining.py)
+
 
 class AtomicPusher(Pusher):
     """Pusher(model, model_blessing, push_destination) as TFX's, publishing a version by a rename (see the
@@ -14,4 +16,4 @@ class AtomicPusher(Pusher):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.with_id("Pusher")
+        self.with_id(PUSHER_ID)

@@ -1,7 +1,7 @@
 """The watcher's parts on real files: when a span folder counts as complete, the decisions file (torn lines
 included), the pipeline root's lock between two processes and between `ich run` and `ich watch`, `ich run`'s exit
-status when a component fails, a span that breaks the schema, a span that keeps failing, and which Examples the span
-window resolves to."""
+status when a component fails, a span that breaks the schema, a span that keeps failing, which Examples the span
+window resolves to, and which runs' outputs the baseline and analyzer-cache resolvers may take."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ from components.dicom_example_gen.span_folders import span_folder
 from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
 from pipeline.data_checks import IDENTIFIERS
-from pipeline.retraining import PASSED, WINDOW, SpanWindowStrategy
+from pipeline.retraining import (
+    PASSED,
+    WINDOW,
+    FinishedRunLatestArtifactStrategy,
+    SpanWindowStrategy,
+    finished_runs,
+    from_finished_runs,
+)
 from pipeline.watch import (
     ATTEMPTS,
     DECISIONS,
@@ -161,6 +168,7 @@ def test_the_span_window_takes_the_newest_ingestion_that_passed_of_each_span_in_
 
     def window(profiles, **kwargs):
         resolved = SpanWindowStrategy(**kwargs).resolve_artifacts(None, {WINDOW: ingested, PASSED: profiles})
+        assert resolved[PASSED] == profiles  # TFX takes a resolver's outputs by its inputs' keys
         return [artifact.id for artifact in resolved[WINDOW]]
 
     every_one = passed(*ingested)
@@ -345,3 +353,56 @@ def test_an_unwritable_pipeline_root_is_refused_and_a_full_disk_ends_the_run_wit
     error = done.stderr.lower()
     assert "ich run: the run failed:" in done.stderr and ("disk is full" in error or "no space left" in error)
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_resolvers_take_history_only_from_runs_whose_pusher_finished(tmp_path):
+    """A real metadata store: run 1 made an analyzer cache and a blessed model, then was killed in its Pusher;
+    run 2 took both from the cache and finished; run 3 made new ones and stopped before its Pusher. Only what
+    run 2 output counts, and a store where no run finished gives nothing."""
+    from ml_metadata import metadata_store
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    store = metadata_store.MetadataStore(connection)
+    types = {name: store.put_context_type(metadata_store_pb2.ContextType(name=name))
+             for name in ("node", "pipeline_run")}
+    execution_type = store.put_execution_type(metadata_store_pb2.ExecutionType(name="component"))
+    artifact_type = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="TransformCache"))
+    contexts = {}
+
+    def context(kind: str, name: str) -> metadata_store_pb2.Context:
+        if name not in contexts:
+            [contexts[name]] = store.get_contexts_by_id(store.put_contexts(
+                [metadata_store_pb2.Context(type_id=types[kind], name=name)]))
+        return contexts[name]
+
+    def execute(run: str, node: str, state, outputs=(), new: int = 0) -> list[int]:
+        made = [metadata_store_pb2.Artifact(type_id=artifact_type, uri=f"/{run}/{node}/{k}") for k in range(new)]
+        made_ids = store.put_artifacts(made) if made else []
+        execution = metadata_store_pb2.Execution(type_id=execution_type, last_known_state=state)
+        events = [(artifact, metadata_store_pb2.Event(type=metadata_store_pb2.Event.OUTPUT))
+                  for artifact in store.get_artifacts_by_id([*outputs, *made_ids])]
+        store.put_execution(execution, events, [context("node", f"ich.{node}"), context("pipeline_run", run)])
+        return list(made_ids)
+
+    running, complete, cached = (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.COMPLETE,
+                                 metadata_store_pb2.Execution.CACHED)
+    [first] = execute("run-1", "Transform", complete, new=1)
+    assert finished_runs(store, "ich") == set()
+    execute("run-1", "Pusher", running)
+    execute("run-2", "Transform", cached, outputs=[first])
+    assert finished_runs(store, "ich") == set()
+    execute("run-2", "Pusher", complete)
+    [third] = execute("run-3", "Transform", complete, new=1)
+    assert finished_runs(store, "ich") == {contexts["run-2"].id}
+
+    caches = []
+    for artifact_id in (first, third):
+        cache = standard_artifacts.TransformCache()
+        cache.id = artifact_id
+        caches.append(cache)
+    assert [a.id for a in from_finished_runs(store, "ich", caches)] == [first]
+    resolved = FinishedRunLatestArtifactStrategy("ich").resolve_artifacts(store, {"cache": caches})
+    assert [a.id for a in resolved["cache"]] == [first]  # not the newer cache of the run that did not finish
+    assert FinishedRunLatestArtifactStrategy("other").resolve_artifacts(store, {"cache": caches}) is None
