@@ -26,12 +26,17 @@ latest artifacts of any run.
 
 from __future__ import annotations
 
+import json
+import os
+
+import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
 
 from components.atomic_pusher.component import PUSHER_ID
 from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
+from components.data_gate.executor import DRIFT_FILE
 
 SPAN_WINDOW_RESOLVER = "span_window_resolver"
 TRANSFORM_CACHE_RESOLVER = "latest_transform_cache_resolver"
@@ -65,7 +70,7 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
             return None
         end = self._end_span or max(span_of(artifact) for artifact in live)
         start = end - self._num_spans + 1 if self._num_spans else None
-        passed = {profile.get_string_custom_property(PASSED_EXAMPLES) for profile in input_dict.get(PASSED, [])}
+        passed = {passed_examples(profile) for profile in input_dict.get(PASSED, [])}
         newest = {}
         for artifact in live:
             span = span_of(artifact)
@@ -74,6 +79,17 @@ class SpanWindowStrategy(tfx.dsl.experimental.ResolverStrategy):
                 newest[span] = artifact
         # A resolver's outputs are its inputs' keys: the profiles pass through as they came.
         return {WINDOW: [newest[span] for span in sorted(newest)], PASSED: input_dict.get(PASSED, [])}
+
+
+def passed_examples(profile) -> str:
+    """The URI of the Examples that a DataGate profile passed: its property, or for a profile written before the
+    property existed, the `examples` its drift.json names."""
+    uri = profile.get_string_custom_property(PASSED_EXAMPLES)
+    path = os.path.join(profile.uri, DRIFT_FILE)
+    if not uri and tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            uri = json.load(f).get("examples", "")
+    return uri
 
 
 def finished_runs(store, pipeline_name: str) -> set[int]:

@@ -16,6 +16,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.types import standard_artifacts
 
 from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
+from components.data_gate.executor import DRIFT_FILE
 from components.dicom_example_gen.span_folders import span_folder
 from ich_model.dicom import READY_MARKER
 from ich_model.synth import IMAGES_DIR, LABELS_CSV, generate_dataset
@@ -183,6 +184,18 @@ def test_the_span_window_takes_the_newest_ingestion_that_passed_of_each_span_in_
     assert window(refused, num_spans=3) == [6, 8]
     assert window(refused, num_spans=2, end_span=6) == [6, 7]
     assert window([]) == [8]  # a first run, or a root whose earlier spans were all refused
+
+
+def test_a_profile_written_before_it_named_its_examples_names_them_in_its_drift_report(tmp_path):
+    ingested = [examples(1, 1), examples(2, 2)]
+    profile = SpanProfile()
+    profile.uri = str(tmp_path)
+    (tmp_path / DRIFT_FILE).write_text(json.dumps({"span": 1, "examples": ingested[0].uri}))
+    resolved = SpanWindowStrategy().resolve_artifacts(None, {WINDOW: ingested, PASSED: [profile]})
+    assert [artifact.id for artifact in resolved[WINDOW]] == [1, 2]
+    (tmp_path / DRIFT_FILE).unlink()
+    resolved = SpanWindowStrategy().resolve_artifacts(None, {WINDOW: ingested, PASSED: [profile]})
+    assert [artifact.id for artifact in resolved[WINDOW]] == [2]
     assert SpanWindowStrategy().resolve_artifacts(None, {WINDOW: []}) is None
     with pytest.raises(ValueError, match="span_window"):
         SpanWindowStrategy(num_spans=-1)
