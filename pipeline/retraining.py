@@ -37,6 +37,7 @@ from tfx.components.example_gen.utils import SPAN_PROPERTY_NAME
 from components.atomic_pusher.component import PUSHER_ID
 from components.data_gate.component import PASSED_EXAMPLES, SpanProfile
 from components.data_gate.executor import DRIFT_FILE
+from pipeline.summary import DONE, run_context_id
 
 SPAN_WINDOW_RESOLVER = "span_window_resolver"
 TRANSFORM_CACHE_RESOLVER = "latest_transform_cache_resolver"
@@ -97,10 +98,8 @@ def finished_runs(store, pipeline_name: str) -> set[int]:
     node = store.get_context_by_type_and_name("node", f"{pipeline_name}.{PUSHER_ID}")
     if node is None:
         return set()
-    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-    return {context.id for execution in store.get_executions_by_context(node.id)
-            if execution.last_known_state in done
-            for context in store.get_contexts_by_execution(execution.id) if context.type == "pipeline_run"}
+    return {run_context_id(store, execution) for execution in store.get_executions_by_context(node.id)
+            if execution.last_known_state in DONE}
 
 
 def from_finished_runs(store, pipeline_name: str, artifacts: list) -> list:
@@ -112,9 +111,8 @@ def from_finished_runs(store, pipeline_name: str, artifacts: list) -> list:
     for event in store.get_events_by_artifact_ids([artifact.id for artifact in artifacts]):
         if event.type == metadata_store_pb2.Event.OUTPUT:
             producers.setdefault(event.artifact_id, set()).add(event.execution_id)
-    in_finished_run = {execution for executions in producers.values() for execution in executions
-                       if any(context.type == "pipeline_run" and context.id in runs
-                              for context in store.get_contexts_by_execution(execution))}
+    executions = store.get_executions_by_id(sorted(set().union(*producers.values())))
+    in_finished_run = {execution.id for execution in executions if run_context_id(store, execution) in runs}
     return [artifact for artifact in artifacts if producers.get(artifact.id, set()) & in_finished_run]
 
 

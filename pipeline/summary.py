@@ -52,6 +52,7 @@ CANDIDATE = "candidate"  # TFMA's name for the evaluated model beside a baseline
 
 INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+DONE = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)  # an execution that finished
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -75,8 +76,7 @@ def latest_execution(store: metadata_store.MetadataStore, pipeline_name: str, no
     if run is not None:
         in_run = {e.id for e in store.get_executions_by_context(run)}
         executions = [e for e in executions if e.id in in_run]
-    finished = [e for e in executions if e.last_known_state in (
-        metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)]
+    finished = [e for e in executions if e.last_known_state in DONE]
     if not finished:
         raise LookupError(f"{node_id} has not completed in pipeline {pipeline_name!r}"
                           + ("" if run is None else " in this run"))
