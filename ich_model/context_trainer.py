@@ -10,6 +10,7 @@ them itself (tf.Example, variable-length lists).
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -77,9 +78,14 @@ def run_fn(fn_args) -> None:
         raise ValueError("the context Trainer needs the slice ensemble that scored its records as base_model")
     train_files = [f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern)]
     eval_files = [f for pattern in fn_args.eval_files for f in tf.io.gfile.glob(pattern)]
+    # Which patients' embeddings it learns from: the members' own train split, or the context split they never saw
+    # (TFX's split folder, `Split-<name>`; PipelineConfig.context_share).
+    trained_on = {"splits": sorted({os.path.basename(os.path.dirname(f)).removeprefix("Split-") for f in train_files}),
+                  "series": len(record_studies(train_files))}
     model = build_context_model(embedding_size(train_files), units=settings.units, seed=settings.seed)
-    logging.info("context model: %d parameters, %d steps of %d series", model.count_params(),
-                 settings.train_steps, settings.batch_size)
+    logging.info("context model: %d parameters, %d steps of %d series, from %d series of split %s",
+                 model.count_params(), settings.train_steps, settings.batch_size, trained_on["series"],
+                 ", ".join(trained_on["splits"]))
     fit_context_model(model, study_batches(train_files, settings.batch_size, training=True, seed=settings.seed),
                       settings.train_steps, settings.learning_rate, log=logging.info)
     predictions = predict_studies(model, study_batches(eval_files, settings.batch_size, training=False))
@@ -93,6 +99,7 @@ def run_fn(fn_args) -> None:
     ensemble = tf.saved_model.load(fn_args.base_model)
     slice_ensemble = read_description(fn_args.base_model)
     description = study_description(slice_ensemble, {
-        "settings": settings.as_custom_config(), "steps_run": settings.train_steps, "eval": figures},
+        "settings": settings.as_custom_config(), "steps_run": settings.train_steps, "trained_on": trained_on,
+        "eval": figures},
         study_outputs(slice_ensemble), operating_points=points.description())
     StudyScoringModule(ensemble, model, description).save(fn_args.serving_model_dir)

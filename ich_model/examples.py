@@ -55,6 +55,9 @@ RAW_FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
 
 
 TRAIN_SPLIT = "train"
+# Training patients held out from the members, on whose slices the study-context stage learns (PipelineConfig's
+# `context_share`; empty by default, when the context stage learns from the train split the members saw).
+CONTEXT_SPLIT = "context"
 # Beside the train split, the ExampleGen writes each subtype's positives of that split to a folder of their own, so
 # that the balanced sampler's positive streams read only what they yield (filtering the whole split reads about
 # 1/prevalence records per draw). TFX's components see only the folders the artifact's split_names list.

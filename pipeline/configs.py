@@ -69,6 +69,10 @@ class PipelineConfig:
     span: int = 0
     span_window: int = 0
     train_share: float = 0.8
+    # Share of all patients taken from the train split into a `context` split that the members never see, for the
+    # study-context stage to learn from (its out-of-fold option); 0: it learns from the members' own train split.
+    # Why the default: docs/study-context.md#which-embeddings-the-context-stage-learns-from.
+    context_share: float = 0.0
     max_reject_share: float = 0.05
     # Patient, study and series IDs are stored as salted pseudonyms (ich_model.pseudonyms). The salt lives in a
     # file (default <pipeline_root>/id_salt, made on the first run); `id_salt_file` names another one to share

@@ -18,6 +18,7 @@ from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate
 from components.dicom_example_gen import DicomExampleGen
 from components.study_evaluator import StudyEvaluator
+from ich_model.examples import CONTEXT_SPLIT, TRAIN_SPLIT
 from pipeline.configs import PipelineConfig, beam_args_with_workers_image
 from pipeline.data_checks import SCHEMA_FILE, statistics_options
 from pipeline.evaluation import EVAL_SPLIT, eval_config, study_eval_config
@@ -55,7 +56,8 @@ def create_components(config: PipelineConfig, local: bool = False) -> list:
         start_span_number=config.span, end_span_number=config.span)) if config.span else None
     example_gen = DicomExampleGen(
         config.input_base, input_pattern=config.input_pattern or None, train_share=config.train_share,
-        max_reject_share=config.max_reject_share, id_salt_file=config.id_salt_path, range_config=this_span)
+        context_share=config.context_share, max_reject_share=config.max_reject_share,
+        id_salt_file=config.id_salt_path, range_config=this_span)
     resolvers = []
     if config.span_window == 1:
         training_examples = example_gen.outputs["examples"]
@@ -97,7 +99,8 @@ def create_components(config: PipelineConfig, local: bool = False) -> list:
         examples=example_gen.outputs["examples"], model=ensemble.outputs["model"],
         schema=schema_gen.outputs["schema"], example_splits=[EVAL_SPLIT], eval_config=eval_config(config))
     sequences, context_trainer = study_stage(example_gen.outputs["examples"], ensemble.outputs["model"],
-                                             config.context)
+                                             config.context,
+                                             train_split=CONTEXT_SPLIT if config.context_share else TRAIN_SPLIT)
     study_evaluator = StudyEvaluator(
         examples=example_gen.outputs["examples"], model=context_trainer.outputs["model"],
         baseline_model=baseline.outputs["model"], eval_config=study_eval_config(config), example_split=EVAL_SPLIT)

@@ -9,6 +9,7 @@ from tfx import v1 as tfx
 
 from components.ensemble import Ensemble
 from components.study_sequences import StudySequenceGen
+from ich_model.examples import TRAIN_SPLIT
 from ich_model.members import MEMBERS
 from ich_model.settings import ContextSettings, TrainerSettings
 
@@ -51,16 +52,16 @@ def ensemble_of(trainers: list, transform_graph, examples):
                     examples=examples)
 
 
-def study_stage(examples, ensemble_model, settings: ContextSettings) -> list:
+def study_stage(examples, ensemble_model, settings: ContextSettings, train_split: str = TRAIN_SPLIT) -> list:
     """StudySequenceGen over `examples` (the raw slice Examples) scored by `ensemble_model`, and the context
-    Trainer (`context_trainer`) that fits the study-context model on its records and exports the study model
-    over the ensemble."""
+    Trainer (`context_trainer`) that fits the study-context model on the records of `train_split` (the members'
+    own train split, or the context split held out from them) and exports the study model over the ensemble."""
     sequences = StudySequenceGen(examples=examples, model=ensemble_model)
     trainer = tfx.components.Trainer(
         run_fn=CONTEXT_RUN_FN,
         examples=sequences.outputs["study_sequences"],
         base_model=ensemble_model,
-        train_args=tfx.proto.TrainArgs(num_steps=settings.train_steps),
+        train_args=tfx.proto.TrainArgs(splits=[train_split], num_steps=settings.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=1),  # run_fn scores the whole eval split itself
         custom_config=settings.as_custom_config(),
     ).with_id(CONTEXT_TRAINER)
