@@ -186,6 +186,30 @@ def test_splits_are_by_patient(ingested, input_base):
     assert total == len(dicom_files(input_base))
 
 
+def test_a_context_split_takes_its_patients_from_train_and_leaves_eval_as_it_was(ingested, input_base, tmp_path):
+    plain, _ = ingested
+    out = tmp_path / "with_context"
+    run_example_gen(DicomExampleGen(str(input_base), max_reject_share=0.25, context_share=0.4), out)
+
+    def images(base: Path, split: str) -> set[bytes]:
+        return {feature(e, "image_id") for e in read_split(base, split)}
+
+    def patients(split: str) -> set[bytes]:
+        return {feature(e, "patient_id") for e in read_split(out, split)}
+
+    assert images(out, "eval") == images(plain, "eval")
+    assert images(out, "context") and images(out, "train")
+    assert images(out, "context") | images(out, "train") == images(plain, "train")
+    assert not patients("context") & patients("train")
+    assert not patients("context") & patients("eval")
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["label_counts"]["context"]["examples"] == len(images(out, "context"))
+    # The members sample the train split's positives only: none of the context patients' slices.
+    sampled = {record for subtype in SUBTYPES for record, _ in labelled_records(positive_files(out, subtype))}
+    assert {tf.train.Example.FromString(r.numpy()).features.feature["image_id"].bytes_list.value[0]
+            for r in sampled} <= images(out, "train")
+
+
 def test_split_files_are_gzip_streams_of_exactly_what_tensorflow_s_tfrecord_writer_writes(ingested, tmp_path):
     out, _ = ingested
     files = split_files(out, "train") + split_files(out, "eval")

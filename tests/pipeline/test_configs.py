@@ -76,6 +76,26 @@ def test_every_preset_builds_the_whole_dag(name, tmp_path):
         "module_file"]
 
 
+@pytest.mark.parametrize("context_share, ingested, context_learns_from", [
+    (0.0, ["train", "eval"], "train"), (0.2, ["train", "context", "eval"], "context")])
+def test_the_context_share_decides_which_split_the_context_stage_learns_from(
+        context_share, ingested, context_learns_from, tmp_path):
+    from google.protobuf import json_format
+    from tfx.proto import example_gen_pb2, trainer_pb2
+
+    (tmp_path / "stage_2_train").mkdir()
+    config = with_overrides(preset("demo"), {"input_base": str(tmp_path), "pipeline_root": str(tmp_path / "root"),
+                                             "context_share": str(context_share)})
+    by_id = {component.id: component for component in create_pipeline(config).components}
+    output = json_format.Parse(by_id["DicomExampleGen"].exec_properties["output_config"], example_gen_pb2.Output())
+    assert [split.name for split in output.split_config.splits] == ingested
+    train_args = json_format.Parse(by_id["context_trainer"].exec_properties["train_args"], trainer_pb2.TrainArgs())
+    assert list(train_args.splits) == [context_learns_from]
+    for member in ("trainer_a", "trainer_b", "trainer_c"):  # the members never see the context split
+        member_args = json_format.Parse(by_id[member].exec_properties["train_args"], trainer_pb2.TrainArgs())
+        assert list(member_args.splits) in ([], ["train"])
+
+
 def test_cli_rejects_a_bad_setting_before_running_anything(capsys, tmp_path):
     from pipeline.cli import main
 
