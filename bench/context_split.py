@@ -1,7 +1,7 @@
 """Which embeddings the study-context stage should learn from: the members' own train split (in-fold) or a context
 split of training patients held out from the members (out-of-fold), measured on patients that neither stage saw.
 
-    .venv/bin/python bench/context_split.py [--data data/demo] [--context-share 0.2] [--long-studies]
+    .venv/bin/python bench/context_split.py [--data data/demo] [--context-share 0.2] [--skip-long-studies]
 
 Runs `ich run --no-cache` (the demo preset) twice on the same data, into a pipeline root per option:
 
@@ -12,7 +12,7 @@ Runs `ich run --no-cache` (the demo preset) twice on the same data, into a pipel
 The eval split (the last 20% of the hash buckets) holds the same patients in both, and neither stage of either run
 saw them. From each run's last_run.json (TFMA's figures on that split): per slice, the study model's refined output
 against its own slice ensemble (weighted log loss ratio, labels with a lower AUC, macro AUC) and in absolute terms;
-per study, the head's AUCs. With --long-studies, bench/study.py also scores each run's published model on its
+per study, the head's AUCs. Unless --skip-long-studies, bench/study.py also scores each run's published model on its
 held-out studies of RSNA-like length. The better option is the one whose refined output has the lower weighted log
 loss per slice on the eval split.
 """
@@ -77,8 +77,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"))
     parser.add_argument("--context-share", type=float, default=0.2)
     parser.add_argument("--roots", type=Path, default=ROOT / "build" / "bench" / "context-split")
-    parser.add_argument("--long-studies", action="store_true",
-                        help="also score each run's model on bench/study.py's held-out studies of 24-40 slices")
+    parser.add_argument("--skip-long-studies", action="store_true",
+                        help="do not score each run's model on bench/study.py's held-out studies of 24-40 slices")
     parser.add_argument("--json", type=Path, default=results_path("context_split"))
     args = parser.parse_args()
 
@@ -88,7 +88,7 @@ def main() -> None:
         root = args.roots / name
         shutil.rmtree(root, ignore_errors=True)
         results["options"][name] = run_option(name, share, args.data, root)
-        if args.long_studies:
+        if not args.skip_long_studies:
             results["options"][name]["long_studies"] = long_studies(
                 name, results["options"][name]["serving_dir"], args.roots / f"{name}-long-studies.json")
 

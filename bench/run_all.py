@@ -26,7 +26,7 @@ from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - afte
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use, and
 # whose published model serve sends studies to and study scores held-out studies with.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve",
-              "study")
+              "study", "context_split")
 
 
 def _goal(met: bool | None) -> str:
@@ -138,6 +138,25 @@ def _study(r: dict) -> list[str]:
     return lines
 
 
+def _context_split(r: dict) -> list[str]:
+    lines = []
+    for name, option in r["options"].items():
+        refined, alone = option["per_slice"]["refined"], option["per_slice"]["slice_ensemble"]
+        head = option["per_study"]["study head"]
+        learns = ("the members' own train split" if not option["context_share"] else
+                  f"a context split of {option['context_share']:.0%} of the patients, held out from the members")
+        lines.append(f"| context_split | {name}: the context stage learns from {learns}; on the eval split, per slice "
+                     f"wLogLoss (ratio to its own ensemble); study `any` AUC | {refined['weighted_log_loss']:.4f} "
+                     f"({option['slice_loss_ratio']:.2f}x, ensemble {alone['weighted_log_loss']:.4f}); "
+                     f"{head['any']:.3f} | lower is better | {'kept' if name == r['better'] else ''} |")
+        long = option.get("long_studies")
+        if long:
+            lines.append(f"| context_split | {name}, on {long['studies']} held-out studies of 24-40 slices: per slice "
+                         f"wLogLoss (ratio); study `any` AUC | {long['refined_weighted_log_loss']:.4f} "
+                         f"({long['slice_loss_ratio']:.2f}x); {long['study_head_any_auc']['auc']:.3f} | | |")
+    return lines
+
+
 def _macro_and_loss(row: dict) -> str:
     return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
 
@@ -185,7 +204,7 @@ def _quality(r: dict) -> list[str]:
 
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
              "input": _input, "scale": _scale, "inference": _inference, "quality": _quality,
-             "serve": _serve, "study": _study}
+             "serve": _serve, "study": _study, "context_split": _context_split}
 
 
 def _auc_table(r: dict) -> list[str]:
