@@ -20,6 +20,7 @@ loss per slice on the eval split.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import shutil
 import subprocess
@@ -35,14 +36,19 @@ OPTIONS = ("in_fold", "held_out")
 STUDY_HEAD = "study head"
 
 
-def run_option(name: str, context_share: float, data: str, root: Path) -> dict:
-    """`ich run --no-cache` with this context share into `root`; the figures of its last_run.json."""
-    ich = Path(sys.executable).with_name("ich")
-    command = [str(ich), "run", "--data", data, "--pipeline-root", str(root), "--no-cache",
-               "--set", f"context_share={context_share}"]
-    print(f"\n[{name}] " + " ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    run = json.loads((root / "last_run.json").read_text())
+def run_option(name: str, context_share: float, data: str, root: Path, reuse: bool) -> dict:
+    """`ich run --no-cache` with this context share into a fresh `root` (with `reuse`, a run already there with
+    this share is kept); the figures of its last_run.json."""
+    summary = root / "last_run.json"
+    if not (reuse and summary.exists()
+            and json.loads(summary.read_text())["config"]["context_share"] == context_share):
+        shutil.rmtree(root, ignore_errors=True)
+        ich = Path(sys.executable).with_name("ich")
+        command = [str(ich), "run", "--data", data, "--pipeline-root", str(root), "--no-cache",
+                   "--set", f"context_share={context_share}"]
+        print(f"\n[{name}] " + " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    run = json.loads(summary.read_text())
     ensemble, refined = run["metrics"]["ensemble"], run["metrics"]["context"]
     labels = [label for label in refined if label not in ("macro_auc", "undefined_auc", "weighted_log_loss")]
     return {
@@ -54,13 +60,15 @@ def run_option(name: str, context_share: float, data: str, root: Path) -> dict:
         "labels_lower_per_slice": [label for label in labels if refined[label] is not None
                                    and ensemble[label] is not None and refined[label] < ensemble[label]],
         "per_study": run["study"],
-        "serving_dir": str(root / "serving"),
+        "blessed": run["blessed"],
+        # The run's study model, whether or not the StudyEvaluator blessed it (a fresh root holds one).
+        "study_model": sorted(glob.glob(str(root / "context_trainer" / "model" / "*" / "Format-Serving")))[-1],
     }
 
 
-def long_studies(name: str, serving_dir: str, out: Path) -> dict:
-    """bench/study.py's figures for the run's published model (its held-out studies are generated once)."""
-    command = [sys.executable, str(ROOT / "bench" / "study.py"), "--model", serving_dir, "--json", str(out)]
+def long_studies(name: str, study_model: str, out: Path) -> dict:
+    """bench/study.py's figures for the run's study model (its held-out studies are generated once)."""
+    command = [sys.executable, str(ROOT / "bench" / "study.py"), "--model", study_model, "--json", str(out)]
     print(f"\n[{name}] " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
     study = json.loads(out.read_text())
@@ -79,18 +87,18 @@ def main() -> None:
     parser.add_argument("--roots", type=Path, default=ROOT / "build" / "bench" / "context-split")
     parser.add_argument("--skip-long-studies", action="store_true",
                         help="do not score each run's model on bench/study.py's held-out studies of 24-40 slices")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep an option's run already in its root (same context share) instead of running again")
     parser.add_argument("--json", type=Path, default=results_path("context_split"))
     args = parser.parse_args()
 
     results = {"data": args.data, "options": {}}
     # The held-out run first: it is the one that exercises the context split.
     for name, share in (("held_out", args.context_share), ("in_fold", 0.0)):
-        root = args.roots / name
-        shutil.rmtree(root, ignore_errors=True)
-        results["options"][name] = run_option(name, share, args.data, root)
+        results["options"][name] = run_option(name, share, args.data, args.roots / name, args.reuse)
         if not args.skip_long_studies:
             results["options"][name]["long_studies"] = long_studies(
-                name, results["options"][name]["serving_dir"], args.roots / f"{name}-long-studies.json")
+                name, results["options"][name]["study_model"], args.roots / f"{name}-long-studies.json")
 
     options = results["options"]
     better = min(OPTIONS, key=lambda name: options[name]["per_slice"]["refined"]["weighted_log_loss"])
@@ -104,7 +112,8 @@ def main() -> None:
               f"{option['slice_loss_ratio']:.2f}x; lower AUC: "
               f"{', '.join(option['labels_lower_per_slice']) or 'none'}), macro AUC {refined['macro_auc']:.3f} vs "
               f"{alone['macro_auc']:.3f}; per study `any` AUC {head['any']:.3f}, macro {head['macro_auc']:.3f} "
-              f"({int(head['studies'])} studies); {option['wall_time_s'] / 60:.1f} min")
+              f"({int(head['studies'])} studies); {'blessed' if option['blessed'] else 'not blessed'}; "
+              f"{option['wall_time_s'] / 60:.1f} min")
         if "long_studies" in option:
             long = option["long_studies"]
             print(f"  {'':<9} on {long['studies']} held-out studies of 24-40 slices: per slice "
