@@ -26,7 +26,7 @@ from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - afte
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use, and
 # whose published model serve sends studies to and study scores held-out studies with.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve",
-              "study", "context_split")
+              "study", "study_lengths", "context_split")
 
 
 def _goal(met: bool | None) -> str:
@@ -157,6 +157,20 @@ def _context_split(r: dict) -> list[str]:
     return lines
 
 
+def _study_lengths(r: dict) -> list[str]:
+    lines = []
+    for name, training in r["trainings"].items():
+        for where, row in training["mean"].items():
+            met = (row["slice_loss_ratio"] <= r["slice_loss_ratio_goal"]
+                   and row["study_any_auc_head"] >= r["study_any_auc_goal"])
+            lines.append(f"| study_lengths | context model trained on {name}, scored on {where} (mean of "
+                         f"{len(r['seeds'])} seeds): per slice wLogLoss vs the ensemble's; study `any` AUC, head "
+                         f"(slice maximum) | {row['slice_loss_ratio']:.2f}x; {row['study_any_auc_head']:.3f} "
+                         f"({row['study_any_auc_slice_maximum']:.3f}) | <= {r['slice_loss_ratio_goal']}x; >= "
+                         f"{r['study_any_auc_goal']} | {_goal(met)} |")
+    return lines
+
+
 def _macro_and_loss(row: dict) -> str:
     return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
 
@@ -204,7 +218,8 @@ def _quality(r: dict) -> list[str]:
 
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
              "input": _input, "scale": _scale, "inference": _inference, "quality": _quality,
-             "serve": _serve, "study": _study, "context_split": _context_split}
+             "serve": _serve, "study": _study, "study_lengths": _study_lengths,
+             "context_split": _context_split}
 
 
 def _auc_table(r: dict) -> list[str]:
