@@ -26,7 +26,7 @@ from bench.common import MEASURED_AT, results_path, with_sd  # noqa: E402 - afte
 # In this order: pipeline runs `ich run` on the demo set, whose artifacts input, inference and quality then use, and
 # whose published model serve sends studies to and study scores held-out studies with.
 BENCHMARKS = ("ingest", "transform", "train", "pipeline", "input", "scale", "inference", "quality", "serve",
-              "study", "study_lengths", "context_split")
+              "study", "study_lengths", "context_split", "acquisition_ood")
 
 
 def _goal(met: bool | None) -> str:
@@ -171,6 +171,14 @@ def _study_lengths(r: dict) -> list[str]:
     return lines
 
 
+def _acquisition_ood(r: dict) -> list[str]:
+    return [f"| acquisition_ood | probe, not shipped: Mahalanobis over 7 acquisition statistics of the HU image "
+            f"(fitted on {r['reference_slices']} training slices), AUROC shifted vs held-out slices (without the noise "
+            f"measure); shifted slices flagged at 5% of held-out | {r['mahalanobis_auroc']:.3f} "
+            f"({r['mahalanobis_auroc_without_noise']:.3f}); {r['shifted_flagged_at_5_percent_of_held_out']:.1%} | "
+            f">= 0.95 (issue 22, for the shipped score) | |"]
+
+
 def _macro_and_loss(row: dict) -> str:
     return f"{with_sd(row, 'macro_auc', 3)} / {with_sd(row, 'weighted_log_loss', 4)}"
 
@@ -219,7 +227,7 @@ def _quality(r: dict) -> list[str]:
 SUMMARIES = {"ingest": _ingest, "transform": _transform, "train": _train, "pipeline": _pipeline,
              "input": _input, "scale": _scale, "inference": _inference, "quality": _quality,
              "serve": _serve, "study": _study, "study_lengths": _study_lengths,
-             "context_split": _context_split}
+             "context_split": _context_split, "acquisition_ood": _acquisition_ood}
 
 
 def _auc_table(r: dict) -> list[str]:
