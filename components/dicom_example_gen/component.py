@@ -57,10 +57,9 @@ class DicomExampleGen(FileBasedExampleGen):
     Input base: the RSNA layout itself (`stage_2_train/` + `stage_2_train.csv`) or span folders
     (`span-{SPAN}/...`, each with its DICOM files and CSV). Output: `train` and `eval` split by patient (and
     `context` with `context_share`); each subtype's train positives in `Positives-train/<subtype>/` for the
-    balanced sampler; an ingestion report
-    (`ingestion_report.json`) beside the splits, with its counts as artifact properties. With `id_salt_file`,
-    patient, study and series IDs are stored as pseudonyms salted with that file's salt (made there on first
-    use; ich_model.pseudonyms); the pipeline always gives one.
+    balanced sampler; an ingestion report (`ingestion_report.json`) beside the splits, with its counts as artifact
+    properties. With `id_salt_file`, patient, study and series IDs are stored as pseudonyms salted with that
+    file's salt (made there on first use; ich_model.pseudonyms); the pipeline always gives one.
     """
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
