@@ -256,6 +256,9 @@ def test_the_context_trainer_exports_a_study_model_whose_eval_figures_numpy_find
     description = read_description(serving_dir)
     assert description["kind"] == "study" and description["context"]["settings"]["units"] == 8
     assert description["slice_ensemble"] == read_description(ensemble_dir)
+    # TFX's default train split (PipelineConfig.context_share 0): the series of the train split's records.
+    train_series = len(read_split(Path(built[2].uri), "train"))
+    assert description["context"]["trained_on"] == {"splits": ["train"], "series": train_series}
     serve = tf.saved_model.load(serving_dir).signatures[SERVING_SIGNATURE]
     labels, refined, slice_only = [], [], []
     for examples in eval_studies(root).values():
