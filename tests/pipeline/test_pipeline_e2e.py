@@ -168,31 +168,48 @@ class Console:
 
 def kill_watcher_during(overrides: dict[str, str], node: str, after_s: float = 5.0, until=None) -> list[str]:
     """`ich watch` in a process of its own, killed with SIGKILL (process group and all) `after_s` seconds after it
-    starts `node`, or as soon as `until()` holds once it has; its console lines."""
+    starts `node`, or, with `until`, as soon as `until()` holds (a thread polls it every few milliseconds from the
+    start: the console line of a short component can reach this process after the component has finished); its
+    console lines."""
     command = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
                "watch", "--input-base", overrides["input_base"], "--pipeline-root", overrides["pipeline_root"],
                "--interval", "0.5", *(f"--set={name}={value}" for name, value in overrides.items()
                                       if name not in ("input_base", "pipeline_root"))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
+    killed = threading.Event()
+
+    def kill():
+        if not killed.is_set():
+            killed.set()
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def kill_when_until_holds():
+        deadline = time.monotonic() + 1800
+        while not killed.is_set() and process.poll() is None and time.monotonic() < deadline:
+            if until():
+                kill()
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=kill_when_until_holds, daemon=True) if until is not None else None
+    if watcher is not None:
+        watcher.start()
     lines = []
     try:
         for line in process.stdout:
             lines.append(line.rstrip())
-            if line.rstrip().endswith(f"] {node} ..."):
-                if until is None:
-                    time.sleep(after_s)
-                else:
-                    deadline = time.monotonic() + 300
-                    while not until() and process.poll() is None and time.monotonic() < deadline:
-                        time.sleep(0.02)
+            if until is None and line.rstrip().endswith(f"] {node} ..."):
+                time.sleep(after_s)
                 break
-        else:
-            raise AssertionError("the watcher process ended before " + node + " started:\n" + "\n".join(lines))
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill()
         process.wait(timeout=60)
+        if watcher is not None:
+            watcher.join(timeout=60)
     assert process.returncode == -signal.SIGKILL, "\n".join(lines)
+    if not any(line.endswith(f"] {node} ...") for line in lines):
+        raise AssertionError(f"the watcher process was killed or ended before {node} started:\n" + "\n".join(lines))
     return lines
 
 
