@@ -70,12 +70,14 @@ def mahalanobis(reference, columns: list[int]):
     invertible)."""
     import numpy as np
 
-    mean = reference[:, columns].mean(axis=0)
-    precision = np.linalg.inv(np.cov(reference[:, columns], rowvar=False) + 1e-6 * np.eye(len(columns)))
+    from ich_model.ood import squared_distances
+
+    # The shipped score's distance, with one "member" and one class: [N, 1, D] against [1, 1, D].
+    mean = reference[:, columns].mean(axis=0)[None, None]
+    precision = np.linalg.inv(np.cov(reference[:, columns], rowvar=False) + 1e-6 * np.eye(len(columns)))[None]
 
     def distance(values):
-        centred = values[:, columns] - mean
-        return np.einsum("ij,jk,ik->i", centred, precision, centred)
+        return squared_distances(values[:, None, columns], mean, precision)[:, 0, 0]
     return distance
 
 
