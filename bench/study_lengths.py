@@ -51,9 +51,12 @@ def study_records(name: str, seed: int, patients: int, ensemble_dir: str, work: 
     from pipeline.configs import preset
 
     root = work / name
-    records = sorted(glob.glob(str(root / "sequences" / "Split-*" / "*.gz")))
-    if records:
-        return records
+
+    def records() -> list[str]:
+        return sorted(glob.glob(str(root / "sequences" / "Split-*" / "*.gz")))
+
+    if records():
+        return records()
     demo, beam_args = preset("demo").synth, ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     if not (root / "data" / LABELS_CSV).exists():
         print(f"{name}: generating {patients} patients, {LONG_SLICES} slices per study, seed {seed}", flush=True)
@@ -71,7 +74,7 @@ def study_records(name: str, seed: int, patients: int, ensemble_dir: str, work: 
     model.uri, sequences.uri = str(Path(ensemble_dir).parent), str(root / "sequences")
     SequencesExecutor(SequencesExecutor.Context(beam_pipeline_args=beam_args)).Do(
         {EXAMPLES_KEY: [examples], MODEL_KEY: [model]}, {STUDY_SEQUENCES_KEY: [sequences]}, {})
-    return sorted(glob.glob(str(root / "sequences" / "Split-*" / "*.gz")))
+    return records()
 
 
 def scored(model, files: list[str], batch_size: int, without_gaps: bool) -> dict:
